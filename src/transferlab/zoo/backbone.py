@@ -1,0 +1,85 @@
+"""The model every strategy works on: a featurizer of named, ordered stages plus a classifier."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from transferlab.zoo.preprocessing import Preprocessing
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Where a backbone's parameters came from: ``source`` is e.g. ``package:...`` or ``random``."""
+
+    pretrained: bool
+    source: str
+    sha256_prefix: str | None = None
+
+
+class Backbone(nn.Module):
+    """A pretrained network split at the cut between body and head.
+
+    ``featurizer`` is an ``nn.Sequential`` of named stages (stem first, deepest last); each stage
+    maps a feature map to a feature map. ``classifier`` maps the last feature map to the source
+    task's logits (ImageNet for pretrained entries), pooling included.
+
+    Example:
+        >>> from transferlab.zoo import create_backbone
+        >>> bb = create_backbone("mobilenet_v2", pretrained=False)
+        >>> bb.stage_names[:2], bb.feature_dim
+        (['stem', 'stage1'], 1280)
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        stages: "OrderedDict[str, nn.Module]",
+        classifier: nn.Module,
+        feature_dim: int,
+        preprocessing: Preprocessing,
+        weights: WeightsInfo,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.featurizer = nn.Sequential(stages)
+        self.classifier = classifier
+        self.feature_dim = feature_dim
+        self.preprocessing = preprocessing
+        self.weights = weights
+
+    @property
+    def stage_names(self) -> list[str]:
+        return [name for name, _ in self.featurizer.named_children()]
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.featurizer)
+
+    def stage(self, name: str) -> nn.Module:
+        return self.featurizer.get_submodule(name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.featurizer(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Globally average-pooled features of the last stage, shape (N, feature_dim)."""
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.featurizer(x), 1), 1)
+
+    def stage_shapes(self, *, input_size: int | None = None) -> "OrderedDict[str, tuple[int, ...]]":
+        """Output shape (C, H, W) of every stage for one input image, computed with a dry run."""
+        size = input_size or self.preprocessing.input_size
+        shapes: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+        was_training = self.training
+        self.eval()
+        with torch.inference_mode():
+            x = torch.zeros(1, 3, size, size)
+            for name, stage in self.featurizer.named_children():
+                x = stage(x)
+                shapes[name] = tuple(x.shape[1:])
+        self.train(was_training)
+        return shapes
