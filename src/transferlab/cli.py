@@ -1,0 +1,194 @@
+"""The ``transferlab`` command line: thin wrappers over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from transferlab.errors import TransferlabError
+from transferlab.options import DataOptions, TrainOptions, add_options, options_from_args
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+# ----------------------------------------------------------------------------- models / predict
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from transferlab.zoo import get_entry, list_backbones, weights_available
+
+    rows = []
+    for name in list_backbones():
+        e = get_entry(name)
+        where = weights_available(name)
+        rows.append({**e.facts(), "pretrained_available": where is not None, "weights_source": where})
+    if args.json:
+        _print_json(rows)
+        return 0
+    header = f"{'name':<20}{'year':>5}{'params':>9}{'top-1':>7}{'top-5':>7}{'input':>6}  pretrained here"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        top5 = f"{r['top5']:.1f}" if r["top5"] is not None else "-"
+        avail = f"yes ({r['weights_source']})" if r["pretrained_available"] else "no"
+        print(f"{r['name']:<20}{r['year']:>5}{r['params'] / 1e6:>8.1f}M{r['top1']:>7.1f}{top5:>7}"
+              f"{r['input_size']:>6}  {avail}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    if args.model:
+        from transferlab.experiments.inference import predict_images
+
+        results = predict_images(args.images, model_dir=args.model, top=args.top)
+    else:
+        from transferlab.zoo import create_backbone
+        from transferlab.zoo.predict import predict_source
+
+        bb = create_backbone(args.backbone, weights=args.weights)
+        results = predict_source(args.images, backbone=bb, top=args.top)
+    if args.json:
+        _print_json(results)
+    else:
+        for r in results:
+            print(r["image"])
+            for t in r["top"]:
+                print(f"  {t['probability']:6.1%}  {t['label']}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- train / evaluate
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from transferlab.experiments.train import resume_training, run_training
+
+    if args.resume:
+        run = resume_training(args.resume, quiet=args.quiet)
+    else:
+        if not args.data or not args.out:
+            raise TransferlabError("train needs DATA and --out RUN_DIR (or --resume RUN_DIR)")
+        run = run_training(args.data, data_options=options_from_args(DataOptions, args),
+                           train_options=options_from_args(TrainOptions, args), out=args.out)
+    test = run.metrics["test"]
+    if args.json:
+        _print_json({k: run.metrics[k] for k in ("strategy", "backbone", "test", "timing", "best_epoch")})
+    else:
+        print(f"{run.metrics['strategy']} / {run.metrics['backbone']}: test accuracy {test['accuracy']:.4f}, "
+              f"macro F1 {test['macro_f1']:.4f}, {run.metrics['timing']['total_s']:.0f}s -> {run.run_dir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from transferlab.experiments.inference import evaluate_run
+
+    m = evaluate_run(args.run_dir, args.data, subset=args.subset, device=args.device, quiet=args.quiet)
+    if args.json:
+        _print_json(m)
+    else:
+        print(f"{m['subset']} of {m['data']}: n={m['n']} accuracy {m['accuracy']:.4f} top5 {m['top5']:.4f} "
+              f"macro F1 {m['macro_f1']:.4f}")
+    return 0
+
+
+def cmd_augment_preview(args: argparse.Namespace) -> int:
+    from transferlab.data import augment_preview
+
+    path = augment_preview(args.data, preset=args.preset, out=args.out, n=args.n, seed=args.seed)
+    print(path)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from transferlab.experiments.demo import run_demo
+
+    return run_demo(out=args.out, quiet=args.quiet)
+
+
+# ----------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="transferlab",
+        description="Transfer learning on small image datasets: pretrained backbones, every classic "
+                    "strategy, measured evidence.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list the backbone zoo and which pretrained weights are available here")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("predict", help="classify images with a backbone's ImageNet head or a trained run")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--backbone", help="a zoo backbone: predict ImageNet classes")
+    g.add_argument("--model", metavar="RUN_DIR", help="a trained run directory: predict its classes")
+    p.add_argument("--weights", help="explicit weights file for --backbone")
+    p.add_argument("--top", type=int, default=5, help="how many classes to show (default: 5)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("train", help="train a strategy on a dataset into a run directory")
+    p.add_argument("data", nargs="?", metavar="DATA", help="image folder, dataset layout, CSV or 'fashion-mnist'")
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory to write")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_options(p, DataOptions)
+    add_options(p, TrainOptions)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a trained run on a dataset with the same classes")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("--subset", default="all", choices=("all", "train", "val", "test"),
+                   help="all images of DATA, or one of the run's own split lists (default: all)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("augment-preview", help="draw a grid of augmented training samples")
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("--preset", default="basic", help="augmentation preset (default: basic)")
+    p.add_argument("--out", default="augment-preview.png", help="PNG to write")
+    p.add_argument("--n", type=int, default=16, help="number of samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_augment_preview)
+
+    p = sub.add_parser("demo", help="the README's main job on Fashion-MNIST (what `make demo` runs)")
+    p.add_argument("--out", default="demo", help="output folder (default: demo)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verbose:
+        logging.basicConfig(level=logging.DEBUG)
+    try:
+        return int(args.func(args) or 0)
+    except TransferlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        from transferlab.engine.distributed import shutdown_distributed
+
+        shutdown_distributed()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,31 @@
+"""The training engine: one loop for every plan, caching, checkpoints, metrics, DDP."""
+
+from transferlab.engine.activations import ActivationStore, SplitInputs
+from transferlab.engine.distributed import DistContext, init_distributed, shutdown_distributed
+from transferlab.engine.metrics import classification_metrics
+from transferlab.engine.schedules import make_scheduler, stlr_factor
+from transferlab.engine.trainer import (
+    CHECKPOINT,
+    Engine,
+    EngineOptions,
+    FitResult,
+    configure_trainable,
+    param_groups,
+)
+
+__all__ = [
+    "CHECKPOINT",
+    "ActivationStore",
+    "DistContext",
+    "Engine",
+    "EngineOptions",
+    "FitResult",
+    "SplitInputs",
+    "classification_metrics",
+    "configure_trainable",
+    "init_distributed",
+    "make_scheduler",
+    "param_groups",
+    "shutdown_distributed",
+    "stlr_factor",
+]

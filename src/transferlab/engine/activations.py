@@ -1,0 +1,121 @@
+"""Frozen-prefix caching: the activations entering the trainable suffix, computed once.
+
+Boundary ``b`` means "the input of stage b" (``b = 0``: the preprocessed image, ``b = n``: the
+last stage's output). A boundary is computed from the deepest cached boundary below it, or from
+the images; entries above a stage are dropped when that stage's weights change.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from transferlab.strategies.model import TransferModel
+
+log = logging.getLogger("transferlab.engine")
+
+
+@dataclass
+class SplitInputs:
+    """One split as the engine sees it: labels, and images through the eval / train transforms."""
+
+    name: str
+    labels: torch.Tensor
+    eval_dataset: Dataset
+    train_dataset: Dataset | None = None  # augmented view (train split only)
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+
+class ActivationStore:
+    """In-memory cache of activations per (split, boundary), bounded by ``max_bytes``."""
+
+    def __init__(
+        self,
+        model: TransferModel,
+        *,
+        device: torch.device,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        max_bytes: int = 6 << 30,
+        progress: bool = False,
+    ) -> None:
+        self.model = model
+        self.device = device
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.max_bytes = max_bytes
+        self.progress = progress
+        self._cache: dict[tuple[str, int], torch.Tensor] = {}
+        self._shapes: dict[int, tuple[int, ...]] = {}
+        self.forward_images = 0  # images pushed through stage 0 (for tests and benchmarks)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._cache.values())
+
+    def boundary_shape(self, boundary: int) -> tuple[int, ...]:
+        if boundary not in self._shapes:
+            size = self.model.preprocessing.input_size
+            with torch.inference_mode():
+                x = torch.zeros(1, 3, size, size, device=self.device)
+                self._shapes[boundary] = tuple(self.model.prefix(x, start=0, stop=boundary).shape[1:])
+        return self._shapes[boundary]
+
+    def fits(self, split: SplitInputs, boundary: int) -> bool:
+        numel = 1
+        for d in self.boundary_shape(boundary):
+            numel *= d
+        return self.nbytes() + len(split) * numel * 4 <= self.max_bytes
+
+    def cached(self, split: SplitInputs, boundary: int) -> bool:
+        return (split.name, boundary) in self._cache
+
+    def get(self, split: SplitInputs, boundary: int) -> torch.Tensor | None:
+        """Activations at ``boundary`` for every item of ``split`` (None if over the memory budget)."""
+        key = (split.name, boundary)
+        if key in self._cache:
+            return self._cache[key]
+        if not self.fits(split, boundary):
+            log.info("not caching %s at boundary %d: over the %d MB budget", split.name, boundary,
+                     self.max_bytes >> 20)
+            return None
+        below = [b for (s, b) in self._cache if s == split.name and b <= boundary]
+        was_training = self.model.training
+        self.model.eval()
+        with torch.inference_mode():
+            if below:
+                start = max(below)
+                src = self._cache[(split.name, start)]
+                chunks = [
+                    self.model.prefix(src[i : i + self.batch_size].to(self.device), start=start, stop=boundary).cpu()
+                    for i in range(0, len(src), self.batch_size)
+                ]
+            else:
+                chunks = self._from_images(split, boundary)
+        self.model.train(was_training)
+        out = torch.cat(chunks).contiguous() if chunks else torch.empty(0)
+        self._cache[key] = out
+        return out
+
+    def _from_images(self, split: SplitInputs, boundary: int) -> list[torch.Tensor]:
+        loader = DataLoader(split.eval_dataset, batch_size=self.batch_size, shuffle=False,
+                            num_workers=self.num_workers)
+        if self.progress:
+            from tqdm import tqdm
+
+            loader = tqdm(loader, desc=f"features {split.name}@{boundary}", leave=False, unit="batch")
+        chunks = []
+        for x, _ in loader:
+            x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+            self.forward_images += len(x)
+            chunks.append(self.model.prefix(x, start=0, stop=boundary).float().cpu())
+        return chunks
+
+    def invalidate_above(self, stage_index: int) -> None:
+        """Drop boundaries that depend on stage ``stage_index`` (they are > stage_index)."""
+        for key in [k for k in self._cache if k[1] > stage_index]:
+            del self._cache[key]

@@ -1,0 +1,1 @@
+"""Experiments: training runs, evaluation and prediction from run directories."""

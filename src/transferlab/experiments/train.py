@@ -1,0 +1,260 @@
+"""``transferlab train`` / ``transferlab.train``: data + backbone + plan -> a run directory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from transferlab.data import (
+    ImageDataset,
+    atomic_write_text,
+    batch_augmentation,
+    build_transform,
+    compute_norm_stats,
+    load_split,
+    make_split,
+    open_dataset,
+    parse_fractions,
+    save_split,
+)
+from transferlab.engine import Engine, EngineOptions, SplitInputs, classification_metrics, init_distributed
+from transferlab.errors import ConfigError
+from transferlab.experiments.artifacts import save_model
+from transferlab.options import DataOptions, TrainOptions, options_from_kwargs
+from transferlab.strategies import HeadConfig, Plan, PlanOptions, TransferModel, build_plan, fit_linear_probe, load_plan
+from transferlab.zoo import create_backbone
+
+log = logging.getLogger("transferlab")
+CONFIG = "config.json"
+METRICS = "metrics.json"
+
+
+@dataclass
+class Run:
+    """The outcome of a training run (also on disk in ``run_dir``)."""
+
+    run_dir: Path | None
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    config: dict[str, Any]
+    classes: list[str]
+    model: TransferModel = field(repr=False)
+
+    @property
+    def test_accuracy(self) -> float:
+        return float(self.metrics["test"]["accuracy"])
+
+
+def setup_logging(*, quiet: bool, is_main: bool = True) -> None:
+    logger = logging.getLogger("transferlab")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet or not is_main else logging.INFO)
+
+
+def versions() -> dict[str, str]:
+    import timm
+    import torchvision
+
+    from transferlab import __version__
+
+    return {"transferlab": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "timm": timm.__version__}
+
+
+def head_config(t: TrainOptions) -> HeadConfig:
+    try:
+        hidden = tuple(int(h) for h in t.hidden.split(",") if h.strip())
+    except ValueError:
+        raise ConfigError(f"--hidden must be comma-separated integers, got {t.hidden!r}") from None
+    return HeadConfig(kind=t.head, hidden=hidden, dropout=t.dropout, pool=t.pool)
+
+
+def plan_options(t: TrainOptions) -> PlanOptions:
+    names = PlanOptions.__dataclass_fields__
+    return PlanOptions(**{k: v for k, v in asdict(t).items() if k in names})
+
+
+def make_plan(t: TrainOptions, stage_names: list[str]) -> Plan:
+    if t.plan:
+        return load_plan(t.plan)
+    return build_plan(t.strategy, stage_names=stage_names, options=plan_options(t))
+
+
+def _config(data: str, d: DataOptions, t: TrainOptions, plan: Plan) -> dict[str, Any]:
+    return {"data": str(data), "data_options": asdict(d), "train_options": asdict(t), "plan": plan.to_dict(),
+            "versions": versions(), "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                                                 "torch_threads": torch.get_num_threads()}}
+
+
+def run_training(data: str, *, data_options: DataOptions, train_options: TrainOptions,
+                 out: str | os.PathLike[str] | None = None, resume: bool = False) -> Run:
+    """Train one strategy on one dataset and write the run directory (rank 0 only)."""
+    t_start = time.perf_counter()
+    d, t = data_options, train_options
+    ctx = init_distributed(d.device)
+    setup_logging(quiet=d.quiet, is_main=ctx.is_main)
+    run_dir = Path(out) if out is not None else None
+    if run_dir is not None and ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    source = open_dataset(data, quiet=d.quiet)
+    if resume and run_dir is not None and (run_dir / "split_train.txt").is_file():
+        split = load_split(run_dir, source)
+    else:
+        split = make_split(source, fractions=parse_fractions(d.split, option="--split"), seed=d.split_seed,
+                           train_per_class=d.train_per_class)
+    torch.manual_seed(d.seed)
+    backbone = create_backbone(t.backbone, pretrained=False)  # random init: the scratch baseline's
+    stage_names = backbone.stage_names
+    if t.cut is not None and not 1 <= t.cut <= len(stage_names):
+        raise ConfigError(f"--cut must be between 1 and {len(stage_names)} for {t.backbone}, got {t.cut}")
+    kept = stage_names[: t.cut] if t.cut else stage_names
+    plan = make_plan(t, kept)
+    plan.validate(kept)
+    if plan.pretrained:
+        backbone = create_backbone(t.backbone, pretrained=True, weights=t.weights)
+    model = TransferModel(backbone=backbone, num_classes=len(source.classes), head=head_config(t), cut=t.cut)
+    pre = model.preprocessing
+    norm = compute_norm_stats(d.normalize, source=source, indices=split.train, preprocessing=pre)
+    eval_tf = build_transform(pre, norm=norm)
+    train_tf = build_transform(pre, norm=norm, train=True, augment=d.augment)
+
+    def inputs(name: str, idx: np.ndarray, *, training: bool = False) -> SplitInputs:
+        return SplitInputs(
+            name=name,
+            labels=torch.as_tensor(source.labels[idx], dtype=torch.long),
+            eval_dataset=ImageDataset(source, idx, eval_tf, draft_size=pre.resize_size),
+            train_dataset=ImageDataset(source, idx, train_tf, draft_size=pre.resize_size) if training else None,
+        )
+
+    train_in, val_in, test_in = inputs("train", split.train, training=True), inputs("val", split.val), inputs("test", split.test)
+    config = _config(data, d, t, plan)
+    if run_dir is not None and ctx.is_main:
+        save_split(split, source, run_dir)
+        if not (resume and (run_dir / CONFIG).is_file()):
+            atomic_write_text(run_dir / CONFIG, json.dumps(config, indent=2))
+    class_weights = None
+    if t.class_weights == "auto":
+        counts = np.bincount(source.labels[split.train], minlength=len(source.classes)).astype(float)
+        class_weights = tuple(float(x) for x in counts.sum() / (len(counts) * np.maximum(counts, 1)))
+    engine = Engine(
+        model, ctx=ctx,
+        options=EngineOptions(batch_size=t.batch_size, seed=d.seed, patience=t.patience,
+                              label_smoothing=t.label_smoothing, class_weights=class_weights,
+                              balanced_sampler=t.balanced_sampler, precision=t.precision, num_workers=d.workers,
+                              cache=t.cache, quiet=d.quiet),
+        cacheable_train=d.augment == "none" and d.batch_augment == "none",
+        batch_augment=batch_augmentation(None if d.batch_augment == "none" else d.batch_augment,
+                                         num_classes=len(source.classes)),
+    )
+    n_kept = len(kept)
+    extra: dict[str, Any] = {}
+    if plan.strategy == "linear-probe" and not plan.phases:
+        probe = _linear_probe(engine, train_in, val_in, t, n_kept, len(source.classes), d.seed)
+        extra["probe"] = {"classifier": probe.classifier, "C": probe.C, "refit_on": "train+val",
+                          "val_accuracy_by_C": {str(k): v for k, v in probe.grid.items()}}
+        history: list[dict[str, Any]] = []
+        best_epoch, train_s = -1, time.perf_counter() - t_start
+        boundary = n_kept
+        _set_linear_head(engine.model, probe.selection_weight, probe.selection_bias)
+        val_logits = engine.predict(val_in, boundary=boundary)  # the train-only fit that val selected
+        _set_linear_head(engine.model, probe.weight, probe.bias)  # final: refit on train+val
+    else:
+        fit = engine.fit(plan, train=train_in, val=val_in, run_dir=run_dir, resume=resume)
+        history, best_epoch, train_s = fit.history, fit.best_epoch, fit.train_s
+        boundary = plan.lowest_trainable_stage(kept) if plan.pretrained else 0
+        val_logits = engine.predict(val_in, boundary=boundary)
+    test_logits = engine.predict(test_in, boundary=boundary)
+    classes = list(source.classes)
+    metrics = {
+        "strategy": plan.strategy,
+        "backbone": t.backbone,
+        "val": classification_metrics(val_logits, val_in.labels.numpy(), classes=classes,
+                                      loss=float(torch.nn.functional.cross_entropy(val_logits, val_in.labels))),
+        "test": classification_metrics(test_logits, test_in.labels.numpy(), classes=classes,
+                                       loss=float(torch.nn.functional.cross_entropy(test_logits, test_in.labels))),
+        "timing": {"total_s": round(time.perf_counter() - t_start, 3), "extract_s": round(engine.extract_s, 3),
+                   "train_s": round(train_s, 3)},
+        "best_epoch": best_epoch,
+        "skipped_files": [list(s) for s in source.skipped],
+        **extra,
+    }
+    if run_dir is not None and ctx.is_main:
+        save_model(run_dir, model, classes=classes, norm=norm,
+                   extra={"strategy": plan.strategy, "test_accuracy": metrics["test"]["accuracy"]})
+        atomic_write_text(run_dir / METRICS, json.dumps(metrics, indent=2))
+    ctx.barrier()
+    log.info("%s on %s: test accuracy %.4f, macro F1 %.4f (%.1fs)", plan.strategy, t.backbone,
+             metrics["test"]["accuracy"], metrics["test"]["macro_f1"], metrics["timing"]["total_s"])
+    return Run(run_dir=run_dir, metrics=metrics, history=history, config=config, classes=classes, model=model)
+
+
+def _linear_probe(engine: Engine, train_in: SplitInputs, val_in: SplitInputs, t: TrainOptions, n_kept: int,
+                  num_classes: int, seed: int) -> Any:
+    model = engine.model
+
+    def feats(split: SplitInputs) -> np.ndarray:
+        acts = engine.store.get(split, n_kept)
+        if acts is None:
+            raise ConfigError("linear-probe features do not fit the cache budget; use a smaller --cut or data")
+        with torch.inference_mode():
+            return torch.cat([model.pool(acts[i : i + 256]) for i in range(0, len(acts), 256)]).numpy()
+
+    t0 = time.perf_counter()
+    xtr, xva = feats(train_in), feats(val_in)
+    engine.extract_s += time.perf_counter() - t0
+    probe = fit_linear_probe(xtr, train_in.labels.numpy(), xva, val_in.labels.numpy(), num_classes=num_classes,
+                             classifier=t.classifier, seed=seed)
+    if model.head[-1].in_features != probe.weight.shape[1]:
+        raise ConfigError(f"linear-probe needs --head linear, got a {t.head} head")
+    return probe
+
+
+def _set_linear_head(model: TransferModel, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    with torch.no_grad():
+        model.head[-1].weight.copy_(weight)
+        model.head[-1].bias.copy_(bias)
+
+
+def train(data: str, *, out: str | os.PathLike[str] | None = None, resume: bool = False, **options: Any) -> Run:
+    """Python API mirroring ``transferlab train``; options are the CLI flags' names.
+
+    Example:
+        >>> import transferlab
+        >>> run = transferlab.train("flowers17/", backbone="efficientnet_lite0",
+        ...                         strategy="feature-extraction", out="runs/fe")  # doctest: +SKIP
+        >>> run.test_accuracy  # doctest: +SKIP
+        0.96
+    """
+    kwargs = dict(options)
+    d = options_from_kwargs(DataOptions, kwargs)
+    t = options_from_kwargs(TrainOptions, kwargs)
+    if kwargs:
+        raise ConfigError(f"unknown option(s) {sorted(kwargs)} for transferlab.train")
+    return run_training(data, data_options=d, train_options=t, out=out, resume=resume)
+
+
+def resume_training(run_dir: str | os.PathLike[str], *, quiet: bool | None = None) -> Run:
+    """Continue an interrupted run from its last checkpoint, with the options it was started with."""
+    cfg_path = Path(run_dir) / CONFIG
+    if not cfg_path.is_file():
+        raise ConfigError(f"--resume {run_dir}: no {CONFIG} there (not a transferlab run directory)")
+    cfg = json.loads(cfg_path.read_text())
+    d = DataOptions(**cfg["data_options"])
+    if quiet is not None:
+        d = DataOptions(**{**asdict(d), "quiet": quiet})
+    t = TrainOptions(**cfg["train_options"])
+    return run_training(cfg["data"], data_options=d, train_options=t, out=run_dir, resume=True)

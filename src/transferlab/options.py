@@ -1,0 +1,120 @@
+"""Options shared by every command, defined once as dataclasses; the CLI is generated from them.
+
+Each field's metadata holds its help text (and choices); ``add_options`` turns a dataclass into
+argparse flags (``split_seed`` -> ``--split-seed``) and ``options_from_args`` reads them back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from transferlab.strategies.plans import OPTIMIZERS, SCHEDULES, STRATEGIES
+
+T = TypeVar("T")
+
+
+def opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None, flag: str | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices, "flag": flag})
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Data and preprocessing options of every command that runs a model."""
+
+    split: str = opt("0.5,0.25,0.25", "train,val,test fractions (stratified); a layout's own split is kept")
+    split_seed: int = opt(0, "seed of the split (independent of --seed)")
+    train_per_class: int | None = opt(None, "subsample N training images per class (small-data studies)")
+    normalize: str = opt("pretrained", "input normalisation statistics",
+                         choices=("pretrained", "dataset", "minmax", "sample"))
+    augment: str = opt("none", "training augmentation preset (none keeps features cacheable)",
+                       choices=("none", "basic", "randaugment", "trivialaugment", "augmix"))
+    batch_augment: str = opt("none", "batch-level augmentation",
+                             choices=("none", "mixup", "cutmix", "mixup-cutmix"))
+    seed: int = opt(0, "training seed (weights init, shuffling, dropout)")
+    device: str = opt("auto", "auto, cpu or cuda[:N]")
+    workers: int = opt(0, "DataLoader worker processes for image decoding")
+    quiet: bool = opt(False, "no progress bars or per-epoch logs (for scripts)")
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """What to train and how (``transferlab train``, ``transferlab.train``)."""
+
+    backbone: str = opt("efficientnet_lite0", "backbone from the zoo (see `transferlab models`)")
+    weights: str | None = opt(None, "explicit weights file (.pth/.safetensors) for the backbone")
+    strategy: str = opt("fine-tune", "transfer strategy", choices=STRATEGIES)
+    plan: str | None = opt(None, "a custom plan (YAML/JSON list of phases) instead of --strategy's")
+    classifier: str = opt("logreg", "linear-probe classifier", choices=("logreg", "svm"))
+    head: str = opt("linear", "new head on the featurizer", choices=("linear", "dense"))
+    hidden: str = opt("512", "dense head: hidden layer widths, comma-separated (e.g. 512,256)")
+    dropout: float = opt(0.2, "dropout before/within the new head")
+    pool: str = opt("avg", "how the cut's feature map becomes a vector", choices=("avg", "flatten"))
+    cut: int | None = opt(None, "keep the featurizer up to stage K (1-based; default: all stages)")
+    epochs: int = opt(12, "epochs of the head phase (feature-extraction, first phase of others)")
+    finetune_epochs: int = opt(8, "epochs of a phase that trains featurizer stages")
+    thaw_epochs: int = opt(1, "chain-thaw: epochs per single stage")
+    scratch_epochs: int = opt(30, "scratch: epochs")
+    unfreeze: int = opt(2, "fine-tune / chain-thaw / gradual-unfreeze: stages from the top that train")
+    lr: float = opt(3e-3, "learning rate of the new head")
+    finetune_lr: float = opt(3e-4, "learning rate of the top group when featurizer stages train")
+    scratch_lr: float = opt(3e-3, "scratch: peak learning rate (one-cycle)")
+    lr_decay: float = opt(2.6, "discriminative rates: divide the rate by this per stage going down")
+    schedule: str = opt("cosine", "schedule of the head phase", choices=SCHEDULES)
+    finetune_schedule: str = opt("stlr", "schedule of the phases that train stages", choices=SCHEDULES)
+    warmup: float = opt(0.0, "fraction of a phase's steps with linear warm-up (constant/cosine)")
+    optimizer: str = opt("adamw", "optimizer", choices=OPTIMIZERS)
+    weight_decay: float = opt(1e-2, "weight decay")
+    bn: str = opt("frozen", "batch norm: frozen (eval mode, running stats kept) or train",
+                  choices=("frozen", "train"))
+    batch_size: int = opt(32, "batch size (global, split across DDP ranks)")
+    patience: int = opt(5, "early stopping: epochs without val-loss improvement within a phase")
+    label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy")
+    class_weights: str = opt("none", "class weights of the loss", choices=("none", "auto"))
+    balanced_sampler: bool = opt(False, "sample training images inversely to class frequency")
+    precision: str = opt("fp32", "mixed precision on CUDA", choices=("fp32", "bf16", "fp16"))
+    cache: bool = opt(True, "cache frozen-prefix activations in memory when augmentation allows")
+
+
+def _base_type(tp: Any) -> tuple[type, bool]:
+    """(scalar type, optional?) of a field annotation such as ``int | None``."""
+    if isinstance(tp, str):
+        tp = eval(tp, {"__builtins__": {}}, {"int": int, "float": float, "str": str, "bool": bool, "None": None})
+    args = typing.get_args(tp)
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        inner = [a for a in args if a is not type(None)]
+        return inner[0], True
+    return tp, False
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
+    """Add one flag per dataclass field of ``cls``."""
+    group = parser.add_argument_group(cls.__name__.replace("Options", " options").lower())
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        tp, _ = _base_type(f.type)
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        if tp is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
+                               help=help_text)
+        else:
+            group.add_argument(flag, dest=f.name, type=tp, default=f.default, choices=f.metadata.get("choices"),
+                               help=f"{help_text} (default: {f.default})")
+
+
+def options_from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    values.update(overrides)
+    return cls(**values)
+
+
+def options_from_kwargs(cls: type[T], kwargs: dict[str, Any]) -> T:
+    """Pick ``cls``'s fields out of ``kwargs`` (removing them); unknown leftovers are the caller's."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: kwargs.pop(k) for k in list(kwargs) if k in names})
