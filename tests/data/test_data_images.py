@@ -83,6 +83,12 @@ def test_palette_transparency_is_white():
     assert px(to_rgb(im), (1, 1)) == (255, 255, 255)
 
 
+def test_gray_colour_key_transparency_is_white():
+    im = Image.new("L", (4, 4), 0)
+    im.info["transparency"] = 0
+    assert px(to_rgb(im), (1, 1)) == (255, 255, 255)
+
+
 def test_32bit_integer_outside_16bit_range_is_refused():
     im = Image.fromarray(np.full((4, 4), 70000, np.int32))
     assert im.mode == "I"

@@ -45,6 +45,7 @@ def test_same_seed_same_split_different_seed_differs():
     a, b, c = (make_split(src, seed=s) for s in (5, 5, 6))
     assert all(np.array_equal(x, y) for x, y in zip(a.as_dict().values(), b.as_dict().values()))
     assert not np.array_equal(a.train, c.train)
+    assert a == b and a != c
     assert per_class(src, a) == per_class(src, c)
 
 

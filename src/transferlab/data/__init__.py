@@ -2,8 +2,8 @@
 
 Example:
     >>> from transferlab.data import open_dataset, make_split  # doctest: +SKIP
-    >>> src = open_dataset("../shared/datasets/flowers17")
-    >>> split = make_split(src, fractions=(0.5, 0.25, 0.25), seed=0)
+    >>> src = open_dataset("../shared/datasets/flowers17")  # doctest: +SKIP
+    >>> split = make_split(src, fractions=(0.5, 0.25, 0.25), seed=0)  # doctest: +SKIP
 """
 
 from transferlab.data.atomic import atomic_write_bytes, atomic_write_text

@@ -23,7 +23,7 @@ class ImageDataset(Dataset):
     Example:
         >>> ds = ImageDataset(src, split.train, build_transform(pp, norm=stats),
         ...                   draft_size=pp.resize_size)  # doctest: +SKIP
-        >>> x, y = ds[0]
+        >>> x, y = ds[0]  # doctest: +SKIP
     """
 
     def __init__(

@@ -52,7 +52,7 @@ def load_image(path: str | os.PathLike[str], *, draft_size: int | None = None) -
     """Decode an image file to an upright 8-bit RGB ``PIL.Image``.
 
     EXIF orientation is applied; palette, grayscale, CMYK, 16-bit and alpha images are converted
-    (alpha is composited on white); multi-frame files (GIF, TIFF, WebP) give their first frame.
+    (alpha is composited on white); multi-frame files (GIF, TIFF, WebP) give their first frame (Pillow opens at frame 0).
     With ``draft_size`` a JPEG is decoded at a reduced scale whose shorter side is still
     ``>= draft_size`` (Pillow's ``draft``), which is much faster for large photos. Truncated,
     corrupt, non-image files and decompression bombs (more than ``Image.MAX_IMAGE_PIXELS``
@@ -60,7 +60,7 @@ def load_image(path: str | os.PathLike[str], *, draft_size: int | None = None) -
 
     Example:
         >>> img = load_image("photo.jpg", draft_size=256)  # doctest: +SKIP
-        >>> img.mode, min(img.size) >= 256
+        >>> img.mode, min(img.size) >= 256  # doctest: +SKIP
         ('RGB', True)
     """
     if draft_size is not None and (not isinstance(draft_size, int) or draft_size < 1):
@@ -69,8 +69,6 @@ def load_image(path: str | os.PathLike[str], *, draft_size: int | None = None) -
     try:
         with Image.open(fspath) as im:
             _check_pixel_limit(im.size)
-            if getattr(im, "n_frames", 1) > 1:
-                im.seek(0)
             if draft_size is not None and im.format in _JPEG_FORMATS:
                 im.draft("RGB", (draft_size, draft_size))
             im.load()
@@ -109,11 +107,12 @@ def to_rgb(im: Image.Image) -> Image.Image:
         (255, 255, 255)
     """
     mode = im.mode
+    if mode in ("P", "L", "RGB") and "transparency" in im.info:
+        im, mode = im.convert("RGBA"), "RGBA"  # a transparent palette index or colour key
     if mode == "RGB":
         return im
-    if mode == "P" or mode == "PA":
-        has_alpha = mode == "PA" or "transparency" in im.info
-        im = im.convert("RGBA" if has_alpha else "RGB")
+    if mode in ("P", "PA"):
+        im = im.convert("RGBA" if mode == "PA" else "RGB")
         mode = im.mode
         if mode == "RGB":
             return im

@@ -54,7 +54,7 @@ def open_dataset(
 
     Example:
         >>> src = open_dataset("../shared/datasets/flowers17")  # doctest: +SKIP
-        >>> len(src.classes), len(src)
+        >>> len(src.classes), len(src)  # doctest: +SKIP
         (17, 1360)
     """
     if csv_root is not None and not str(source).lower().endswith(".csv"):
@@ -156,7 +156,7 @@ def _require_usable(cand: _Candidates, keep: np.ndarray, group_names: list[str])
 def _require_two_classes(classes: list[str], root: Path) -> None:
     if len(classes) < 2:
         found = classes[0] if classes else "none"
-        raise DataError(f"{root}: only one class ({found}); expected at least 2 class folders")
+        raise DataError(f"{root}: only one class ({found}); expected at least 2 classes")
 
 
 def _class_dirs(folder: Path, cand: _Candidates) -> list[Path]:

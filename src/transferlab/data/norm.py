@@ -79,7 +79,7 @@ def compute_norm_stats(
     Example:
         >>> stats = compute_norm_stats("dataset", source=src, indices=split.train,
         ...                            preprocessing=pp)  # doctest: +SKIP
-        >>> stats.kind
+        >>> stats.kind  # doctest: +SKIP
         'dataset'
     """
     if kind not in NORM_KINDS:

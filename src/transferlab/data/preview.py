@@ -44,7 +44,8 @@ def augment_preview(
 ) -> Path:
     """Write a PNG grid of ``n`` augmented training samples; the first column holds the originals.
 
-    Each row is one training image (classes cycled, seeded), shown through the eval transform, then
+    Training images are the train part of ``make_split(source)`` (default fractions, or the
+    layout's own split). Each row is one of them (classes cycled, seeded), shown through the eval transform, then
     augmented ``ceil(sqrt(n))`` times with ``preset`` (any of ``PREVIEW_PRESETS``), de-normalised
     for display, titled with class names (mixing weights for MixUp/CutMix). Written atomically.
 

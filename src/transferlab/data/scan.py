@@ -61,7 +61,7 @@ def validate_files(
 
     Example:
         >>> reasons, stats = validate_files(["/data/cat/1.jpg"], cache_key="/data")  # doctest: +SKIP
-        >>> reasons, stats
+        >>> reasons, stats  # doctest: +SKIP
         ([None], {'decoded': 1, 'cached': 0})
     """
     cache_file = scan_cache_dir() / (hashlib.sha256(cache_key.encode()).hexdigest()[:24] + ".json")
@@ -69,6 +69,7 @@ def validate_files(
     entries: dict[str, list] = {}
     reasons: list[str | None] = [None] * len(paths)
     todo: list[int] = []
+    hits = 0
     for i, p in enumerate(paths):
         try:
             st = os.stat(p)
@@ -79,6 +80,7 @@ def validate_files(
         if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
             reasons[i] = hit[2]
             entries[p] = hit
+            hits += 1
         else:
             entries[p] = [st.st_size, st.st_mtime_ns, None]
             todo.append(i)
@@ -88,7 +90,7 @@ def validate_files(
         todo_paths = [paths[i] for i in todo]
         if len(todo) >= _PARALLEL_MIN and (os.cpu_count() or 1) > 1:
             with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-                verdicts = list(pool.map(_verdict, todo_paths, chunksize=16))
+                verdicts = list(pool.map(_verdict, todo_paths))
         else:
             verdicts = [_verdict(p) for p in todo_paths]
         for i, reason in zip(todo, verdicts):
@@ -96,7 +98,7 @@ def validate_files(
             entries[paths[i]][2] = reason
     if todo or set(entries) != set(old):
         _write_cache(cache_file, cache_key, entries)
-    stats = {"decoded": len(todo), "cached": len(paths) - len(todo)}
+    stats = {"decoded": len(todo), "cached": hits}
     return reasons, stats
 
 

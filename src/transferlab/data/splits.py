@@ -44,6 +44,13 @@ class Split:
             if shared.size:
                 raise DataError(f"split: expected disjoint {a}/{b}, they share {shared.size} items (e.g. index {shared[0]})")
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Split):
+            return NotImplemented
+        return all(np.array_equal(getattr(self, n), getattr(other, n)) for n in SPLIT_NAMES)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable arrays
+
     def as_dict(self) -> dict[str, np.ndarray]:
         """``{"train": ..., "val": ..., "test": ...}``."""
         return {name: getattr(self, name) for name in SPLIT_NAMES}
