@@ -54,6 +54,18 @@ def test_image_dataset_raises_for_a_file_broken_after_validation(tmp_path):
     assert info.value.path == str(broken)
 
 
+def test_decode_error_crosses_dataloader_workers(tmp_path):
+    # (torch takes ~5 s to shut a worker down after an error: this test pays it once)
+    root = make_class_folders(tmp_path / "d", {"a": 2, "b": 2})
+    src = open_dataset(root)
+    broken = Path(src.identity(1))
+    broken.write_text("not a jpeg any more")
+    ds = ImageDataset(src, np.arange(len(src)), build_transform(PP, norm=NORM))
+    with pytest.raises(ImageDecodeError) as info:
+        list(DataLoader(ds, batch_size=2, num_workers=1))
+    assert (info.value.path, str(info.value)) == (str(broken), f"{broken}: not an image Pillow can identify")
+
+
 def test_image_dataset_rejects_out_of_range_indices(tmp_path):
     src = open_dataset(make_class_folders(tmp_path / "d", {"a": 1, "b": 1}))
     with pytest.raises(IndexError, match=r"0\.\.1"):

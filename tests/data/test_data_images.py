@@ -156,6 +156,16 @@ def test_decode_error_is_a_data_error_and_pickles():
     assert (back.path, back.reason, str(back)) == ("/x/y.jpg", "broken", "/x/y.jpg: broken")
 
 
+def test_decode_error_rebuilt_from_a_worker_traceback():
+    text = (
+        "Caught ImageDecodeError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "worker.py", line 1, in _worker_loop\n'
+        "transferlab.data.images.ImageDecodeError: /d/x.jpg: OSError: image file is truncated\n"
+    )
+    err = ImageDecodeError(text)
+    assert (err.path, err.reason) == ("/d/x.jpg", "OSError: image file is truncated")
+
+
 def test_bad_draft_size():
     with pytest.raises(ValueError, match="draft_size"):
         load_image("x.jpg", draft_size=0)

@@ -24,12 +24,23 @@ _JPEG_FORMATS = ("JPEG", "MPO")
 class ImageDecodeError(DataError):
     """An image file could not be decoded; ``str()`` is ``"PATH: reason"``.
 
+    It survives torch DataLoader workers: re-raised from a worker's traceback text, it recovers
+    the path and reason from the text's last line.
+
     Example:
         >>> str(ImageDecodeError("/data/a.jpg", "image file is truncated"))
         '/data/a.jpg: image file is truncated'
     """
 
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], reason: str | None = None) -> None:
+        if reason is None:
+            # torch's DataLoader re-raises a worker's exception as ``type(message)`` where the message
+            # is the worker's formatted traceback; its last line is "...ImageDecodeError: PATH: reason".
+            lines = [line for line in str(path).splitlines() if line.strip()] or [""]
+            last = lines[-1]
+            last = last.split("ImageDecodeError: ", 1)[-1]
+            path, sep, rest = last.partition(": ")
+            reason = rest if sep else "image could not be decoded"
         self.path = os.fspath(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
