@@ -112,6 +112,51 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(out=args.out, quiet=args.quiet)
 
 
+# ----------------------------------------------------------------------------- compare / report
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from transferlab.experiments.compare import compare
+    from transferlab.report import build_report, report_summary
+
+    compare(args.data, strategies=args.strategies, seeds=args.seeds, out=args.out,
+            train_per_class=args.train_per_class_list, data_options=options_from_args(DataOptions, args),
+            train_options=options_from_args(TrainOptions, args))
+    path = build_report(args.out)
+    if args.json:
+        _print_json(json.loads((Path(args.out) / "results.json").read_text()))
+    else:
+        print("\n".join(report_summary(args.out)))
+        print(f"report: {path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from transferlab.report import build_report
+
+    print(build_report(args.run_dir))
+    return 0
+
+
+def add_evidence_commands(sub: Any) -> None:
+    """``compare`` and ``report`` subcommands."""
+    p = sub.add_parser("compare", help="run several strategies x seeds on one split; write results.json + report.html")
+    p.add_argument("data", metavar="DATA", help="image folder, dataset layout, CSV or 'fashion-mnist'")
+    p.add_argument("--strategies", default="scratch,linear-probe,feature-extraction,fine-tune,chain-thaw",
+                   help="comma-separated strategies (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=3, help="training seeds per strategy (default: 3)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--train-per-class", dest="train_per_class_list", metavar="N[,N...]",
+                   help="training images per class; several values add a data-efficiency study")
+    p.add_argument("--json", action="store_true", help="print results.json")
+    add_options(p, DataOptions, skip=("train_per_class",))
+    add_options(p, TrainOptions, skip=("strategy", "plan"))
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="(re)build the HTML report of a compare or run directory")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.set_defaults(func=cmd_report)
+
+
 # ----------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo", help="output folder (default: demo)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
+    add_evidence_commands(sub)
     return parser
 
 

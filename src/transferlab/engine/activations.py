@@ -103,7 +103,7 @@ class ActivationStore:
 
     def _from_images(self, split: SplitInputs, boundary: int) -> list[torch.Tensor]:
         loader = DataLoader(split.eval_dataset, batch_size=self.batch_size, shuffle=False,
-                            num_workers=self.num_workers)
+                            num_workers=self.num_workers, generator=torch.Generator())  # global RNG untouched
         if self.progress:
             from tqdm import tqdm
 

@@ -7,7 +7,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,6 +169,7 @@ class Engine:
         cacheable_train: bool = True,
         batch_augment: Any = None,
         store: ActivationStore | None = None,
+        callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
     ) -> None:
         self.model = model.to(ctx.device).to(memory_format=torch.channels_last)
         self.ctx = ctx
@@ -181,6 +182,7 @@ class Engine:
             progress=not options.quiet and ctx.is_main,
         )
         self.extract_s = 0.0
+        self.callbacks = tuple(callbacks)
 
     # ---- inputs
     def _activations(self, split: SplitInputs, boundary: int, *, allow: bool) -> torch.Tensor | None:
@@ -227,7 +229,8 @@ class Engine:
                     outs.append(self.model.forward_from(x, start).float().cpu())
             else:
                 sub = torch.utils.data.Subset(split.eval_dataset, mine)
-                for x, _ in DataLoader(sub, batch_size=64, num_workers=self.opt.num_workers):
+                for x, _ in DataLoader(sub, batch_size=64, num_workers=self.opt.num_workers,
+                                       generator=torch.Generator()):  # leaves the global RNG alone
                     x = x.to(self.ctx.device).contiguous(memory_format=torch.channels_last)
                     outs.append(self.model(x).float().cpu())
         local = torch.cat(outs) if outs else torch.empty(0, self.model.num_classes)
@@ -268,7 +271,6 @@ class Engine:
             start_phase, start_epoch = ck["phase"], ck["phase_epoch"]
             phase_best, bad_epochs, global_epoch = ck["phase_best"], ck["bad_epochs"], ck["global_epoch"]
             train_s = ck["train_s"]
-            torch.set_rng_state(ck["rng"])
             resume_state = ck
             log.info("resuming at phase %d (%s), epoch %d", start_phase,
                      plan.phases[min(start_phase, len(plan.phases) - 1)].name, start_epoch)
@@ -299,6 +301,9 @@ class Engine:
                 optimizer.load_state_dict(resume_state["optimizer"])
                 scheduler.load_state_dict(resume_state["scheduler"])
                 first_epoch = start_epoch
+            if resume_state is not None and pi == start_phase:
+                # after this phase's caches are built, exactly where the interrupted run stood
+                torch.set_rng_state(resume_state["rng"])
             elif pi > start_phase or resume_state is None:
                 phase_best, bad_epochs = math.inf, 0
             resume_state = None
@@ -315,6 +320,11 @@ class Engine:
                                                     where=(phase.name, epoch))
                 val_logits = self._val_logits(val, val_acts, start)
                 val_loss = float(nn.functional.cross_entropy(val_logits, val.labels))
+                if not math.isfinite(val_loss):
+                    raise TrainingError(
+                        f"loss became {val_loss} in phase {phase.name!r}, epoch {epoch + 1} (validation); training "
+                        "stopped, the last good checkpoint is kept (lower --lr or check the data)"
+                    )
                 val_acc = float((val_logits.argmax(1) == val.labels).float().mean())
                 seconds = time.perf_counter() - t0
                 train_s += seconds
@@ -352,6 +362,8 @@ class Engine:
                     atomic_write_text(run_dir / "history.jsonl",
                                       "".join(json.dumps(h) + "\n" for h in history))
                 self.ctx.barrier()
+                for callback in self.callbacks:  # after the checkpoint: a callback may end the process
+                    callback(record)
                 if stop:
                     log.info("phase %s: early stop after epoch %d (val loss did not improve for %d epochs)",
                              phase.name, epoch + 1, self.opt.patience)

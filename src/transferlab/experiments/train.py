@@ -8,6 +8,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ import torch
 
 from transferlab.data import (
     ImageDataset,
+    ImageSource,
+    Split,
     atomic_write_text,
     batch_augmentation,
     build_transform,
@@ -27,7 +30,7 @@ from transferlab.data import (
     parse_fractions,
     save_split,
 )
-from transferlab.engine import Engine, EngineOptions, SplitInputs, classification_metrics, init_distributed
+from transferlab.engine import ActivationStore, Engine, EngineOptions, SplitInputs, classification_metrics, init_distributed
 from transferlab.errors import ConfigError
 from transferlab.experiments.artifacts import save_model
 from transferlab.options import DataOptions, TrainOptions, options_from_kwargs
@@ -100,8 +103,18 @@ def _config(data: str, d: DataOptions, t: TrainOptions, plan: Plan) -> dict[str,
 
 
 def run_training(data: str, *, data_options: DataOptions, train_options: TrainOptions,
-                 out: str | os.PathLike[str] | None = None, resume: bool = False) -> Run:
-    """Train one strategy on one dataset and write the run directory (rank 0 only)."""
+                 out: str | os.PathLike[str] | None = None, resume: bool = False,
+                 callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
+                 source: ImageSource | None = None, split: Split | None = None,
+                 store: ActivationStore | None = None, save_predictions: bool = False) -> Run:
+    """Train one strategy on one dataset and write the run directory (rank 0 only).
+
+    ``callbacks`` are called with each epoch's history record, after its checkpoint is written.
+    ``source``/``split`` reuse an already opened dataset and split (``data`` is then only recorded);
+    ``store`` shares cached frozen-prefix activations between runs (the caller guarantees its entries
+    were computed with this run's stages below each boundary, see ``experiments.compare``);
+    ``save_predictions`` writes ``predictions_test.csv`` (identity, true, predicted, confidence).
+    """
     t_start = time.perf_counter()
     d, t = data_options, train_options
     ctx = init_distributed(d.device)
@@ -110,8 +123,11 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
     if run_dir is not None and ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
 
-    source = open_dataset(data, quiet=d.quiet)
-    if resume and run_dir is not None and (run_dir / "split_train.txt").is_file():
+    if source is None:
+        source = open_dataset(data, quiet=d.quiet)
+    if split is not None:
+        pass
+    elif resume and run_dir is not None and (run_dir / "split_train.txt").is_file():
         split = load_split(run_dir, source)
     else:
         split = make_split(source, fractions=parse_fractions(d.split, option="--split"), seed=d.split_seed,
@@ -156,9 +172,11 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
                               label_smoothing=t.label_smoothing, class_weights=class_weights,
                               balanced_sampler=t.balanced_sampler, precision=t.precision, num_workers=d.workers,
                               cache=t.cache, quiet=d.quiet),
+        store=_adopt(store, model),
         cacheable_train=d.augment == "none" and d.batch_augment == "none",
         batch_augment=batch_augmentation(None if d.batch_augment == "none" else d.batch_augment,
                                          num_classes=len(source.classes)),
+        callbacks=callbacks,
     )
     n_kept = len(kept)
     extra: dict[str, Any] = {}
@@ -196,10 +214,24 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
         save_model(run_dir, model, classes=classes, norm=norm,
                    extra={"strategy": plan.strategy, "test_accuracy": metrics["test"]["accuracy"]})
         atomic_write_text(run_dir / METRICS, json.dumps(metrics, indent=2))
+        if save_predictions:
+            probs = test_logits.softmax(1)
+            conf, pred = probs.max(1)
+            rows = ["identity,true,predicted,confidence"] + [
+                f"{json.dumps(source.identity(int(i)))},{int(y)},{int(p)},{float(c):.6f}"
+                for i, y, p, c in zip(split.test, test_in.labels.tolist(), pred.tolist(), conf.tolist())]
+            atomic_write_text(run_dir / "predictions_test.csv", "\n".join(rows) + "\n")
     ctx.barrier()
     log.info("%s on %s: test accuracy %.4f, macro F1 %.4f (%.1fs)", plan.strategy, t.backbone,
              metrics["test"]["accuracy"], metrics["test"]["macro_f1"], metrics["timing"]["total_s"])
     return Run(run_dir=run_dir, metrics=metrics, history=history, config=config, classes=classes, model=model)
+
+
+def _adopt(store: ActivationStore | None, model: TransferModel) -> ActivationStore | None:
+    """A shared store computes new boundaries with the current run's model."""
+    if store is not None:
+        store.model = model
+    return store
 
 
 def _linear_probe(engine: Engine, train_in: SplitInputs, val_in: SplitInputs, t: TrainOptions, n_kept: int,
@@ -229,7 +261,8 @@ def _set_linear_head(model: TransferModel, weight: torch.Tensor, bias: torch.Ten
         model.head[-1].bias.copy_(bias)
 
 
-def train(data: str, *, out: str | os.PathLike[str] | None = None, resume: bool = False, **options: Any) -> Run:
+def train(data: str, *, out: str | os.PathLike[str] | None = None, resume: bool = False,
+          callbacks: Sequence[Callable[[dict[str, Any]], None]] = (), **options: Any) -> Run:
     """Python API mirroring ``transferlab train``; options are the CLI flags' names.
 
     Example:
@@ -244,10 +277,11 @@ def train(data: str, *, out: str | os.PathLike[str] | None = None, resume: bool 
     t = options_from_kwargs(TrainOptions, kwargs)
     if kwargs:
         raise ConfigError(f"unknown option(s) {sorted(kwargs)} for transferlab.train")
-    return run_training(data, data_options=d, train_options=t, out=out, resume=resume)
+    return run_training(data, data_options=d, train_options=t, out=out, resume=resume, callbacks=callbacks)
 
 
-def resume_training(run_dir: str | os.PathLike[str], *, quiet: bool | None = None) -> Run:
+def resume_training(run_dir: str | os.PathLike[str], *, quiet: bool | None = None,
+                    callbacks: Sequence[Callable[[dict[str, Any]], None]] = ()) -> Run:
     """Continue an interrupted run from its last checkpoint, with the options it was started with."""
     cfg_path = Path(run_dir) / CONFIG
     if not cfg_path.is_file():
@@ -257,4 +291,5 @@ def resume_training(run_dir: str | os.PathLike[str], *, quiet: bool | None = Non
     if quiet is not None:
         d = DataOptions(**{**asdict(d), "quiet": quiet})
     t = TrainOptions(**cfg["train_options"])
-    return run_training(cfg["data"], data_options=d, train_options=t, out=run_dir, resume=True)
+    return run_training(cfg["data"], data_options=d, train_options=t, out=run_dir, resume=True,
+                        callbacks=callbacks)

@@ -84,7 +84,7 @@ def split_mobilenet_v2(model: nn.Module) -> Split:
     groups = [
         ("stem", [0]), ("stage1", [1]), ("stage2", [2, 3]), ("stage3", [4, 5, 6]),
         ("stage4", [7, 8, 9, 10]), ("stage5", [11, 12, 13]), ("stage6", [14, 15, 16]),
-        ("stage7", [17]), ("head", [18]),
+        ("stage7", [17]), ("conv_head", [18]),
     ]
     return _split_features(model, groups, model.classifier[-1].in_features)
 
@@ -92,13 +92,13 @@ def split_mobilenet_v2(model: nn.Module) -> Split:
 def split_mobilenet_v3_large(model: nn.Module) -> Split:
     groups = [
         ("stem", [0]), ("stage1", [1]), ("stage2", [2, 3]), ("stage3", [4, 5, 6]),
-        ("stage4", [7, 8, 9, 10]), ("stage5", [11, 12]), ("stage6", [13, 14, 15]), ("head", [16]),
+        ("stage4", [7, 8, 9, 10]), ("stage5", [11, 12]), ("stage6", [13, 14, 15]), ("conv_head", [16]),
     ]
     return _split_features(model, groups, model.classifier[0].in_features)
 
 
 def split_efficientnet_tv(model: nn.Module) -> Split:
-    groups = [("stem", [0])] + [(f"stage{i}", [i]) for i in range(1, 8)] + [("head", [8])]
+    groups = [("stem", [0])] + [(f"stage{i}", [i]) for i in range(1, 8)] + [("conv_head", [8])]
     return _split_features(model, groups, model.classifier[-1].in_features)
 
 
@@ -115,6 +115,6 @@ def split_timm_efficientnet(model: nn.Module) -> Split:
     stages: OrderedDict[str, nn.Module] = OrderedDict(stem=nn.Sequential(model.conv_stem, model.bn1))
     for i, block in enumerate(model.blocks):
         stages[f"stage{i + 1}"] = block
-    stages["head"] = nn.Sequential(model.conv_head, model.bn2)
+    stages["conv_head"] = nn.Sequential(model.conv_head, model.bn2)
     classifier = nn.Sequential(OrderedDict(pool=model.global_pool, head=model.classifier))
     return stages, classifier, model.num_features

@@ -1,0 +1,306 @@
+"""``transferlab compare``: several strategies x seeds (x training-set sizes) on one split.
+
+Work sharing rule: one compare opens the dataset once and makes the split once. All runs that
+start from pretrained weights share one :class:`ActivationStore`. An entry at boundary ``b`` (the
+input of stage ``b``) is valid for a run as long as every stage below ``b`` still holds the
+pretrained weights; the engine drops entries above any stage it trains, so after a run finishes
+the store only holds entries at or below that run's lowest trainable stage, all computed with
+pretrained weights. Entries present before a run are restored after it (they were pretrained
+then and tensors are never modified in place); after a crashed run the store is reset to what it
+held before. Scratch runs (random weights) get their own store, whose only entries are the
+preprocessed images (boundary 0, independent of the weights). Across training-set sizes the
+train entries are dropped; val/test entries are kept unless ``--normalize dataset`` makes the
+inputs depend on the training images.
+
+Example:
+    >>> from transferlab.experiments.compare import compare
+    >>> res = compare("flowers17/", strategies=["scratch", "feature-extraction"], seeds=3,
+    ...               out="cmp", train_options=TrainOptions(backbone="efficientnet_lite0"))  # doctest: +SKIP
+    >>> res["strategies"]["feature-extraction"]["test_accuracy_mean"]  # doctest: +SKIP
+    0.95
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from transferlab.data import ImageSource, Split, atomic_write_text, make_split, open_dataset, parse_fractions
+from transferlab.engine import ActivationStore, init_distributed
+from transferlab.errors import ConfigError, DataError
+from transferlab.experiments.train import plan_options, run_training, setup_logging, versions
+from transferlab.options import DataOptions, TrainOptions
+from transferlab.strategies import build_plan
+from transferlab.strategies.plans import STRATEGIES
+from transferlab.zoo import create_backbone
+
+log = logging.getLogger("transferlab")
+RESULTS = "results.json"
+
+
+def parse_strategies(text: str | Sequence[str]) -> list[str]:
+    """``"a,b"`` -> ``["a", "b"]``, checked against the known strategies.
+
+    Example:
+        >>> parse_strategies("scratch, linear-probe")
+        ['scratch', 'linear-probe']
+    """
+    names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
+    if not names:
+        raise ConfigError("--strategies is empty; expected a comma-separated list, e.g. scratch,fine-tune")
+    unknown = [s for s in names if s not in STRATEGIES]
+    if unknown:
+        raise ConfigError(f"unknown strategy {unknown[0]!r}; expected some of: {', '.join(STRATEGIES)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--strategies lists a strategy twice: {','.join(names)}")
+    return names
+
+
+def parse_sizes(text: str | Sequence[int] | None) -> list[int]:
+    """``"5,10"`` -> ``[5, 10]`` (sorted, positive); None or ``""`` -> ``[]``.
+
+    Example:
+        >>> parse_sizes("20,5")
+        [5, 20]
+    """
+    if text is None:
+        return []
+    parts = [p.strip() for p in text.split(",") if p.strip()] if isinstance(text, str) else list(text)
+    try:
+        sizes = sorted({int(p) for p in parts})
+    except ValueError:
+        raise ConfigError(f"--train-per-class must be comma-separated integers, got {text!r}") from None
+    if any(n < 1 for n in sizes):
+        raise ConfigError(f"--train-per-class values must be >= 1, got {text!r}")
+    return sizes
+
+
+def stratified_subset(source: ImageSource, idx: np.ndarray, n: int, *, seed: int) -> np.ndarray:
+    """A seeded, class-stratified subset of ``n`` items of ``idx`` (all of ``idx`` if it is smaller).
+
+    Example:
+        >>> src = ImageSource.from_arrays(np.zeros((8, 2, 2), np.uint8), [0, 1] * 4, classes=["a", "b"], name="t")
+        >>> stratified_subset(src, np.arange(8), 4, seed=0).size
+        4
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    if n >= idx.size:
+        return idx
+    rng = np.random.default_rng(seed)
+    labels = source.labels[idx]
+    classes = np.unique(labels)
+    picks = []
+    base, extra = divmod(n, classes.size)
+    for k, c in enumerate(classes):
+        pool = idx[labels == c]
+        want = min(pool.size, base + (1 if k < extra else 0))
+        picks.append(rng.choice(pool, size=want, replace=False))
+    return np.sort(np.concatenate(picks))
+
+
+def machine_info() -> dict[str, Any]:
+    """Platform, CPU and library versions (for reports)."""
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "versions": versions()}
+
+
+def _summary(runs: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
+    ok = [r for r in runs if r["status"] == "ok"]
+    acc = np.array([r["test_accuracy"] for r in ok], dtype=float)
+    f1 = np.array([r["macro_f1"] for r in ok], dtype=float)
+
+    def stat(a: np.ndarray, fn: Any) -> float | None:
+        return round(float(fn(a)), 6) if a.size else None
+
+    return {"test_accuracy_mean": stat(acc, np.mean), "test_accuracy_std": stat(acc, np.std),
+            "macro_f1_mean": stat(f1, np.mean), "macro_f1_std": stat(f1, np.std),
+            "wall_s": round(wall_s, 3), "n_ok": len(ok), "n_failed": len(runs) - len(ok), "runs": runs}
+
+
+def _run_record(run: Any, *, seed: int, run_dir: Path) -> dict[str, Any]:
+    m = run.metrics
+    return {"seed": seed, "status": "ok", "run_dir": str(run_dir), "test_accuracy": m["test"]["accuracy"],
+            "macro_f1": m["test"]["macro_f1"], "top5": m["test"]["top5"], "test_loss": m["test"]["loss"],
+            "val_accuracy": m["val"]["accuracy"], "best_epoch": m["best_epoch"], "timing": m["timing"]}
+
+
+class _SharedStore:
+    """The one activation store of a compare (see the module docstring for the validity rule)."""
+
+    def __init__(self, *, device: torch.device, batch_size: int, workers: int, progress: bool) -> None:
+        # the model is adopted by each run (run_training(store=...) sets store.model)
+        self.store = ActivationStore(None, device=device, batch_size=max(batch_size, 64),  # type: ignore[arg-type]
+                                     num_workers=workers, progress=progress)
+
+    def new_training_set(self, *, keep_eval: bool) -> None:
+        for key in list(self.store._cache):
+            if key[0] == "train" or not keep_eval:
+                del self.store._cache[key]
+
+    @property
+    def forward_images(self) -> int:
+        return self.store.forward_images
+
+
+def compare(
+    data: str,
+    *,
+    strategies: Sequence[str] | str,
+    seeds: int,
+    out: str | os.PathLike[str],
+    train_per_class: Sequence[int] | str | None = None,
+    data_options: DataOptions | None = None,
+    train_options: TrainOptions | None = None,
+    val_subset: int | None = None,
+    test_subset: int | None = None,
+    source: ImageSource | None = None,
+) -> dict[str, Any]:
+    """Run every strategy for every seed on one split; write ``out/results.json`` after each run.
+
+    ``train_per_class``: one value subsamples the training split; several values add a
+    data-efficiency study (``results["efficiency"]``) and the main table is the largest value.
+    ``val_subset``/``test_subset``: a seeded, stratified subset of the val/test split (e.g. the
+    demo's fixed 2000 test images). A run that raises is recorded with its error; the others go on.
+
+    Example:
+        >>> compare("flowers17/", strategies="scratch,fine-tune", seeds=2, out="cmp")  # doctest: +SKIP
+    """
+    d = data_options or DataOptions()
+    t = train_options or TrainOptions()
+    names = parse_strategies(strategies)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds!r}")
+    sizes = parse_sizes(train_per_class)
+    if d.train_per_class is not None:
+        if sizes:
+            raise ConfigError("give --train-per-class once (compare takes a comma-separated list)")
+        sizes = [d.train_per_class]
+    for n, v in (("val_subset", val_subset), ("test_subset", test_subset)):
+        if v is not None and v < 1:
+            raise ConfigError(f"{n} must be >= 1, got {v}")
+    stage_names = create_backbone(t.backbone, pretrained=False).stage_names
+    if t.cut is not None and not 1 <= t.cut <= len(stage_names):
+        raise ConfigError(f"--cut must be between 1 and {len(stage_names)} for {t.backbone}, got {t.cut}")
+    kept = stage_names[: t.cut] if t.cut else stage_names
+    for name in names:
+        build_plan(name, stage_names=kept, options=plan_options(replace(t, strategy=name))).validate(kept)
+
+    setup_logging(quiet=d.quiet)
+    out_dir = Path(out)
+    src = source if source is not None else open_dataset(data, quiet=d.quiet)
+    base = make_split(src, fractions=parse_fractions(d.split, option="--split"), seed=d.split_seed)
+    counts = src.class_counts(base.train)
+    if sizes and sizes[-1] > counts.min():
+        c = int(np.argmin(counts))
+        raise DataError(f"--train-per-class {sizes[-1]} exceeds the smallest class {src.classes[c]!r} "
+                        f"({int(counts[c])} training images)")
+    val = base.val if val_subset is None else stratified_subset(src, base.val, val_subset, seed=d.split_seed + 1)
+    test = base.test if test_subset is None else stratified_subset(src, base.test, test_subset,
+                                                                     seed=d.split_seed + 2)
+    splits: list[tuple[int | None, Split]] = []
+    for n in sizes or [None]:
+        train = base.train if n is None else make_split(
+            src, fractions=parse_fractions(d.split, option="--split"), seed=d.split_seed, train_per_class=n).train
+        splits.append((n, Split(train=train, val=val, test=test)))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = init_distributed(d.device)
+    stores = _SharedStore(device=ctx.device, batch_size=t.batch_size, workers=d.workers,
+                           progress=not d.quiet)
+    main_n, main_split = splits[-1]
+    results: dict[str, Any] = {
+        "status": "running", "data": str(data), "backbone": t.backbone, "seeds": seeds, "strategies_order": names,
+        "strategies": {}, "machine": machine_info(),
+        "split": {"fractions": d.split, "split_seed": d.split_seed, "train_per_class": main_n,
+                  "val_subset": val_subset, "test_subset": test_subset, "sizes": main_split.sizes(),
+                  "classes": list(src.classes)},
+        "data_options": asdict(d), "train_options": asdict(t),
+        "sharing": {"rule": "every run shares the preprocessed images (boundary 0); pretrained runs also "
+                            "share activations up to their lowest trainable stage", "forward_images": 0},
+    }
+    if len(splits) > 1:
+        results["efficiency"] = {"train_per_class": [n for n, _ in splits], "strategies": {}}
+    total = len(splits) * len(names) * seeds
+    bar = None
+    if not d.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="compare", unit="run")
+    t_all = time.perf_counter()
+    for k, (n, split) in enumerate(splits):
+        if k:
+            stores.new_training_set(keep_eval=d.normalize != "dataset")
+        per_strategy: dict[str, dict[str, Any]] = {}
+        for name in names:
+            runs: list[dict[str, Any]] = []
+            wall = 0.0
+            for seed in range(seeds):
+                run_dir = out_dir / "runs" / (f"n{n}" if len(splits) > 1 else "") / name / f"seed{seed}"
+                if bar is not None:
+                    bar.set_postfix_str(f"{name} seed {seed}" + (f" n={n}" if n is not None else ""))
+                store = stores.store
+                before = dict(store._cache)
+                t0 = time.perf_counter()
+                try:
+                    run = run_training(str(data), data_options=replace(d, seed=seed, train_per_class=n),
+                                       train_options=replace(t, strategy=name), out=run_dir, source=src,
+                                       split=split, store=store, save_predictions=True)
+                    store._cache.update(before)
+                    runs.append(_run_record(run, seed=seed, run_dir=run_dir))
+                except Exception as exc:  # recorded, the other runs go on (KeyboardInterrupt is not caught)
+                    store._cache.clear()
+                    store._cache.update(before)
+                    message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                    log.error("%s seed %d failed: %s", name, seed, message)
+                    run_dir.mkdir(parents=True, exist_ok=True)
+                    atomic_write_text(run_dir / "error.txt", traceback.format_exc())
+                    runs.append({"seed": seed, "status": "failed", "run_dir": str(run_dir), "error": message})
+                wall += time.perf_counter() - t0
+                per_strategy[name] = _summary(runs, wall)
+                if n == main_n:
+                    results["strategies"][name] = per_strategy[name]
+                if "efficiency" in results:
+                    results["efficiency"]["strategies"].setdefault(name, {})[str(n)] = {
+                        key: per_strategy[name][key] for key in
+                        ("test_accuracy_mean", "test_accuracy_std", "macro_f1_mean", "macro_f1_std", "n_ok")}
+                results["sharing"]["forward_images"] = stores.forward_images
+                results["wall_s"] = round(time.perf_counter() - t_all, 3)
+                atomic_write_text(out_dir / RESULTS, json.dumps(results, indent=2))
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
+    results["status"] = "done"
+    atomic_write_text(out_dir / RESULTS, json.dumps(results, indent=2))
+    return results
+
+
+def best_strategy(results: dict[str, Any]) -> str | None:
+    """The strategy with the highest mean test accuracy (None if every run failed).
+
+    Example:
+        >>> best_strategy({"strategies": {"a": {"test_accuracy_mean": 0.5}, "b": {"test_accuracy_mean": 0.9}}})
+        'b'
+    """
+    scored = [(v["test_accuracy_mean"], k) for k, v in results["strategies"].items()
+              if v.get("test_accuracy_mean") is not None]
+    return max(scored)[1] if scored else None

@@ -1,0 +1,256 @@
+"""One self-contained HTML report (PNG figures embedded as base64, also written to ``figures/``).
+
+Works on a compare directory (``results.json``) or a single run directory (``metrics.json``).
+
+Example:
+    >>> from transferlab.report import build_report
+    >>> build_report("cmp")  # doctest: +SKIP
+    PosixPath('cmp/report.html')
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from matplotlib import pyplot as plt
+from matplotlib.figure import Figure
+
+from transferlab.data import ImageDataset, ImageSource, atomic_write_bytes, atomic_write_text, load_split, open_dataset
+from transferlab.errors import ConfigError
+from transferlab.report import figures
+
+REPORT = "report.html"
+FIGURES = "figures"
+PREDICTIONS = "predictions_test.csv"
+MAX_MISCLASSIFIED = 24
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def _history(run_dir: Path) -> list[dict[str, Any]]:
+    p = run_dir / "history.jsonl"
+    if not p.is_file():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def _single_run_results(run_dir: Path) -> dict[str, Any]:
+    """A single run directory seen as a compare of one strategy and one seed."""
+    from transferlab.experiments.compare import _summary
+
+    m = _read_json(run_dir / "metrics.json")
+    cfg = _read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
+    rec = {"seed": cfg.get("data_options", {}).get("seed", 0), "status": "ok", "run_dir": str(run_dir),
+           "test_accuracy": m["test"]["accuracy"], "macro_f1": m["test"]["macro_f1"], "top5": m["test"]["top5"],
+           "test_loss": m["test"]["loss"], "val_accuracy": m["val"]["accuracy"], "best_epoch": m["best_epoch"],
+           "timing": m["timing"]}
+    machine = {**cfg.get("machine", {}), "versions": cfg.get("versions", {})}
+    return {"status": "done", "data": cfg.get("data"), "backbone": m["backbone"], "seeds": 1,
+            "strategies": {m["strategy"]: _summary([rec], m["timing"]["total_s"])}, "machine": machine,
+            "split": {"classes": None}, "wall_s": m["timing"]["total_s"]}
+
+
+def _png(fig: Figure, name: str, fig_dir: Path) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    data = buf.getvalue()
+    atomic_write_bytes(fig_dir / f"{name}.png", data)
+    return (f'<figure><img id="fig-{name}" alt="{name}" src="data:image/png;base64,'
+            f'{base64.b64encode(data).decode()}"><figcaption>{FIGURES}/{name}.png</figcaption></figure>')
+
+
+def _fmt(mean: float | None, std: float | None) -> str:
+    return "failed" if mean is None else f"{mean:.4f} ± {std:.4f}"
+
+
+def _table(header: list[str], rows: list[list[Any]], *, cls: str = "") -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _open_source(data: str | None, source: ImageSource | None) -> ImageSource:
+    if source is not None:
+        return source
+    if not data:
+        raise ConfigError("report: the run does not record its dataset; cannot show misclassified images")
+    return open_dataset(data, quiet=True)
+
+
+def _predictions(run_dir: Path, source: ImageSource) -> list[tuple[int, int, int, float]]:
+    """(source index, true, predicted, confidence) of the run's test split, saved or recomputed."""
+    path = run_dir / PREDICTIONS
+    if path.is_file():
+        with path.open(newline="") as f:
+            return [(source.index_of(r["identity"]), int(r["true"]), int(r["predicted"]), float(r["confidence"]))
+                    for r in csv.DictReader(f)]
+    from transferlab.engine import Engine, EngineOptions, SplitInputs, init_distributed
+    from transferlab.experiments.artifacts import load_model
+
+    lm = load_model(run_dir)
+    idx = load_split(run_dir, source).test
+    split = SplitInputs(name="test", labels=torch.as_tensor(source.labels[idx], dtype=torch.long),
+                        eval_dataset=ImageDataset(source, idx, lm.transform(), draft_size=lm.preprocessing.resize_size))
+    engine = Engine(lm.model, ctx=init_distributed("cpu"), options=EngineOptions(quiet=True))
+    probs = engine.predict(split, boundary=0, use_cache=False).softmax(1)
+    conf, pred = probs.max(1)
+    return [(int(i), int(y), int(p), float(c)) for i, y, p, c in
+            zip(idx, split.labels.tolist(), pred.tolist(), conf.tolist())]
+
+
+def build_report(path: str | os.PathLike[str], *, source: ImageSource | None = None) -> Path:
+    """Write ``path/report.html`` and ``path/figures/*.png`` for a compare or a single run directory.
+
+    Example:
+        >>> build_report("runs/ft")  # doctest: +SKIP
+        PosixPath('runs/ft/report.html')
+    """
+    from transferlab.experiments.compare import RESULTS, best_strategy
+
+    root = Path(path)
+    if (root / RESULTS).is_file():
+        results = _read_json(root / RESULTS)
+        title = f"transferlab compare: {results.get('data')} / {results.get('backbone')}"
+    elif (root / "metrics.json").is_file():
+        results = _single_run_results(root)
+        title = f"transferlab run: {root}"
+    else:
+        raise ConfigError(f"report: {root} has neither results.json (compare) nor metrics.json (run)")
+    fig_dir = root / FIGURES
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    strategies: dict[str, Any] = results["strategies"]
+    parts: list[str] = [f"<h1>{html.escape(title)}</h1>"]
+    if results.get("status") != "done":
+        parts.append('<p class="warn">The compare did not finish: these are the runs written so far.</p>')
+
+    # results table
+    rows = []
+    for name, s in strategies.items():
+        failed = [r for r in s["runs"] if r["status"] != "ok"]
+        note = "; ".join(f"seed {r['seed']} failed: {html.escape(r['error'])}" for r in failed)
+        rows.append([html.escape(name), _fmt(s["test_accuracy_mean"], s["test_accuracy_std"]),
+                     _fmt(s["macro_f1_mean"], s["macro_f1_std"]), f"{s['n_ok']}/{len(s['runs'])}",
+                     f"{s['wall_s']:.1f}", f'<span class="failed">{note}</span>' if note else "ok"])
+    parts += ["<h2>Results (test split, mean ± std over seeds)</h2>",
+              _table(["strategy", "test accuracy", "macro F1", "runs ok", "wall s", "status"], rows, cls="results")]
+    if "split" in results and results["split"].get("sizes"):
+        parts.append(f"<p>Split sizes: {html.escape(json.dumps(results['split']['sizes']))}; "
+                     f"training images per class: {results['split'].get('train_per_class') or 'all'}.</p>")
+
+    ok_runs = {name: [r for r in s["runs"] if r["status"] == "ok"] for name, s in strategies.items()}
+    histories = {name: _history(Path(rs[0]["run_dir"])) for name, rs in ok_runs.items() if rs}
+    with_epochs = {k: v for k, v in histories.items() if v}
+    if with_epochs:
+        parts += ["<h2>Learning curves</h2><p>First seed of each strategy; shaded bands are the plan's phases. "
+                  + ("Strategies without epochs (closed-form linear probe) are not drawn. " if
+                     len(with_epochs) < len(histories) else "") + "</p>",
+                  _png(figures.learning_curves(with_epochs), "learning_curves", fig_dir)]
+    transfer = {k: v for k, v in with_epochs.items() if k != "scratch"}
+    if "scratch" in with_epochs and transfer:
+        facts = [[html.escape(k), f"{f['start']:.3f}", f"{f['slope']:+.4f}", f"{f['asymptote']:.3f}"]
+                 for k, f in ((k, figures.curve_facts(v)) for k, v in {"scratch": with_epochs["scratch"],
+                                                                        **transfer}.items())]
+        parts += ["<h2>The three benefits of transfer</h2>",
+                  _png(figures.three_benefits(with_epochs["scratch"], transfer), "three_benefits", fig_dir),
+                  "<p>Start: validation accuracy after the first epoch. Slope: mean gain per epoch over the "
+                  "first 3 epochs. Asymptote: mean validation accuracy of the last 3 epochs.</p>",
+                  _table(["strategy", "start", "slope / epoch", "asymptote"], facts)]
+    if results.get("efficiency"):
+        parts += ["<h2>Data efficiency</h2>", _png(figures.data_efficiency(results["efficiency"]),
+                                                   "data_efficiency", fig_dir)]
+
+    best = best_strategy(results)
+    if best is not None:
+        run = max(ok_runs[best], key=lambda r: r["test_accuracy"])
+        run_dir = Path(run["run_dir"])
+        m = _read_json(run_dir / "metrics.json")
+        classes = list(m["test"]["per_class"])
+        parts += [f"<h2>Best strategy: {html.escape(best)} (seed {run['seed']}, test accuracy "
+                  f"{run['test_accuracy']:.4f})</h2>",
+                  _png(figures.confusion(m["test"]["confusion"], classes, title=f"{best}: test confusion"),
+                       "confusion", fig_dir),
+                  _table(["class", "precision", "recall", "F1", "support"],
+                         [[html.escape(c), f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}",
+                           v["support"]] for c, v in m["test"]["per_class"].items()], cls="per-class")]
+        src = _open_source(results.get("data"), source)
+        preds = _predictions(run_dir, src)
+        wrong = sorted((p for p in preds if p[1] != p[2]), key=lambda p: -p[3])[:MAX_MISCLASSIFIED]
+        if wrong:
+            items = [(src.load(i), classes[y], classes[p], c) for i, y, p, c in wrong]
+            parts += [f"<h3>Misclassified test images ({sum(p[1] != p[2] for p in preds)} of {len(preds)}; "
+                      f"most confident first)</h3>", _png(figures.misclassified_grid(items), "misclassified", fig_dir)]
+        else:
+            parts.append("<p>No misclassified test images.</p>")
+
+    # overfitting diagnosis, every run
+    diag_rows, time_rows = [], []
+    for name, rs in ok_runs.items():
+        for r in rs:
+            hist = _history(Path(r["run_dir"]))
+            o = figures.overfitting(hist)
+            if not hist:
+                verdict = "no epochs (closed-form fit)"
+            elif o is None:
+                verdict = "no: validation loss did not turn up while training loss fell"
+            else:
+                verdict = (f"yes: val loss turned up at epoch {o['turned_up_at']} (min {o['min_val_loss']:.4f} at "
+                           f"epoch {o['best_epoch']}, last {o['last_val_loss']:.4f}) while train loss fell "
+                           f"{o['train_loss_at_min']:.4f} → {o['last_train_loss']:.4f}")
+            diag_rows.append([html.escape(name), r["seed"], len(hist), r["best_epoch"], html.escape(verdict)])
+            t = r["timing"]
+            time_rows.append((f"{name} s{r['seed']}", t["total_s"], t["extract_s"], t["train_s"]))
+    parts += ["<h2>Overfitting diagnosis</h2>",
+              _table(["strategy", "seed", "epochs", "best epoch (kept)", "overfitting"], diag_rows)]
+    if time_rows:
+        parts += ["<h2>Timings</h2>", _png(figures.timings(time_rows), "timings", fig_dir),
+                  _table(["run", "total s", "feature extraction s", "training s"],
+                         [[html.escape(a), f"{b:.1f}", f"{c:.1f}", f"{d:.1f}"] for a, b, c, d in time_rows])]
+        if results.get("wall_s") is not None:
+            parts.append(f"<p>Wall time of the whole job: {results['wall_s']:.1f} s.</p>")
+    if results.get("sharing"):
+        parts.append(f"<p>Work sharing: {html.escape(results['sharing']['rule'])}; images through the "
+                     f"backbone's first stage: {results['sharing']['forward_images']}.</p>")
+    machine = results.get("machine", {})
+    mrows = [[html.escape(str(k)), html.escape(str(v))] for k, v in machine.items() if k != "versions"]
+    mrows += [[html.escape(k), html.escape(str(v))] for k, v in machine.get("versions", {}).items()]
+    parts += ["<h2>Machine and versions</h2>", _table(["", ""], mrows)]
+    page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>\n")
+    out = root / REPORT
+    atomic_write_text(out, page)
+    return out
+
+
+_CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}"
+        "th{background:#f0f0f0}img{max-width:100%}figcaption{font-size:11px;color:#777}"
+        ".failed,.warn{color:#b00}")
+
+
+def report_summary(path: str | os.PathLike[str]) -> list[str]:
+    """Lines for the terminal: strategy and mean ± std test accuracy.
+
+    Example:
+        >>> report_summary("cmp")  # doctest: +SKIP
+        ['scratch             0.3120 ± 0.0100']
+    """
+    from transferlab.experiments.compare import RESULTS
+
+    root = Path(path)
+    results = _read_json(root / RESULTS) if (root / RESULTS).is_file() else _single_run_results(root)
+    return [f"{name:<20}{_fmt(s['test_accuracy_mean'], s['test_accuracy_std'])}"
+            for name, s in results["strategies"].items()]
+
+
+__all__ = ["build_report", "report_summary"]
