@@ -1,0 +1,157 @@
+"""compare: schema, incremental results, shared features, bad input, a crashing strategy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from transferlab.cli import main
+from transferlab.errors import ConfigError, DataError
+from transferlab.experiments.compare import compare, parse_sizes, parse_strategies, stratified_subset
+from transferlab.options import DataOptions, TrainOptions
+
+FAST = dict(backbone="mobilenet_v2", cut=2, epochs=1, finetune_epochs=1, scratch_epochs=1, unfreeze=1)
+
+
+def squares(root: Path, *, classes: int = 3, per_class: int = 8, size: int = 32) -> Path:
+    """Class folders of noisy images with a class-coloured square."""
+    rng = np.random.default_rng(0)
+    colours = [(220, 40, 40), (40, 200, 60), (40, 60, 220)]
+    for c in range(classes):
+        d = root / f"c{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = rng.integers(0, 80, size=(size, size, 3), dtype=np.uint8)
+            x, y = rng.integers(0, size // 2, size=2)
+            img[y : y + size // 2, x : x + size // 2] = colours[c]
+            Image.fromarray(img).save(d / f"{i}.png")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TRANSFERLAB_OFFLINE", "1")
+
+
+def test_compare_schema_incremental_and_shared_features(tmp_path: Path) -> None:
+    data = squares(tmp_path / "data")
+    out = tmp_path / "cmp"
+    res = compare(str(data), strategies="linear-probe,feature-extraction", seeds=2, out=out,
+                  data_options=DataOptions(quiet=True), train_options=TrainOptions(**FAST))
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["status"] == "done" and on_disk["strategies"].keys() == res["strategies"].keys()
+    for name in ("linear-probe", "feature-extraction"):
+        s = on_disk["strategies"][name]
+        for key in ("test_accuracy_mean", "test_accuracy_std", "macro_f1_mean", "macro_f1_std", "wall_s"):
+            assert isinstance(s[key], float)
+        accs = [r["test_accuracy"] for r in s["runs"]]
+        assert [r["seed"] for r in s["runs"]] == [0, 1]
+        assert s["test_accuracy_mean"] == pytest.approx(np.mean(accs), abs=1e-6)
+        assert s["test_accuracy_std"] == pytest.approx(np.std(accs), abs=1e-6)
+        for r in s["runs"]:
+            assert (Path(r["run_dir"]) / "metrics.json").is_file()
+            assert (Path(r["run_dir"]) / "predictions_test.csv").is_file()
+    sizes = on_disk["split"]["sizes"]
+    assert sizes == {"train": 12, "val": 6, "test": 6}
+    # 2 strategies x 2 seeds, yet every image went through the backbone's first stage once
+    assert on_disk["sharing"]["forward_images"] == sum(sizes.values())
+    assert on_disk["machine"]["versions"]["torch"]
+    # the same split for every run
+    splits = {(Path(r["run_dir"]) / "split_test.txt").read_text() for s in on_disk["strategies"].values()
+              for r in s["runs"]}
+    assert len(splits) == 1
+
+
+def test_scratch_shares_preprocessed_images_with_pretrained_runs(tmp_path: Path) -> None:
+    data = squares(tmp_path / "data")
+    res = compare(str(data), strategies="scratch,feature-extraction", seeds=1, out=tmp_path / "cmp",
+                  data_options=DataOptions(quiet=True), train_options=TrainOptions(**FAST))
+    assert all(s["n_ok"] == 1 for s in res["strategies"].values())
+    assert res["sharing"]["forward_images"] == sum(res["split"]["sizes"].values())
+
+
+def test_a_crashing_strategy_is_recorded_and_the_others_go_on(tmp_path: Path) -> None:
+    data = squares(tmp_path / "data")
+    out = tmp_path / "cmp"
+    # linear-probe refuses a dense head: it fails, feature-extraction still runs
+    res = compare(str(data), strategies="linear-probe,feature-extraction", seeds=1, out=out,
+                  data_options=DataOptions(quiet=True), train_options=TrainOptions(head="dense", hidden="8", **FAST))
+    lp, fe = res["strategies"]["linear-probe"], res["strategies"]["feature-extraction"]
+    assert lp["n_failed"] == 1 and lp["test_accuracy_mean"] is None
+    assert "head linear" in lp["runs"][0]["error"] and "\n" not in lp["runs"][0]["error"]
+    assert (Path(lp["runs"][0]["run_dir"]) / "error.txt").is_file()
+    assert fe["n_ok"] == 1
+    assert json.loads((out / "results.json").read_text())["strategies"]["feature-extraction"]["n_ok"] == 1
+
+
+def test_data_efficiency_study(tmp_path: Path) -> None:
+    data = squares(tmp_path / "data", per_class=10)
+    res = compare(str(data), strategies=["linear-probe"], seeds=1, out=tmp_path / "cmp", train_per_class="2,4",
+                  data_options=DataOptions(quiet=True), train_options=TrainOptions(**FAST))
+    eff = res["efficiency"]
+    assert eff["train_per_class"] == [2, 4]
+    assert set(eff["strategies"]["linear-probe"]) == {"2", "4"}
+    assert res["split"]["train_per_class"] == 4 and res["split"]["sizes"]["train"] == 12
+    run_dirs = {r["run_dir"] for r in res["strategies"]["linear-probe"]["runs"]}
+    assert all("n4" in d for d in run_dirs)
+    assert len((tmp_path / "cmp" / "runs" / "n2" / "linear-probe" / "seed0" / "split_train.txt")
+               .read_text().split("\n")) >= 6
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--strategies", ""], "--strategies is empty"),
+    (["--strategies", " , "], "--strategies is empty"),
+    (["--strategies", "scratch,nope"], "unknown strategy 'nope'"),
+    (["--train-per-class", "2,50"], "exceeds the smallest class"),
+    (["--train-per-class", "a"], "comma-separated integers"),
+])
+def test_bad_input_is_one_line_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              argv: list[str], message: str) -> None:
+    data = squares(tmp_path / "data", per_class=4)
+    out = tmp_path / "cmp"
+    rc = main(["compare", str(data), "--out", str(out), "--backbone", "mobilenet_v2", "--quiet", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert err[-1].startswith("error: ") and message in err[-1]
+    assert not (out / "results.json").exists() and not (out / "runs").exists()
+
+
+def test_parsers() -> None:
+    assert parse_strategies(["scratch", "fine-tune"]) == ["scratch", "fine-tune"]
+    with pytest.raises(ConfigError, match="twice"):
+        parse_strategies("scratch,scratch")
+    assert parse_sizes(None) == [] and parse_sizes("40,5,10") == [5, 10, 40]
+    with pytest.raises(ConfigError):
+        parse_sizes("0,5")
+
+
+def test_stratified_subset_is_seeded_and_balanced(tmp_path: Path) -> None:
+    from transferlab.data import ImageSource
+
+    src = ImageSource.from_arrays(np.zeros((40, 2, 2), np.uint8), [0, 1] * 20, classes=["a", "b"], name="t")
+    a = stratified_subset(src, np.arange(40), 10, seed=3)
+    assert np.array_equal(a, stratified_subset(src, np.arange(40), 10, seed=3))
+    assert np.bincount(src.labels[a]).tolist() == [5, 5]
+    assert stratified_subset(src, np.arange(40), 100, seed=0).size == 40
+
+
+def test_compare_cli_writes_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = squares(tmp_path / "data")
+    out = tmp_path / "cmp"
+    rc = main(["compare", str(data), "--out", str(out), "--strategies", "linear-probe", "--seeds", "1", "--quiet",
+               "--backbone", "mobilenet_v2", "--cut", "2"])
+    assert rc == 0
+    assert (out / "report.html").is_file()
+    assert f"report: {out / 'report.html'}" in capsys.readouterr().out
+
+
+def test_data_error_for_missing_dataset(tmp_path: Path) -> None:
+    with pytest.raises(DataError):
+        compare(str(tmp_path / "missing"), strategies="linear-probe", seeds=1, out=tmp_path / "o",
+                data_options=DataOptions(quiet=True), train_options=TrainOptions(**FAST))
