@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny synthetic image folders and the real data in ../shared (skipped if absent)."""
+"""Shared fixtures: tiny synthetic image folders (real-data fixtures live in tests/data/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "datasets"
 
 # Tests never try the network for weights, and use their own scan cache.
 os.environ.setdefault("TRANSFERLAB_OFFLINE", "1")
@@ -37,13 +34,3 @@ def tiny_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path / "cache"))
     return make_image_folder(tmp_path / "data")
 
-
-@pytest.fixture
-def shared_data():
-    def get(name: str) -> Path:
-        path = SHARED / name
-        if not path.is_dir():
-            pytest.skip(f"real dataset {name} not found at {path} (runs in CI with ../shared beside the repo)")
-        return path
-
-    return get
