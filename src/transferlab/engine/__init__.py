@@ -4,6 +4,7 @@ from transferlab.engine.activations import ActivationStore, SplitInputs
 from transferlab.engine.distributed import DistContext, init_distributed, shutdown_distributed
 from transferlab.engine.metrics import classification_metrics
 from transferlab.engine.schedules import make_scheduler, stlr_factor
+from transferlab.engine.tasks import ClassificationTask, Task
 from transferlab.engine.trainer import (
     CHECKPOINT,
     Engine,
@@ -16,11 +17,13 @@ from transferlab.engine.trainer import (
 __all__ = [
     "CHECKPOINT",
     "ActivationStore",
+    "ClassificationTask",
     "DistContext",
     "Engine",
     "EngineOptions",
     "FitResult",
     "SplitInputs",
+    "Task",
     "classification_metrics",
     "configure_trainable",
     "init_distributed",

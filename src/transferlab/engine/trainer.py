@@ -21,6 +21,7 @@ from transferlab.data import atomic_write_bytes, atomic_write_text
 from transferlab.engine.activations import ActivationStore, SplitInputs
 from transferlab.engine.distributed import DistContext
 from transferlab.engine.schedules import make_scheduler
+from transferlab.engine.tasks import ClassificationTask, Task
 from transferlab.errors import ConfigError, TrainingError
 from transferlab.strategies.model import TransferModel
 from transferlab.strategies.plans import Phase, Plan
@@ -170,6 +171,7 @@ class Engine:
         batch_augment: Any = None,
         store: ActivationStore | None = None,
         callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
+        task: Task | None = None,
     ) -> None:
         self.model = model.to(ctx.device).to(memory_format=torch.channels_last)
         self.ctx = ctx
@@ -183,6 +185,10 @@ class Engine:
         )
         self.extract_s = 0.0
         self.callbacks = tuple(callbacks)
+        if task is None:
+            w = torch.tensor(options.class_weights, dtype=torch.float32) if options.class_weights else None
+            task = ClassificationTask(class_weights=w, label_smoothing=options.label_smoothing).to(ctx.device)
+        self.task = task
 
     # ---- inputs
     def _activations(self, split: SplitInputs, boundary: int, *, allow: bool) -> torch.Tensor | None:
@@ -233,18 +239,14 @@ class Engine:
                                        generator=torch.Generator()):  # leaves the global RNG alone
                     x = x.to(self.ctx.device).contiguous(memory_format=torch.channels_last)
                     outs.append(self.model(x).float().cpu())
-        local = torch.cat(outs) if outs else torch.empty(0, self.model.num_classes)
+        width = self.model.num_classes
+        local = torch.cat(outs) if outs else torch.empty(0, width)
         shards = self.ctx.gather((mine, local))
-        logits = torch.empty(n, self.model.num_classes)
+        logits = torch.empty(n, width)
         for idx, part in shards:
             if idx:
                 logits[idx] = part
         return logits
-
-    def _loss_fn(self) -> nn.Module:
-        w = torch.tensor(self.opt.class_weights, dtype=torch.float32) if self.opt.class_weights else None
-        return nn.CrossEntropyLoss(weight=w.to(self.ctx.device) if w is not None else None,
-                                   label_smoothing=self.opt.label_smoothing)
 
     def _autocast(self) -> Any:
         if self.ctx.device.type == "cuda" and self.opt.precision != "fp32":
@@ -276,7 +278,6 @@ class Engine:
                      plan.phases[min(start_phase, len(plan.phases) - 1)].name, start_epoch)
             # caches above any stage trained by a finished phase would be recomputed anyway:
             # the store is empty in a new process.
-        loss_fn = self._loss_fn()
         n_stages = len(model.stage_names)
         phases_run: list[str] = []
         for pi, phase in enumerate(plan.phases):
@@ -313,19 +314,18 @@ class Engine:
                 set_modes(model, phase)
                 if isinstance(loader.sampler, DistributedSampler):
                     loader.sampler.set_epoch(epoch)
-                tr_loss, tr_acc = self._train_epoch(runner, loader, optimizer, scheduler, loss_fn,
+                tr_loss, tr_acc = self._train_epoch(runner, loader, optimizer, scheduler,
                                                     prefix_stop=start if train_acts is None else 0,
                                                     raw_inputs=train_acts is None or start == 0,
                                                     desc=f"{phase.name} {epoch + 1}/{phase.epochs}",
                                                     where=(phase.name, epoch))
                 val_logits = self._val_logits(val, val_acts, start)
-                val_loss = float(nn.functional.cross_entropy(val_logits, val.labels))
+                val_loss, val_acc = self.task.evaluate(val_logits, val.labels)
                 if not math.isfinite(val_loss):
                     raise TrainingError(
                         f"loss became {val_loss} in phase {phase.name!r}, epoch {epoch + 1} (validation); training "
                         "stopped, the last good checkpoint is kept (lower --lr or check the data)"
                     )
-                val_acc = float((val_logits.argmax(1) == val.labels).float().mean())
                 seconds = time.perf_counter() - t0
                 train_s += seconds
                 record = {
@@ -384,7 +384,7 @@ class Engine:
         return self.predict(val, boundary=0, use_cache=False)
 
     def _train_epoch(self, runner: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
-                     scheduler: Any, loss_fn: nn.Module, *, prefix_stop: int, raw_inputs: bool, desc: str,
+                     scheduler: Any, *, prefix_stop: int, raw_inputs: bool, desc: str,
                      where: tuple[str, int]) -> tuple[float, float]:
         total, correct, loss_sum = 0, 0.0, 0.0
         it = loader
@@ -405,7 +405,7 @@ class Engine:
                     x = self.model.prefix(x, start=0, stop=prefix_stop)
             with self._autocast():
                 logits = runner(x)
-                loss = loss_fn(logits.float(), target)
+                loss = self.task.loss(logits, target)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"loss became {loss.item()} in phase {where[0]!r}, epoch {where[1] + 1}, step {step + 1}; "
@@ -415,9 +415,8 @@ class Engine:
             loss.backward()
             optimizer.step()
             scheduler.step()
-            hard = target if target.dim() == 1 else target.argmax(1)
             loss_sum += float(loss.detach()) * len(y)
-            correct += float((logits.argmax(1) == hard).sum())
+            correct += self.task.batch_score(logits.detach(), target)
             total += len(y)
         loss_sum, correct, total_f = self.ctx.all_sum([loss_sum, correct, float(total)])
         return loss_sum / max(total_f, 1), correct / max(total_f, 1)
