@@ -33,12 +33,13 @@ def demo_options(*, quiet: bool) -> tuple[DataOptions, TrainOptions]:
         ('efficientnet_lite0', 20)
     """
     d = DataOptions(train_per_class=DEMO_TRAIN_PER_CLASS, quiet=quiet, split_seed=0)
-    t = TrainOptions(backbone="efficientnet_lite0", epochs=15, scratch_epochs=5, patience=15)
+    t = TrainOptions(backbone="efficientnet_lite0", epochs=15, scratch_epochs=3, patience=15)
     return d, t
 
 
 def run_demo(*, out: str | os.PathLike[str] = "demo", quiet: bool = False) -> int:
     """Run the demo compare into ``out`` and print where the report is (returns the exit status)."""
+    from transferlab.data import open_dataset
     from transferlab.experiments.compare import compare
     from transferlab.report import build_report, report_summary
 
@@ -47,9 +48,10 @@ def run_demo(*, out: str | os.PathLike[str] = "demo", quiet: bool = False) -> in
     if not quiet:
         print(f"transferlab demo: {', '.join(DEMO_STRATEGIES)} on Fashion-MNIST, {DEMO_TRAIN_PER_CLASS} training "
               f"images per class, {DEMO_TEST} test images, efficientnet_lite0 -> {out}/", flush=True)
+    source = open_dataset("fashion-mnist", quiet=quiet)
     compare("fashion-mnist", strategies=list(DEMO_STRATEGIES), seeds=1, out=out, data_options=d, train_options=t,
-            val_subset=DEMO_VAL, test_subset=DEMO_TEST)
-    path = build_report(out)
+            val_subset=DEMO_VAL, test_subset=DEMO_TEST, source=source)
+    path = build_report(out, source=source)
     print("\n".join(report_summary(out)))
     print(f"demo finished in {time.perf_counter() - t0:.0f}s; report: {Path(path).resolve()}")
     return 0

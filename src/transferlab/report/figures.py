@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 PHASE_COLOURS = ("#e8eef7", "#f7efe0", "#e6f4e6", "#f4e6f0", "#eeeeee")
 
@@ -39,8 +40,8 @@ def phase_spans(history: list[dict[str, Any]]) -> list[tuple[str, int, int]]:
 
 def _shade(ax: Any, history: list[dict[str, Any]]) -> None:
     for i, (name, a, b) in enumerate(phase_spans(history)):
-        ax.axvspan(a - 0.5, b + 0.5, color=PHASE_COLOURS[i % len(PHASE_COLOURS)], zorder=0)
-        ax.text((a + b) / 2, 1.0, name, transform=ax.get_xaxis_transform(), ha="center", va="bottom",
+        ax.axvspan(a + 0.5, b + 1.5, color=PHASE_COLOURS[i % len(PHASE_COLOURS)], zorder=0)
+        ax.text((a + b) / 2 + 1, 1.0, name, transform=ax.get_xaxis_transform(), ha="center", va="bottom",
                 fontsize=7, color="#555")
 
 
@@ -49,7 +50,7 @@ def learning_curves(histories: dict[str, list[dict[str, Any]]]) -> Figure:
     rows = max(1, len(histories))
     fig, axes = plt.subplots(rows, 2, figsize=(10, 2.6 * rows), squeeze=False)
     for r, (name, hist) in enumerate(histories.items()):
-        ep = [h["epoch"] for h in hist]
+        ep = [h["epoch"] + 1 for h in hist]
         for c, (key, label) in enumerate((("loss", "loss"), ("accuracy", "accuracy"))):
             ax = axes[r][c]
             _shade(ax, hist)
@@ -57,6 +58,9 @@ def learning_curves(histories: dict[str, list[dict[str, Any]]]) -> Figure:
             ax.plot(ep, [h[f"val_{key}"] for h in hist], "--s", ms=3, label=f"val {label}")
             ax.set_ylabel(f"{name}\n{label}" if c == 0 else label)
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if key == "accuracy":
+                ax.set_ylim(-0.02, 1.02)
             ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig
@@ -92,6 +96,8 @@ def three_benefits(scratch: list[dict[str, Any]], transfer: dict[str, list[dict[
         ax.text(ep[-1], f["asymptote"], f" asymptote {f['asymptote']:.2f}\n slope {f['slope']:+.3f}/epoch",
                 fontsize=7, color=line.get_color(), va="center")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(-0.02, 1.02)
     ax.set_ylabel("validation accuracy")
     ax.set_title("Transfer vs scratch: higher start, higher slope, higher asymptote?")
     ax.legend(fontsize=8, loc="lower right")
