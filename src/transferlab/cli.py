@@ -137,8 +137,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from transferlab.experiments.recommend import recommend
+
+    rec = recommend(args.data, backbone=args.backbone, sample=args.sample, split=args.split,
+                    train_per_class=args.train_per_class, seed=args.seed, weights=args.weights)
+    if args.json:
+        _print_json(rec)
+        return 0
+    cut = f", --cut {rec['cut']}" if rec["cut"] else ""
+    print(f"{rec['data']} ({rec['quadrant']}): --strategy {rec['strategy']} --unfreeze {rec['unfreeze']}{cut}")
+    for reason in rec["reasons"]:
+        print(f"  - {reason}")
+    return 0
+
+
 def add_evidence_commands(sub: Any) -> None:
-    """``compare`` and ``report`` subcommands."""
+    """``compare``, ``report`` and ``recommend`` subcommands."""
     p = sub.add_parser("compare", help="run several strategies x seeds on one split; write results.json + report.html")
     p.add_argument("data", metavar="DATA", help="image folder, dataset layout, CSV or 'fashion-mnist'")
     p.add_argument("--strategies", default="scratch,linear-probe,feature-extraction,fine-tune,chain-thaw",
@@ -155,6 +170,18 @@ def add_evidence_commands(sub: Any) -> None:
     p = sub.add_parser("report", help="(re)build the HTML report of a compare or run directory")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("recommend", help="measure a dataset (size, balance, similarity to the source) and "
+                                         "recommend a strategy")
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("--backbone", default="efficientnet_lite0", help="zoo backbone (default: %(default)s)")
+    p.add_argument("--weights", help="explicit weights file for the backbone")
+    p.add_argument("--train-per-class", type=int, help="training images per class you will use")
+    p.add_argument("--split", default="0.5,0.25,0.25", help="train,val,test fractions (default: %(default)s)")
+    p.add_argument("--sample", type=int, default=64, help="images measured for similarity (default: 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_recommend)
 
 
 # ----------------------------------------------------------------------------- parser
