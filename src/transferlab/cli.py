@@ -45,11 +45,17 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    if args.model:
+    if args.model and args.runtime == "onnx":
+        from transferlab.export import predict_files
+
+        results = predict_files(args.images, model_dir=args.model, runtime="onnx", top=args.top)
+    elif args.model:
         from transferlab.experiments.inference import predict_images
 
         results = predict_images(args.images, model_dir=args.model, top=args.top)
     else:
+        if args.runtime == "onnx":
+            raise TransferlabError("--runtime onnx needs --model RUN_DIR (an exported run), not --backbone")
         from transferlab.zoo import create_backbone
         from transferlab.zoo.predict import predict_source
 
@@ -184,6 +190,57 @@ def add_evidence_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_recommend)
 
 
+# ----------------------------------------------------------------------------- export / serve
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from transferlab.export import export_onnx
+
+    r = export_onnx(args.run_dir, check_images=args.check_images, n_check=args.n_check)
+    if args.json:
+        _print_json(r.to_dict())
+    else:
+        print(f"{r.path}: ONNX opset {r.opset}, dynamic batch; ONNX Runtime vs PyTorch on {r.n_images} images "
+              f"(batch {' and '.join(map(str, r.batch_sizes))}): max |logit diff| {r.max_abs_diff:.2e} "
+              f"< {r.tolerance:g} ({r.seconds:.1f}s)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from transferlab.serve import ServeLimits, serve
+
+    limits = ServeLimits(max_upload_bytes=args.max_upload_mb * 1024 * 1024, max_pixels=args.max_pixels,
+                         max_files=args.max_files, timeout_s=args.timeout, max_concurrency=args.max_concurrency)
+    serve(args.run_dir, host=args.host, port=args.port, runtime=args.runtime, threads=args.threads, limits=limits)
+    return 0
+
+
+def add_deploy_commands(sub: Any) -> None:
+    """``export`` and ``serve`` subcommands (put a trained run to work)."""
+    p = sub.add_parser("export", help="write RUN_DIR/model.onnx and check it against PyTorch with ONNX Runtime")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default: onnx)")
+    p.add_argument("--check-images", nargs="+", metavar="IMG",
+                   help="real images for the parity check (default: images of the run's test split)")
+    p.add_argument("--n-check", type=int, default=4, help="test-split images to check when none are given (default: 4)")
+    p.add_argument("--json", action="store_true", help="print the export result as JSON")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="HTTP prediction server + web page for a trained run (FastAPI + uvicorn)")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                   help="PyTorch, or ONNX Runtime on the exported model.onnx (default: torch)")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: the library's default)")
+    p.add_argument("--max-upload-mb", type=int, default=10, help="largest request body in MiB (default: 10)")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, width x height (default: 40M)")
+    p.add_argument("--max-files", type=int, default=16, help="most images in one request (default: 16)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to receive and answer a request (default: 30)")
+    p.add_argument("--max-concurrency", type=int, default=64,
+                   help="open connections before the server answers 503 (default: 64)")
+    p.set_defaults(func=cmd_serve)
+
+
 # ----------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", metavar="RUN_DIR", help="a trained run directory: predict its classes")
     p.add_argument("--weights", help="explicit weights file for --backbone")
     p.add_argument("--top", type=int, default=5, help="how many classes to show (default: 5)")
+    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                   help="run --model with PyTorch or with ONNX Runtime on its exported model.onnx (default: torch)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_predict)
 
@@ -241,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
     add_evidence_commands(sub)
+    add_deploy_commands(sub)
     return parser
 
 

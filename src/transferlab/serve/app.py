@@ -1,0 +1,288 @@
+"""The prediction server: FastAPI app factory, upload handling, web page, ``serve`` entry point."""
+
+# No ``from __future__ import annotations``: FastAPI resolves the handlers' annotations at runtime.
+import asyncio
+import contextlib
+import ipaddress
+import json
+import os
+import re
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncGenerator
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from transferlab.export._deps import require
+from transferlab.export.runtime import Predictor, open_predictor
+from transferlab.serve.limits import ACCEPTED_PART_TYPES, ERRORS, ApiError, ServeLimits, decode_upload
+
+__all__ = ["create_app", "serve"]
+
+_FIGURE_NAME = re.compile(r"^[\w.-]+\.png$")
+_STATIC = ("index.html", "app.js")
+
+
+def _metrics_summary(run_dir: Path) -> dict[str, Any]:
+    """Scalar metrics of the run (test/val accuracy, macro F1, ...), without matrices."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return {}
+    m = json.loads(path.read_text())
+    out: dict[str, Any] = {k: m[k] for k in ("strategy", "backbone", "best_epoch") if k in m}
+    for split in ("test", "val"):
+        if isinstance(m.get(split), dict):
+            out[split] = {k: v for k, v in m[split].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return out
+
+
+def _report_files(run_dir: Path) -> tuple[Path | None, dict[str, Path]]:
+    html = run_dir / "report.html"
+    fig_dir = run_dir / "figures"
+    figures = {}
+    if fig_dir.is_dir():
+        figures = {p.name: p for p in sorted(fig_dir.iterdir()) if _FIGURE_NAME.match(p.name) and p.is_file()}
+    return (html if html.is_file() else None), figures
+
+
+def _openapi_upload_body() -> dict[str, Any]:
+    binary = {"type": "string", "format": "binary"}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"multipart/form-data": {"schema": {
+                "type": "object",
+                "properties": {"file": {**binary, "description": "one image"},
+                               "files": {"type": "array", "items": binary, "description": "several images"}},
+            }}},
+        },
+        "responses": {str(status): {"description": f"{code}: {why}"} for code, (status, why) in ERRORS.items()},
+    }
+
+
+def create_app(run_dir: str | os.PathLike[str], *, runtime: str = "torch", threads: int | None = None,
+               limits: ServeLimits | None = None, predictor: Predictor | None = None) -> Any:
+    """The FastAPI app for a trained run: ``/predict``, ``/health``, ``/model``, ``/`` (web page), ``/docs``.
+
+    Errors are JSON ``{"error": code, "message": ...}`` with the status in
+    :data:`transferlab.serve.limits.ERRORS`; a bad upload never causes a 500.
+
+    Example:
+        >>> from fastapi.testclient import TestClient  # doctest: +SKIP
+        >>> client = TestClient(create_app("runs/flowers", runtime="onnx"))  # doctest: +SKIP
+        >>> client.get("/health").json()["status"]  # doctest: +SKIP
+        'ok'
+    """
+    fastapi = require("fastapi", extra="serve", feature="transferlab serve")
+    require("multipart", extra="serve", feature="transferlab serve")
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.formparsers import MultiPartException, MultiPartParser
+    from starlette.requests import Request
+    from starlette.datastructures import UploadFile
+
+    limits = limits or ServeLimits()
+    run = Path(run_dir)
+    pred = predictor or open_predictor(run, runtime=runtime, threads=threads)
+    report_html, figures = _report_files(run)
+    static = {name: (resources.files("transferlab.serve") / "static" / name).read_bytes() for name in _STATIC}
+    # One inference thread bounds CPU use on small machines; two decoding threads bound memory.
+    pools: dict[str, ThreadPoolExecutor] = {}
+
+    def _pool(name: str) -> ThreadPoolExecutor:
+        if name not in pools:
+            pools[name] = ThreadPoolExecutor(max_workers=1 if name == "infer" else 2,
+                                             thread_name_prefix=f"transferlab-{name}")
+        return pools[name]
+    stats: Counter[str] = Counter()
+    started = time.time()
+    model_info = {
+        "run_dir": str(run),
+        "backbone": pred.meta.get("backbone"),
+        "cut": pred.meta.get("cut"),
+        "strategy": pred.meta.get("strategy"),
+        "classes": pred.classes,
+        "num_classes": len(pred.classes),
+        "runtime": pred.runtime,
+        "preprocessing": pred.preprocessing.to_dict(),
+        "normalization": pred.norm.to_dict(),
+        "onnx": pred.meta.get("onnx") if pred.runtime == "onnx" else None,
+        "metrics": _metrics_summary(run),
+        "limits": limits.to_dict(),
+        "report": {"html": "/report" if report_html else None,
+                   "figures": [f"/report/figures/{name}" for name in figures]},
+    }
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncGenerator[None, None]:
+        yield
+        for name in list(pools):
+            pools.pop(name).shutdown(wait=False, cancel_futures=True)
+
+    app = fastapi.FastAPI(
+        lifespan=lifespan,
+        title="transferlab prediction server",
+        version="1",
+        description=f"Classifies images with the trained run `{run.name}` ({pred.meta.get('backbone')}, "
+                    f"{len(pred.classes)} classes, {pred.runtime} runtime). Errors are JSON "
+                    '`{"error": code, "message": text}`.',
+    )
+
+    def _error(status: int, code: str, message: str) -> Any:
+        stats[f"status_{status}"] += 1
+        return JSONResponse({"error": code, "message": message}, status_code=status)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> Any:
+        return _error(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Any:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_parameter")
+        return _error(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Any:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(400, "bad_parameter", f"{where}: {first.get('msg', 'invalid value')}")
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Liveness: status, runtime, uptime and counts of answered requests by status."""
+        return {"status": "ok", "runtime": pred.runtime, "num_classes": len(pred.classes),
+                "uptime_s": round(time.time() - started, 1), "requests": dict(stats)}
+
+    @app.get("/model")
+    async def model() -> dict[str, Any]:
+        """The model: classes, backbone, strategy, preprocessing, metrics, limits and report links."""
+        return model_info
+
+    async def _limited_body(request: Request) -> AsyncGenerator[bytes, None]:
+        n = 0
+        async for chunk in request.stream():
+            n += len(chunk)
+            if n > limits.max_upload_bytes:
+                raise ApiError("too_large", f"request body exceeds the limit of {limits.max_upload_bytes} bytes")
+            yield chunk
+        if n == 0:
+            raise ApiError("empty_body", "the request has no body; send multipart/form-data with a 'file' field")
+
+    async def _read_uploads(request: Request, deadline: float) -> list[tuple[str, bytes]]:
+        ctype = request.headers.get("content-type", "")
+        if not ctype.lower().startswith("multipart/form-data"):
+            raise ApiError("unsupported_media_type",
+                           f"expected Content-Type multipart/form-data, got {ctype or 'none'!r}")
+        length = request.headers.get("content-length")
+        if length is not None and length.strip().isdigit():
+            if int(length) > limits.max_upload_bytes:
+                raise ApiError("too_large", f"request body of {int(length)} bytes exceeds the limit of "
+                                            f"{limits.max_upload_bytes} bytes")
+            if int(length) == 0:
+                raise ApiError("empty_body", "the request has no body; send multipart/form-data with a 'file' field")
+        parser = MultiPartParser(request.headers, _limited_body(request), max_files=limits.max_files,
+                                 max_fields=limits.max_files + 8)
+        try:
+            form = await asyncio.wait_for(parser.parse(), timeout=max(deadline - time.monotonic(), 0.001))
+        except MultiPartException as exc:
+            msg = str(exc.message if hasattr(exc, "message") else exc)
+            if "Too many files" in msg:
+                raise ApiError("too_many_files", f"at most {limits.max_files} files per request") from None
+            raise ApiError("bad_multipart", msg) from None
+        except asyncio.TimeoutError:
+            raise ApiError("timeout", f"the request body did not arrive within {limits.timeout_s:g} s") from None
+        try:
+            parts = [*form.getlist("file"), *form.getlist("files")]
+            if not parts:
+                raise ApiError("missing_file", "no image in the form fields 'file' or 'files'")
+            if len(parts) > limits.max_files:
+                raise ApiError("too_many_files", f"{len(parts)} files; at most {limits.max_files} per request")
+            uploads = []
+            for i, part in enumerate(parts):
+                if not isinstance(part, UploadFile):
+                    raise ApiError("missing_file", "the fields 'file' and 'files' must be file uploads, not text")
+                name = part.filename or f"file{i}"
+                ptype = (part.content_type or "application/octet-stream").lower()
+                if not ptype.startswith(ACCEPTED_PART_TYPES):
+                    raise ApiError("unsupported_media_type",
+                                   f"{name}: content type {ptype!r} is not image/* or application/octet-stream")
+                data = await part.read()
+                if not data:
+                    raise ApiError("empty_file", f"{name}: the file is empty (0 bytes)")
+                uploads.append((name, data))
+            return uploads
+        finally:
+            await form.close()
+
+    def _decode_all(uploads: list[tuple[str, bytes]]) -> list[Image.Image]:
+        return [decode_upload(data, name=name, max_pixels=limits.max_pixels, draft_size=pred.draft_size)
+                for name, data in uploads]
+
+    @app.post("/predict", openapi_extra=_openapi_upload_body())
+    async def predict(request: Request, top: int = 5) -> dict[str, Any]:
+        """Top-k classes for the images uploaded as multipart fields ``file`` (one) or ``files`` (several)."""
+        t0 = time.perf_counter()
+        deadline = time.monotonic() + limits.timeout_s
+        if not 1 <= top <= 1000:
+            raise ApiError("bad_parameter", f"top: expected 1..1000, got {top}")
+        uploads = await _read_uploads(request, deadline)
+        loop = asyncio.get_running_loop()
+        images = await loop.run_in_executor(_pool("decode"), _decode_all, uploads)
+        try:
+            tops = await asyncio.wait_for(loop.run_in_executor(_pool("infer"), lambda: pred.predict(images, top=top)),
+                                          timeout=max(deadline - time.monotonic(), 0.001))
+        except asyncio.TimeoutError:
+            raise ApiError("busy", f"inference did not finish within {limits.timeout_s:g} s; retry later") from None
+        stats["status_200"] += 1
+        return {"runtime": pred.runtime, "elapsed_ms": round((time.perf_counter() - t0) * 1000, 2),
+                "predictions": [{"file": name, "width": im.width, "height": im.height, "top": t}
+                                for (name, _), im, t in zip(uploads, images, tops)]}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> Any:
+        return HTMLResponse(static["index.html"])
+
+    @app.get("/static/app.js", include_in_schema=False)
+    async def app_js() -> Any:
+        return Response(static["app.js"], media_type="text/javascript")
+
+    @app.get("/report", include_in_schema=False)
+    async def report() -> Any:
+        if report_html is None:
+            raise ApiError("not_found", f"{run} has no report.html; run `transferlab report {run}`")
+        return FileResponse(report_html, media_type="text/html")
+
+    @app.get("/report/figures/{name}", include_in_schema=False)
+    async def report_figure(name: str) -> Any:
+        if name not in figures:
+            raise ApiError("not_found", f"no report figure named {name!r}")
+        return FileResponse(figures[name], media_type="image/png")
+
+    return app
+
+
+def serve(run_dir: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 8000, runtime: str = "torch",
+          threads: int | None = None, limits: ServeLimits | None = None) -> None:
+    """Run the server with uvicorn until interrupted (binds to this machine only by default).
+
+    Example:
+        >>> serve("runs/flowers", runtime="onnx", port=8000)  # doctest: +SKIP
+    """
+    uvicorn = require("uvicorn", extra="serve", feature="transferlab serve")
+    limits = limits or ServeLimits()
+    app = create_app(run_dir, runtime=runtime, threads=threads, limits=limits)
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        print(f"warning: binding to {host} makes the server reachable from other machines", file=sys.stderr)
+    print(f"transferlab serve: http://{host}:{port}/ ({runtime} runtime; API docs at /docs)", file=sys.stderr)
+    uvicorn.run(app, host=host, port=port, limit_concurrency=limits.max_concurrency, timeout_keep_alive=5,
+                log_level="warning")
