@@ -78,6 +78,9 @@ class TrainOptions:
     balanced_sampler: bool = opt(False, "sample training images inversely to class frequency")
     precision: str = opt("fp32", "mixed precision on CUDA", choices=("fp32", "bf16", "fp16"))
     cache: bool = opt(True, "cache frozen-prefix activations in memory when augmentation allows")
+    feature_cache: str = opt("auto", "on-disk cache of pretrained activations: auto ($TRANSFERLAB_CACHE/"
+                             "features), off, or a folder")
+    feature_cache_gb: float = opt(20.0, "size limit of the on-disk feature cache (least recently used go first)")
 
 
 def _base_type(tp: Any) -> tuple[type, bool]:

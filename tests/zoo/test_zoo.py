@@ -79,7 +79,7 @@ def test_hash_in_name_is_verified(tmp_path: Path):
     digest = hashlib.sha256(good.read_bytes()).hexdigest()
     named = tmp_path / f"tiny-{digest[:8]}.pth"
     good.rename(named)
-    assert verify_hash_in_name(named) == digest[:8]
+    assert verify_hash_in_name(named) == (digest[:8], digest)
     bad = tmp_path / "tiny-deadbeef.pth"
     bad.write_bytes(named.read_bytes())
     with pytest.raises(ValueError, match="does not start with deadbeef"):

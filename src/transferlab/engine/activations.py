@@ -8,14 +8,35 @@ the images; entries above a stage are dropped when that stage's weights change.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from transferlab.engine.feature_cache import FeatureCache
 from transferlab.strategies.model import TransferModel
 
 log = logging.getLogger("transferlab.engine")
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Everything in eval mode inside; every module's own train/eval flag restored after.
+
+    (``model.train(flag)`` would not do: it sets all children alike, which would switch frozen
+    batch-norm layers back to training mode.)
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
 
 
 @dataclass
@@ -23,12 +44,13 @@ class SplitInputs:
     """One split as the engine sees it: labels, and images through the eval / train transforms."""
 
     name: str
-    labels: torch.Tensor
+    labels: torch.Tensor  # one row per item: class indices (N,) or task targets (N, ...) such as boxes
     eval_dataset: Dataset
     train_dataset: Dataset | None = None  # augmented view (train split only)
+    items: list[str] | None = None  # "identity|size|mtime" per item: keys the on-disk feature cache
 
     def __len__(self) -> int:
-        return int(self.labels.numel())
+        return int(self.labels.shape[0])
 
 
 class ActivationStore:
@@ -43,6 +65,8 @@ class ActivationStore:
         num_workers: int = 0,
         max_bytes: int = 6 << 30,
         progress: bool = False,
+        disk: FeatureCache | None = None,
+        fingerprint: dict[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.device = device
@@ -53,6 +77,10 @@ class ActivationStore:
         self._cache: dict[tuple[str, int], torch.Tensor] = {}
         self._shapes: dict[int, tuple[int, ...]] = {}
         self.forward_images = 0  # images pushed through stage 0 (for tests and benchmarks)
+        self.disk = disk
+        self.fingerprint = fingerprint  # None: the weights are not a known pretrained file
+        # boundaries <= pristine_upto only depend on weights that no phase trains: disk-cacheable
+        self.pristine_upto = 0
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._cache.values())
@@ -60,7 +88,7 @@ class ActivationStore:
     def boundary_shape(self, boundary: int) -> tuple[int, ...]:
         if boundary not in self._shapes:
             size = self.model.preprocessing.input_size
-            with torch.inference_mode():
+            with eval_mode(self.model), torch.inference_mode():  # a train-mode BN would update its stats
                 x = torch.zeros(1, 3, size, size, device=self.device)
                 self._shapes[boundary] = tuple(self.model.prefix(x, start=0, stop=boundary).shape[1:])
         return self._shapes[boundary]
@@ -84,9 +112,7 @@ class ActivationStore:
                      self.max_bytes >> 20)
             return None
         below = [b for (s, b) in self._cache if s == split.name and b <= boundary]
-        was_training = self.model.training
-        self.model.eval()
-        with torch.inference_mode():
+        with eval_mode(self.model), torch.inference_mode():
             if below:
                 start = max(below)
                 src = self._cache[(split.name, start)]
@@ -94,14 +120,38 @@ class ActivationStore:
                     self.model.prefix(src[i : i + self.batch_size].to(self.device), start=start, stop=boundary).cpu()
                     for i in range(0, len(src), self.batch_size)
                 ]
+                out = torch.cat(chunks).contiguous() if chunks else torch.empty(0)
             else:
-                chunks = self._from_images(split, boundary)
-        self.model.train(was_training)
-        out = torch.cat(chunks).contiguous() if chunks else torch.empty(0)
+                out = self._from_disk_or_images(split, boundary)
         self._cache[key] = out
         return out
 
-    def _from_images(self, split: SplitInputs, boundary: int) -> list[torch.Tensor]:
+    def disk_key(self, split: SplitInputs, boundary: int) -> str | None:
+        if (self.disk is None or self.fingerprint is None or split.items is None
+                or not 1 <= boundary <= self.pristine_upto):
+            return None
+        return self.disk.key(fingerprint=self.fingerprint, boundary=boundary, items=split.items)
+
+    def _from_disk_or_images(self, split: SplitInputs, boundary: int) -> torch.Tensor:
+        key = self.disk_key(split, boundary)
+        if key is None or self.disk is None:
+            chunks = self._from_images(split, boundary)
+            return torch.cat(chunks).contiguous() if chunks else torch.empty(0)
+        hit = self.disk.load(key)
+        if hit is not None:
+            log.info("%s@%d: activations from the feature cache (no forward pass)", split.name, boundary)
+            return hit
+        writer = self.disk.writer(key, n=len(split), shape=self.boundary_shape(boundary))
+        try:
+            self._from_images(split, boundary, sink=writer.write)
+            return writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+
+    def _from_images(self, split: SplitInputs, boundary: int,
+                     sink: Callable[[torch.Tensor], None] | None = None) -> list[torch.Tensor]:
+        """Run the prefix over the images; rows go to ``sink`` as they come (streaming) or are returned."""
         loader = DataLoader(split.eval_dataset, batch_size=self.batch_size, shuffle=False,
                             num_workers=self.num_workers, generator=torch.Generator())  # global RNG untouched
         if self.progress:
@@ -112,7 +162,11 @@ class ActivationStore:
         for x, _ in loader:
             x = x.to(self.device).contiguous(memory_format=torch.channels_last)
             self.forward_images += len(x)
-            chunks.append(self.model.prefix(x, start=0, stop=boundary).float().cpu())
+            rows = self.model.prefix(x, start=0, stop=boundary).float().cpu().contiguous()
+            if sink is None:
+                chunks.append(rows)
+            else:
+                sink(rows)
         return chunks
 
     def invalidate_above(self, stage_index: int) -> None:

@@ -259,6 +259,7 @@ class Engine:
             resume: bool = False) -> FitResult:
         model = self.model
         plan.validate(model.stage_names)
+        self.store.pristine_upto = plan.lowest_trainable_stage(model.stage_names) if plan.pretrained else 0
         ckpt_path = run_dir / CHECKPOINT if run_dir else None
         history: list[dict[str, Any]] = []
         best: dict[str, Any] = {"loss": math.inf, "epoch": -1, "state": None}

@@ -19,6 +19,7 @@ import torch
 from transferlab.data import (
     ImageDataset,
     ImageSource,
+    NormStats,
     Split,
     atomic_write_text,
     batch_augmentation,
@@ -31,11 +32,12 @@ from transferlab.data import (
     save_split,
 )
 from transferlab.engine import ActivationStore, Engine, EngineOptions, SplitInputs, classification_metrics, init_distributed
+from transferlab.engine.feature_cache import FeatureCache
 from transferlab.errors import ConfigError
 from transferlab.experiments.artifacts import save_model
 from transferlab.options import DataOptions, TrainOptions, options_from_kwargs
 from transferlab.strategies import HeadConfig, Plan, PlanOptions, TransferModel, build_plan, fit_linear_probe, load_plan
-from transferlab.zoo import create_backbone
+from transferlab.zoo import Backbone, create_backbone
 
 log = logging.getLogger("transferlab")
 CONFIG = "config.json"
@@ -154,6 +156,7 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
             labels=torch.as_tensor(source.labels[idx], dtype=torch.long),
             eval_dataset=ImageDataset(source, idx, eval_tf, draft_size=pre.resize_size),
             train_dataset=ImageDataset(source, idx, train_tf, draft_size=pre.resize_size) if training else None,
+            items=item_keys(source, idx),
         )
 
     train_in, val_in, test_in = inputs("train", split.train, training=True), inputs("val", split.val), inputs("test", split.test)
@@ -166,6 +169,13 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
     if t.class_weights == "auto":
         counts = np.bincount(source.labels[split.train], minlength=len(source.classes)).astype(float)
         class_weights = tuple(float(x) for x in counts.sum() / (len(counts) * np.maximum(counts, 1)))
+    if store is None:
+        store = ActivationStore(
+            model, device=ctx.device, batch_size=max(t.batch_size, 64), num_workers=d.workers,
+            progress=not d.quiet and ctx.is_main, disk=feature_cache(t),
+            fingerprint=cache_fingerprint(backbone, norm) if plan.pretrained else None,
+        )
+    store.pristine_upto = len(kept)  # before any phase runs, nothing has trained
     engine = Engine(
         model, ctx=ctx,
         options=EngineOptions(batch_size=t.batch_size, seed=d.seed, patience=t.patience,
@@ -225,6 +235,30 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
     log.info("%s on %s: test accuracy %.4f, macro F1 %.4f (%.1fs)", plan.strategy, t.backbone,
              metrics["test"]["accuracy"], metrics["test"]["macro_f1"], metrics["timing"]["total_s"])
     return Run(run_dir=run_dir, metrics=metrics, history=history, config=config, classes=classes, model=model)
+
+
+def item_keys(source: ImageSource, indices: np.ndarray) -> list[str]:
+    """``identity|size|mtime`` of each item: a changed file changes its key."""
+    keys = []
+    for i in indices:
+        stat = source.file_stat(int(i))
+        keys.append(f"{source.identity(int(i))}|{stat[0]}|{stat[1]}" if stat else source.identity(int(i)))
+    return keys
+
+
+def cache_fingerprint(backbone: Backbone, norm: NormStats) -> dict[str, Any] | None:
+    """What pretrained activations depend on (besides the boundary and the images)."""
+    if not backbone.weights.pretrained or backbone.weights.sha256 is None:
+        return None
+    return {"backbone": backbone.name, "weights_sha256": backbone.weights.sha256,
+            "preprocessing": backbone.preprocessing.to_dict(), "normalization": norm.to_dict()}
+
+
+def feature_cache(t: TrainOptions) -> FeatureCache | None:
+    if t.feature_cache == "off":
+        return None
+    root = None if t.feature_cache == "auto" else Path(t.feature_cache)
+    return FeatureCache(root, max_bytes=int(t.feature_cache_gb * (1 << 30)))
 
 
 def _adopt(store: ActivationStore | None, model: TransferModel) -> ActivationStore | None:

@@ -18,6 +18,7 @@ class WeightsInfo:
     pretrained: bool
     source: str
     sha256_prefix: str | None = None
+    sha256: str | None = None  # full digest of the weights file (keys the feature cache)
 
 
 class Backbone(nn.Module):

