@@ -37,9 +37,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     print(header)
     print("-" * len(header))
     for r in rows:
+        top1 = f"{r['top1']:.1f}" if r["top1"] is not None else "-"
         top5 = f"{r['top5']:.1f}" if r["top5"] is not None else "-"
         avail = f"yes ({r['weights_source']})" if r["pretrained_available"] else "no"
-        print(f"{r['name']:<20}{r['year']:>5}{r['params'] / 1e6:>8.1f}M{r['top1']:>7.1f}{top5:>7}"
+        print(f"{r['name']:<20}{r['year']:>5}{r['params'] / 1e6:>8.1f}M{top1:>7}{top5:>7}"
               f"{r['input_size']:>6}  {avail}")
     return 0
 
@@ -190,6 +191,64 @@ def add_evidence_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_recommend)
 
 
+# ----------------------------------------------------------------------------- which layers transfer
+
+def cmd_probe_layers(args: argparse.Namespace) -> int:
+    from transferlab.experiments.probe import PROBE_JSON, PROBE_PNG, ProbeOptions, format_probe_table, probe_layers
+
+    res = probe_layers(args.data, out=args.out, options=options_from_args(ProbeOptions, args),
+                       data_options=options_from_args(DataOptions, args))
+    if args.json:
+        _print_json(res)
+    else:
+        print(format_probe_table(res))
+        print(f"advice: {res['advice']['reason']}")
+        print(f"{Path(args.out) / PROBE_JSON}, {Path(args.out) / PROBE_PNG} ({res['timing']['total_s']:.0f}s)")
+    return 0
+
+
+def cmd_transferability(args: argparse.Namespace) -> int:
+    from transferlab.experiments.transferability import (
+        FIGURE_PNG,
+        RESULTS_JSON,
+        TransferabilityOptions,
+        format_transferability_table,
+        run_transferability,
+    )
+
+    res = run_transferability(args.data, out=args.out, options=options_from_args(TransferabilityOptions, args),
+                              data_options=options_from_args(DataOptions, args))
+    if args.json:
+        _print_json(res)
+    else:
+        print(f"A = {', '.join(res['classes']['A'])}; B = {', '.join(res['classes']['B'])}")
+        print(format_transferability_table(res))
+        print(f"{Path(args.out) / RESULTS_JSON}, {Path(args.out) / FIGURE_PNG} ({res['wall_s']:.0f}s)")
+    return 0
+
+
+def add_layer_commands(sub: Any) -> None:
+    """``probe-layers`` and ``transferability`` subcommands (which layers transfer)."""
+    from transferlab.experiments.probe import ProbeOptions
+    from transferlab.experiments.transferability import TransferabilityOptions
+
+    p = sub.add_parser("probe-layers", help="linear-probe accuracy of every featurizer stage (which layers transfer)")
+    p.add_argument("data", metavar="DATA", help="image folder, dataset layout, CSV or 'fashion-mnist'")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (probe.json, probe.png)")
+    p.add_argument("--json", action="store_true", help="print probe.json")
+    add_options(p, ProbeOptions)
+    add_options(p, DataOptions, skip=("augment", "batch_augment"))
+    p.set_defaults(func=cmd_probe_layers)
+
+    p = sub.add_parser("transferability", help="Yosinski et al. (2014) BnB/AnB experiment: which layers are general")
+    p.add_argument("data", metavar="DATA", help="image folder, dataset layout, CSV or 'fashion-mnist'")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (transferability.json, .png)")
+    p.add_argument("--json", action="store_true", help="print transferability.json")
+    add_options(p, TransferabilityOptions)
+    add_options(p, DataOptions, skip=("augment", "batch_augment", "train_per_class", "seed"))
+    p.set_defaults(func=cmd_transferability)
+
+
 # ----------------------------------------------------------------------------- export / serve
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -301,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
     add_evidence_commands(sub)
     add_deploy_commands(sub)
+    add_layer_commands(sub)
     return parser
 
 

@@ -17,7 +17,7 @@ from torchvision import models as tvm
 from torchvision.transforms import InterpolationMode
 
 from transferlab.errors import ConfigError
-from transferlab.zoo import families
+from transferlab.zoo import families, small
 from transferlab.zoo.backbone import Backbone, WeightsInfo
 from transferlab.zoo.preprocessing import Preprocessing
 from transferlab.zoo.weights import PackageFile, WeightsSpec, availability, load_into, resolve_weights
@@ -231,6 +231,12 @@ def _register_defaults() -> None:
     register(_tv_entry("convnext_tiny", year=2022, paper="Liu et al., CVPR 2022",
                        weights_enum=W.ConvNeXt_Tiny_Weights.IMAGENET1K_V1, builder=tvm.convnext_tiny,
                        split=families.split_convnext))
+    # Random init only: for from-scratch experiments (transferlab transferability), no published accuracy.
+    register(BackboneEntry(
+        name="small_cnn", year=2014, params=small.SMALL_CNN_PARAMS, top1=None, top5=None, library="transferlab",
+        paper="5-conv CNN in the setting of Yosinski et al., NeurIPS 2014 (random init only)",
+        preprocessing=small.SMALL_CNN_PREPROCESSING, weights=WeightsSpec(),
+        build=small.build_small_cnn, split=small.split_small_cnn))
 
 
 _register_defaults()
