@@ -21,6 +21,7 @@ import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -129,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         _loopback_only(args.url)
         url = args.url.rstrip("/")
     else:
-        url, proc = _start_server(run, args.runtime, args.threads, Path(args.out).with_suffix(".server.log"))
+        log = Path(tempfile.gettempdir()) / f"transferlab-load-test-{os.getpid()}.log"
+        url, proc = _start_server(run, args.runtime, args.threads, log)
+        print(f"server log: {log}")
     try:
         load_start = os.getloadavg()[0]
         res = asyncio.run(_run(url, photos, requests=args.requests, clients=args.clients,
