@@ -300,6 +300,90 @@ def add_deploy_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_serve)
 
 
+# ----------------------------------------------------------------------------- localize
+
+def cmd_localize_train(args: argparse.Namespace) -> int:
+    from transferlab.localization.train import LocalizeOptions, run_localization
+
+    run = run_localization(args.data, data_options=options_from_args(DataOptions, args),
+                           train_options=options_from_args(TrainOptions, args),
+                           loc_options=options_from_args(LocalizeOptions, args), out=args.out)
+    m = run.metrics
+    if args.json:
+        _print_json({k: m[k] for k in ("strategy", "backbone", "head", "test", "timing", "best_epoch", "boxes")})
+    else:
+        t = m["test"]
+        print(f"{m['strategy']} / {m['backbone']} ({m['head']}): test mean IoU {t['mean_iou']:.4f}, "
+              f"acc@0.5 {t['acc_at_0.5']:.4f}, acc@0.75 {t['acc_at_0.75']:.4f}"
+              + (f", accuracy {t['accuracy']:.4f}" if "accuracy" in t else "")
+              + f", {m['timing']['total_s']:.0f}s -> {run.run_dir}")
+    return 0
+
+
+def cmd_localize_predict(args: argparse.Namespace) -> int:
+    from transferlab.localization.inference import predict_boxes
+
+    results = predict_boxes(args.images, model_dir=args.model, draw=args.draw)
+    if args.json:
+        _print_json(results)
+    else:
+        for r in results:
+            extra = (f"  {r['class']} {r['probability']:.1%}" if "class" in r else "") + (
+                f"  IoU {r['iou']:.3f} with {r['true_box']}" if "iou" in r else "")
+            print(f"{r['image']}: box {r['box']}{extra}")
+        if args.draw:
+            print(f"drawn: {args.draw}")
+    return 0
+
+
+def cmd_localize_evaluate(args: argparse.Namespace) -> int:
+    from transferlab.localization.inference import evaluate_localizer
+
+    m = evaluate_localizer(args.run_dir, args.data, subset=args.subset, device=args.device, quiet=args.quiet)
+    if args.json:
+        _print_json(m)
+    else:
+        print(f"{m['subset']} of {m['data']}: n={m['n']} mean IoU {m['mean_iou']:.4f} acc@0.5 {m['acc_at_0.5']:.4f} "
+              f"acc@0.75 {m['acc_at_0.75']:.4f}" + (f" accuracy {m['accuracy']:.4f}" if "accuracy" in m else ""))
+    return 0
+
+
+def add_localize_commands(sub: Any) -> None:
+    """``localize train|predict|evaluate``: a box regressor (or class+box) head on the same backbones."""
+    from transferlab.localization.train import DATA_SKIP, LOC_SPLIT, TRAIN_SKIP, LocalizeOptions, LocTrainOptions
+
+    loc = sub.add_parser("localize", help="object localization: swap the head for a box regressor (VOC boxes)")
+    lsub = loc.add_subparsers(dest="localize_command", required=True, metavar="ACTION")
+    p = lsub.add_parser("train", help="train a box head with a strategy on the boxed images of a pets layout")
+    p.add_argument("data", metavar="DATA", help="Oxford-IIIT Pet layout with annotations/xmls/NAME.xml")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
+    p.add_argument("--split", default=LOC_SPLIT, help=f"train,val,test fractions of the boxed images, stratified "
+                   f"(default: {LOC_SPLIT})")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_options(p, LocalizeOptions)
+    add_options(p, DataOptions, skip=DATA_SKIP)
+    add_options(p, LocTrainOptions, skip=TRAIN_SKIP)
+    p.set_defaults(func=cmd_localize_train)
+
+    p = lsub.add_parser("predict", help="print (and draw) the predicted box of each image")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--model", required=True, metavar="RUN_DIR", help="a trained localize run directory")
+    p.add_argument("--draw", metavar="OUT.png", help="draw predicted (red) and, where a VOC file is found, true "
+                   "(green) boxes")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_localize_predict)
+
+    p = lsub.add_parser("evaluate", help="mean IoU and accuracy at IoU 0.5 / 0.75 of a run on DATA")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("--subset", default="all", choices=("all", "train", "val", "test"),
+                   help="every boxed image of DATA, or one of the run's own split lists (default: all)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_localize_evaluate)
+
+
 # ----------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -360,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
     add_evidence_commands(sub)
     add_deploy_commands(sub)
+    add_localize_commands(sub)
     add_layer_commands(sub)
     return parser
 

@@ -66,7 +66,7 @@ def predict_boxes(images: Sequence[str | os.PathLike[str]], *, model_dir: str | 
             w, h = image_size(str(path))
             true = np.array(clip_box(ann.largest(), width=w, height=h, where=str(voc)))
             r["true_box"] = [round(float(v), 1) for v in true]
-            r["iou"] = round(float(paired_iou(torch.tensor([box]), torch.tensor([true]))[0]), 6)
+            r["iou"] = round(float(paired_iou(torch.as_tensor(np.stack([box])), torch.as_tensor(np.stack([true])))[0]), 6)
         results.append(r)
         if draw is not None:
             cap = f"IoU {r['iou']:.2f}" if "iou" in r else Path(path).name[:24]

@@ -35,7 +35,7 @@ from transferlab.data import (
 from transferlab.engine import Engine, EngineOptions, SplitInputs, init_distributed
 from transferlab.errors import ConfigError
 from transferlab.experiments.train import head_config, make_plan, setup_logging, versions
-from transferlab.localization.data import BoxDataset
+from transferlab.localization.data import BoxDataset, FixedViews
 from transferlab.localization.figures import Tile, localization_curves, png_bytes, prediction_grid
 from transferlab.localization.metrics import box_metrics, paired_iou, valid_boxes
 from transferlab.localization.model import BOX_ACTIVATIONS, LOC_HEADS, TRUNKS, LocHeadConfig, LocalizationModel
@@ -46,7 +46,7 @@ from transferlab.options import DataOptions, TrainOptions, opt, options_from_kwa
 from transferlab.strategies.model import POOLS
 from transferlab.zoo import Preprocessing, create_backbone
 
-__all__ = ["LOC_SPLIT", "LocalizationRun", "LocalizeOptions", "LoadedLocalizer", "boxed_source", "load_localizer",
+__all__ = ["LOC_SPLIT", "LocTrainOptions", "LocalizationRun", "LocalizeOptions", "LoadedLocalizer", "boxed_source", "load_localizer",
            "localize", "run_localization", "save_localizer"]
 
 log = logging.getLogger("transferlab")
@@ -76,12 +76,29 @@ class LocalizeOptions:
     box_augment: str = opt("none", "box-aware training augmentation (none keeps features cacheable)",
                            choices=BOX_AUGMENTS, flag="--augment")
     crop_scale: float = opt(0.5, "flip-scale: smallest crop area (fraction of the image; the box is kept whole)")
+    views: int = opt(0, "K > 0: K fixed, seeded --augment views per training image, cached like plain inputs "
+                        "(0: fresh augmentation every epoch, no cache)")
 
     def __post_init__(self) -> None:
         if not 0.0 < self.crop_scale <= 1.0:
             raise ConfigError(f"--crop-scale must be in (0, 1], got {self.crop_scale}")
         if not self.box_weight > 0:
             raise ConfigError(f"--box-weight must be > 0, got {self.box_weight}")
+        if self.views < 0 or (self.views > 0 and self.box_augment == "none"):
+            raise ConfigError(f"--views must be 0, or > 0 together with --augment flip|flip-scale; got --views "
+                              f"{self.views} with --augment {self.box_augment}")
+
+
+@dataclass(frozen=True)
+class LocTrainOptions(TrainOptions):
+    """``TrainOptions`` with defaults that suit a flattened box head (its fan-in is large: small rates)."""
+
+    epochs: int = opt(15, "epochs of the head phase (feature-extraction, first phase of others)")
+    finetune_epochs: int = opt(15, "epochs of a phase that trains featurizer stages")
+    unfreeze: int = opt(3, "fine-tune / chain-thaw / gradual-unfreeze: stages from the top that train")
+    lr: float = opt(1e-4, "learning rate of the new head")
+    finetune_lr: float = opt(1e-4, "learning rate of the top group when featurizer stages train")
+    lr_decay: float = opt(1.0, "discriminative rates: divide the rate by this per stage going down")
 
 
 @dataclass
@@ -245,6 +262,9 @@ def run_localization(data: str, *, data_options: DataOptions, train_options: Tra
 
     def inputs(name: str, idx: np.ndarray, *, training: bool = False) -> SplitInputs:
         ev = BoxDataset(source, boxes, idx, eval_tf, draft_size=pre.input_size)
+        if training and lo.views > 0:  # fixed augmented views: deterministic, so cacheable
+            fixed = FixedViews(ev, train_tf, views=lo.views, seed=d.seed)
+            return SplitInputs(name=name, labels=fixed.targets, eval_dataset=fixed, train_dataset=fixed)
         tr = BoxDataset(source, boxes, idx, train_tf, draft_size=pre.input_size) if training else None
         return SplitInputs(name=name, labels=ev.targets, eval_dataset=ev, train_dataset=tr)
 
@@ -256,7 +276,7 @@ def run_localization(data: str, *, data_options: DataOptions, train_options: Tra
         save_split(split, source, run_dir)
         atomic_write_text(run_dir / CONFIG, json.dumps(config, indent=2))
     task = LocalizationTask(box_loss=lo.box_loss, box_weight=lo.box_weight, num_classes=head.num_classes)
-    engine = Engine(model, ctx=ctx, task=task, cacheable_train=lo.box_augment == "none",
+    engine = Engine(model, ctx=ctx, task=task, cacheable_train=lo.box_augment == "none" or lo.views > 0,
                     options=EngineOptions(batch_size=t.batch_size, seed=d.seed, patience=t.patience,
                                           precision=t.precision, num_workers=d.workers, cache=t.cache, quiet=d.quiet))
     fit = engine.fit(plan, train=train_in, val=val_in, run_dir=run_dir)
@@ -306,7 +326,7 @@ def localize(data: str, *, out: str | os.PathLike[str] | None = None, **options:
     kwargs = {"split": LOC_SPLIT, **options}
     lo = options_from_kwargs(LocalizeOptions, kwargs)
     d = options_from_kwargs(DataOptions, kwargs)
-    t = options_from_kwargs(TrainOptions, kwargs)
+    t = options_from_kwargs(LocTrainOptions, kwargs)
     if kwargs:
         raise ConfigError(f"unknown option(s) {sorted(kwargs)} for transferlab.localize")
     return run_localization(data, data_options=d, train_options=t, loc_options=lo, out=out)
