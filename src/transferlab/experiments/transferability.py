@@ -13,8 +13,8 @@ one-cycle AdamW, BatchNorm trained where the weights train) and the one training
 A drop of BnB below baseB at middle n is the paper's "fragile co-adaptation"; a larger drop of AnB
 is the cost of features being specific to A; AnB+ at or above baseB is the fine-tuning recovery.
 
-Sizing for 2 CPU cores: ``small_cnn`` at 28 px, 500 training and 100 validation images per class,
-10 epochs, 2 seeds (5 vs 5 Fashion-MNIST classes, all 1000 test images per B class). Larger
+Sizing for 2 CPU cores: ``small_cnn`` at 28 px, 300 training and 100 validation images per class,
+8 epochs, 2 seeds (5 vs 5 Fashion-MNIST classes, all 1000 test images per B class). Larger
 settings (``--arch resnet18 --input-size 64``, more images, more seeds) are for a GPU.
 
 Example:
@@ -73,11 +73,11 @@ class TransferabilityOptions:
     split_classes: str = opt("random", "class halves 'A/B' as comma-separated names or indices "
                                        "(e.g. 0,2,4,6,8/1,3,5,7,9), or 'random' (seeded by --split-seed)")
     seeds: int = opt(2, "training seeds (each trains its own baseA and baseB)")
-    train_per_class: int = opt(500, "training images per class (a seeded, stratified subset)")
+    train_per_class: int = opt(300, "training images per class (a seeded, stratified subset)")
     val_per_class: int = opt(100, "validation images per class (best-epoch selection)")
     test_per_class: int | None = opt(None, "test images per class (default: every test image of B)")
     input_size: int | None = opt(None, "input resolution in px (default: the architecture's, 28 for small_cnn)")
-    epochs: int = opt(10, "epochs of every network (bases and transfer networks alike)")
+    epochs: int = opt(8, "epochs of every network (bases and transfer networks alike)")
     lr: float = opt(3e-3, "peak learning rate (one-cycle AdamW) of every network")
     weight_decay: float = opt(1e-2, "AdamW weight decay")
     batch_size: int = opt(64, "batch size")
