@@ -84,7 +84,9 @@ def test_page_uploads_a_flowers17_photo_and_shows_its_class(browser, flowers_run
         data = base64.b64encode(upload.read_bytes()).decode()
         dt = page.evaluate_handle(
             """([b64, name]) => { const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
-                const dt = new DataTransfer(); dt.items.add(new File([bytes], name, {type: 'image/jpeg'})); return dt; }""",
+                const dt = new DataTransfer();
+                dt.items.add(new File([bytes], name, {type: 'image/jpeg'}));
+                return dt; }""",
             [data, "dropped.jpg"])
         page.dispatch_event("#drop", "drop", {"dataTransfer": dt})
         page.wait_for_function("document.querySelectorAll('.result').length === 2")

@@ -116,3 +116,24 @@ def test_stalled_upload_times_out_with_408_while_others_are_served(server: tuple
     _good(base, good_png)
     health = httpx.get(f"{base}/health", timeout=10).json()
     assert not any(k.startswith("status_5") for k in health["requests"]) and proc.poll() is None
+
+
+def test_client_closing_mid_body_gets_400_and_no_500(server: tuple[str, object], good_png: tuple[str, bytes]) -> None:
+    base, proc = server
+    port = int(base.rsplit(":", 1)[1])
+    before = httpx.get(f"{base}/health", timeout=10).json()["requests"].get("status_400", 0)
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000\r\n"
+                  b"Content-Type: multipart/form-data; boundary=zz\r\n\r\n--zz\r\n")
+        s.shutdown(socket.SHUT_WR)  # the client gives up: end of stream after 6 of 5000 bytes
+        response = s.recv(65536)
+    assert response == b"" or response.startswith(b"HTTP/1.1 400"), response
+    _good(base, good_png)
+    deadline = time.monotonic() + 10
+    while True:  # the server counts the answer once its handler has run
+        counts = httpx.get(f"{base}/health", timeout=10).json()["requests"]
+        if counts.get("status_400", 0) > before or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert counts.get("status_400", 0) == before + 1  # answered as incomplete_body, not as a crash
+    assert not any(k.startswith("status_5") for k in counts) and proc.poll() is None

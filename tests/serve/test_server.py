@@ -63,7 +63,10 @@ def test_several_files_top_k_and_octet_stream(client: TestClient, good_png: tupl
 
 BAD_UPLOADS: dict[str, tuple[int, str, dict[str, Any]]] = {
     "oversized": (413, "too_large", {"files": {"file": ("big.png", b"\x89PNG" + b"0" * 300_000, "image/png")}}),
-    "too many pixels": (413, "too_many_pixels", {"files": {"file": ("huge.png", png_bytes((1100, 1000)), "image/png")}}),
+    "too many pixels": (413, "too_many_pixels",
+                        {"files": {"file": ("huge.png", png_bytes((1100, 1000)), "image/png")}}),
+    "extreme aspect ratio": (422, "extreme_aspect_ratio",
+                             {"files": {"file": ("strip.png", png_bytes((1, 2000)), "image/png")}}),
     "non-image": (422, "not_an_image", {"files": {"file": ("notes.png", b"these are not pixels", "image/png")}}),
     "wrong content type": (415, "unsupported_media_type", {"files": {"file": ("a.txt", b"hello", "text/plain")}}),
     "json body": (415, "unsupported_media_type", {"json": {"file": "x"}}),

@@ -207,7 +207,8 @@ def export_onnx(
         "file": ONNX_FILE, "input": INPUT_NAME, "output": OUTPUT_NAME, "opset": opset,
         "input_spec": f"float32 [batch, 3, {lm.preprocessing.input_size}, {lm.preprocessing.input_size}], "
                       "RGB in [0, 1] after resize/center-crop, normalised as in 'normalization'",
-        "output_spec": f"float32 [batch, {len(lm.classes)}] logits in the order of 'classes' (softmax for probabilities)",
+        "output_spec": f"float32 [batch, {len(lm.classes)}] logits in the order of 'classes' "
+                       "(softmax for probabilities)",
         "parity": {"max_abs_diff": diff, "tolerance": float(tolerance), "images": names,
                    "batch_sizes": list(batch_sizes)},
         "weights_sha256": file_sha256(run / MODEL_FILE),

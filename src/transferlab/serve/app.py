@@ -84,7 +84,7 @@ def create_app(run_dir: str | os.PathLike[str], *, runtime: str = "torch", threa
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.formparsers import MultiPartException, MultiPartParser
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.datastructures import UploadFile
 
     limits = limits or ServeLimits()
@@ -197,6 +197,9 @@ def create_app(run_dir: str | os.PathLike[str], *, runtime: str = "torch", threa
             raise ApiError("bad_multipart", msg) from None
         except asyncio.TimeoutError:
             raise ApiError("timeout", f"the request body did not arrive within {limits.timeout_s:g} s") from None
+        except ClientDisconnect:
+            raise ApiError("incomplete_body",
+                           "the client closed the connection before the whole body arrived") from None
         try:
             parts = [*form.getlist("file"), *form.getlist("files")]
             if not parts:

@@ -20,6 +20,7 @@ ACCEPTED_PART_TYPES = ("image/", "application/octet-stream")
 #: Every error the API answers with: code -> (HTTP status, when). Documented in the README and /docs.
 ERRORS: dict[str, tuple[int, str]] = {
     "empty_body": (400, "the request has no body"),
+    "incomplete_body": (400, "the client closed the connection before the whole body arrived"),
     "bad_multipart": (400, "the body is not valid multipart/form-data"),
     "missing_file": (400, "no file in the form fields 'file' or 'files'"),
     "empty_file": (400, "an uploaded file has 0 bytes"),
@@ -33,6 +34,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "unsupported_media_type": (415, "the request is not multipart/form-data, or a part is not image/* "
                                     "or application/octet-stream"),
     "not_an_image": (422, "a file cannot be decoded as an image (not an image, truncated, corrupt)"),
+    "extreme_aspect_ratio": (422, "an image so elongated that resizing its shorter side would exceed max_pixels"),
     "busy": (503, "inference did not finish within timeout_s (server overloaded); retry later"),
 }
 
@@ -88,8 +90,10 @@ class ServeLimits:
 def decode_upload(data: bytes, *, name: str, max_pixels: int, draft_size: int | None = None) -> Image.Image:
     """Decode uploaded bytes to upright 8-bit RGB like :func:`transferlab.data.load_image`, with a pixel cap.
 
-    The size is read from the header and checked before any pixel is decoded. Raises
-    :class:`ApiError` (``too_many_pixels`` or ``not_an_image``), nothing else.
+    The size is read from the header and checked before any pixel is decoded; with ``draft_size``
+    (the model's resize size) an image whose resize to that shorter side would exceed ``max_pixels``
+    (a 1 x 40000 strip) is refused too. Raises :class:`ApiError` (``too_many_pixels``,
+    ``extreme_aspect_ratio`` or ``not_an_image``), nothing else.
 
     Example:
         >>> buf = io.BytesIO(); Image.new("L", (4, 3)).save(buf, "PNG")
@@ -101,6 +105,12 @@ def decode_upload(data: bytes, *, name: str, max_pixels: int, draft_size: int | 
             w, h = im.size
             if w * h > max_pixels:
                 raise ApiError("too_many_pixels", f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+            if draft_size is not None and min(w, h) >= 1:
+                resized = draft_size * draft_size * max(w, h) / min(w, h)
+                if resized > max_pixels:
+                    raise ApiError("extreme_aspect_ratio",
+                                   f"{name}: {w}x{h} would become {resized:.3g} pixels when its shorter side "
+                                   f"is resized to {draft_size} (limit {max_pixels})")
             if draft_size is not None and im.format in ("JPEG", "MPO"):
                 im.draft("RGB", (draft_size, draft_size))
             im.load()
