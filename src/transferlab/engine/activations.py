@@ -7,7 +7,10 @@ the images; entries above a stage are dropped when that stage's weights change.
 
 from __future__ import annotations
 
+import io
 import logging
+import os
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +24,7 @@ from transferlab.engine.feature_cache import FeatureCache
 from transferlab.strategies.model import TransferModel
 
 log = logging.getLogger("transferlab.engine")
+RUNTIMES = ("torch", "onnx")
 
 
 @contextmanager
@@ -67,8 +71,12 @@ class ActivationStore:
         progress: bool = False,
         disk: FeatureCache | None = None,
         fingerprint: dict[str, Any] | None = None,
+        runtime: str = "torch",
     ) -> None:
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         self.model = model
+        self.runtime = runtime  # "onnx": the prefix runs in ONNX Runtime (features differ from torch by ~1e-5)
         self.device = device
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -130,7 +138,8 @@ class ActivationStore:
         if (self.disk is None or self.fingerprint is None or split.items is None
                 or not 1 <= boundary <= self.pristine_upto):
             return None
-        return self.disk.key(fingerprint=self.fingerprint, boundary=boundary, items=split.items)
+        fingerprint = self.fingerprint if self.runtime == "torch" else {**self.fingerprint, "runtime": self.runtime}
+        return self.disk.key(fingerprint=fingerprint, boundary=boundary, items=split.items)
 
     def _from_disk_or_images(self, split: SplitInputs, boundary: int) -> torch.Tensor:
         key = self.disk_key(split, boundary)
@@ -149,25 +158,78 @@ class ActivationStore:
             writer.abort()
             raise
 
+    def loader(self, dataset: Dataset) -> DataLoader:
+        """The extraction DataLoader: in order, and decoding overlapped with the model.
+
+        With ``num_workers=0`` and more than one batch, one worker process decodes the next
+        batches while the model runs (PyTorch gives each worker one intra-op thread, so the
+        worker takes one core's share and never spawns a competing OpenMP pool). Decoding and
+        transforms are deterministic per item, so the rows are the same as in-process decoding.
+
+        Example:
+            >>> store.loader(split.eval_dataset).num_workers  # doctest: +SKIP
+            1
+        """
+        workers = self.num_workers
+        if workers == 0 and len(dataset) > self.batch_size and (os.cpu_count() or 1) >= 2:
+            workers = 1
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=workers,
+                          prefetch_factor=2 if workers else None, generator=torch.Generator())  # global RNG untouched
+
     def _from_images(self, split: SplitInputs, boundary: int,
                      sink: Callable[[torch.Tensor], None] | None = None) -> list[torch.Tensor]:
         """Run the prefix over the images; rows go to ``sink`` as they come (streaming) or are returned."""
-        loader = DataLoader(split.eval_dataset, batch_size=self.batch_size, shuffle=False,
-                            num_workers=self.num_workers, generator=torch.Generator())  # global RNG untouched
+        loader: Any = self.loader(split.eval_dataset)
         if self.progress:
             from tqdm import tqdm
 
             loader = tqdm(loader, desc=f"features {split.name}@{boundary}", leave=False, unit="batch")
+        run = self._onnx_prefix(boundary) if self.runtime == "onnx" else None
         chunks = []
         for x, _ in loader:
-            x = x.to(self.device).contiguous(memory_format=torch.channels_last)
             self.forward_images += len(x)
-            rows = self.model.prefix(x, start=0, stop=boundary).float().cpu().contiguous()
+            if run is not None:
+                rows = run(x)
+            else:
+                x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+                rows = self.model.prefix(x, start=0, stop=boundary).float().cpu().contiguous()
             if sink is None:
                 chunks.append(rows)
             else:
                 sink(rows)
         return chunks
+
+    def _onnx_prefix(self, boundary: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Stages ``0..boundary-1`` exported to ONNX and run in ONNX Runtime (CPU)."""
+        from transferlab.export._deps import require
+
+        ort = require("onnxruntime", extra="export", feature="ONNX Runtime feature extraction")
+        require("onnx", extra="export", feature="ONNX Runtime feature extraction")
+        model = self.model
+
+        class Prefix(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.model.prefix(x, start=0, stop=boundary)
+
+        size = model.preprocessing.input_size
+        buf = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            torch.onnx.export(Prefix().eval(), (torch.zeros(1, 3, size, size),), buf, input_names=["x"],
+                              output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, dynamo=False)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(session.run(None, {"x": x.contiguous().numpy()})[0])
+
+        return run
 
     def invalidate_above(self, stage_index: int) -> None:
         """Drop boundaries that depend on stage ``stage_index`` (they are > stage_index)."""

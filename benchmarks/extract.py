@@ -1,0 +1,184 @@
+"""End-to-end feature extraction from JPEG files: transferlab against the naive PyTorch loop.
+
+Contenders, side by side in one process, per backbone (random weights: speed only):
+
+* ``naive``: torchvision ``ImageFolder`` + v1 transforms (Resize, CenterCrop, ToTensor, Normalize),
+  the default ``DataLoader`` (batch 32, no workers), an NCHW fp32 model in ``torch.no_grad``.
+* ``transferlab``: ``ActivationStore`` (JPEG draft decoding, one decode worker overlapping the
+  model, channels-last, ``inference_mode``), PyTorch runtime.
+* ``transferlab-onnx``: the same path with the frozen prefix run in ONNX Runtime (needs the
+  ``export`` extra; export time included).
+
+Every contender produces pooled features (global average of the last stage) for the same images.
+``model_only`` is the transferlab model on a pre-decoded batch, reported as img/s and as a
+fraction of the machine's fp32 peak (``--peak-gflops``, FLOPs counted by ``FlopCounterMode``).
+
+Example:
+    PYTHONPATH=src python benchmarks/extract.py --data ../shared/datasets/flowers17 --json benchmarks/results/extract.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision import datasets, transforms
+
+from transferlab.data import ImageDataset, atomic_write_text, build_transform, compute_norm_stats, open_dataset
+from transferlab.engine import ActivationStore, SplitInputs
+from transferlab.strategies import HeadConfig, TransferModel
+from transferlab.zoo import create_backbone
+
+BACKBONES = ("efficientnet_lite0", "mobilenet_v2", "resnet50")
+
+
+def load_average() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def evenly(n_total: int, n: int) -> np.ndarray:
+    """``n`` indices spread over ``0..n_total-1`` (every class of a sorted folder is represented)."""
+    return np.unique(np.linspace(0, n_total - 1, num=min(n, n_total)).round().astype(np.int64))
+
+
+def timed(fn: Callable[[], int], *, repeats: int) -> tuple[float, list[float]]:
+    """Median img/s of ``repeats`` calls of ``fn`` (which returns how many images it processed)."""
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        n = fn()
+        rates.append(n / (time.perf_counter() - t))
+    return statistics.median(rates), [round(r, 2) for r in rates]
+
+
+def naive(data: Path, indices: np.ndarray, model: TransferModel, *, batch_size: int) -> Callable[[], int]:
+    pre = model.preprocessing
+    tf = transforms.Compose([transforms.Resize(pre.resize_size), transforms.CenterCrop(pre.input_size),
+                             transforms.ToTensor(), transforms.Normalize(pre.mean, pre.std)])
+    ds = Subset(datasets.ImageFolder(str(data), transform=tf), indices.tolist())
+    net = model.stages
+
+    def run() -> int:
+        model.to(memory_format=torch.contiguous_format).eval()
+        n = 0
+        with torch.no_grad():
+            for x, _ in DataLoader(ds, batch_size=batch_size):
+                net(x).mean(dim=(2, 3))
+                n += len(x)
+        return n
+
+    return run
+
+
+def transferlab(data: Path, indices: np.ndarray, model: TransferModel, *, batch_size: int,
+                runtime: str) -> Callable[[], int]:
+    source = open_dataset(str(data), quiet=True)
+    pre = model.preprocessing
+    tf = build_transform(pre, norm=compute_norm_stats("pretrained", source=source, indices=indices, preprocessing=pre))
+    split = SplitInputs(name="bench", labels=torch.zeros(len(indices), dtype=torch.long),
+                        eval_dataset=ImageDataset(source, indices, tf, draft_size=pre.resize_size))
+    boundary = len(model.stage_names)
+
+    def run() -> int:
+        model.to(memory_format=torch.channels_last)
+        store = ActivationStore(model, device=torch.device("cpu"), batch_size=batch_size, runtime=runtime)
+        store.get(split, boundary).mean(dim=(2, 3))
+        return store.forward_images
+
+    return run
+
+
+def model_only(model: TransferModel, *, batch_size: int, repeats: int, peak_gflops: float) -> dict[str, Any]:
+    size = model.preprocessing.input_size
+    model.to(memory_format=torch.channels_last).eval()
+    x = torch.randn(batch_size, 3, size, size).contiguous(memory_format=torch.channels_last)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model.stages(x[:1])
+    flops = counter.get_total_flops()  # one multiply-add = 2 FLOPs
+    with torch.inference_mode():
+        model.stages(x)  # warm-up: oneDNN primitive creation
+
+        def run() -> int:
+            with torch.inference_mode():
+                model.stages(x)
+            return batch_size
+
+        rate, rates = timed(run, repeats=repeats)
+    gflops = rate * flops / 1e9
+    return {"img_s": round(rate, 2), "runs_img_s": rates, "gflop_per_img": round(flops / 1e9, 3),
+            "gflop_s": round(gflops, 2), "fraction_of_peak": round(gflops / peak_gflops, 4)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", type=Path, default=Path("../shared/datasets/flowers17"))
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--backbones", default=",".join(BACKBONES))
+    p.add_argument("--images", type=int, default=256, help="images per run, spread over the classes")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--runtimes", default="torch,onnx", help="transferlab runtimes to include")
+    p.add_argument("--peak-gflops", type=float, default=157.0, help="fp32 peak of this machine")
+    a = p.parse_args(argv)
+    torch.manual_seed(0)
+    folder = datasets.ImageFolder(str(a.data))
+    indices = evenly(len(folder), a.images)
+    results: dict[str, Any] = {
+        "data": str(a.data), "images": int(len(indices)), "batch_size": a.batch_size, "repeats": a.repeats,
+        "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "peak_gflops": a.peak_gflops,
+        "torch": torch.__version__, "load_avg_1m_before": load_average(), "backbones": {},
+    }
+    rows = []
+    for name in a.backbones.split(","):
+        model = TransferModel(backbone=create_backbone(name, pretrained=False), num_classes=17, head=HeadConfig())
+        model.eval()
+        contenders = {"naive": naive(a.data, indices, model, batch_size=a.batch_size)}
+        for runtime in a.runtimes.split(","):
+            label = "transferlab" if runtime == "torch" else f"transferlab-{runtime}"
+            contenders[label] = transferlab(a.data, indices, model, batch_size=a.batch_size, runtime=runtime)
+        entry: dict[str, Any] = {"contenders": {}}
+        # interleaved: repeat r of every contender runs before repeat r+1 of any (load drifts equally)
+        runs: dict[str, list[float]] = {k: [] for k in contenders}
+        for _ in range(a.repeats):
+            for label, fn in contenders.items():
+                runs[label] += timed(fn, repeats=1)[1]
+        for label in contenders:
+            entry["contenders"][label] = {"img_s": round(statistics.median(runs[label]), 2), "runs_img_s": runs[label]}
+        base = entry["contenders"]["naive"]["img_s"]
+        entry["speedup_vs_naive"] = {k: round(v["img_s"] / base, 2) for k, v in entry["contenders"].items()
+                                     if k != "naive"}
+        entry["model_only"] = model_only(model, batch_size=a.batch_size, repeats=a.repeats, peak_gflops=a.peak_gflops)
+        results["backbones"][name] = entry
+        for label, v in entry["contenders"].items():
+            rows.append((name, label, v["img_s"], entry["speedup_vs_naive"].get(label, 1.0)))
+        mo = entry["model_only"]
+        rows.append((name, "model-only (torch)", mo["img_s"], None, mo["gflop_s"], mo["fraction_of_peak"]))
+        print(f"done {name} (load {load_average()})", file=sys.stderr)
+    results["load_avg_1m_after"] = load_average()
+    print(f"{'backbone':<20} {'contender':<20} {'img/s':>8} {'vs naive':>9} {'GFLOP/s':>8} {'of peak':>8}")
+    for row in rows:
+        name, label, rate, speedup = row[:4]
+        extra = f" {row[4]:>8.1f} {100 * row[5]:>7.1f}%" if len(row) > 4 else ""
+        sp = f"{speedup:>8.2f}x" if speedup is not None else f"{'':>9}"
+        print(f"{name:<20} {label:<20} {rate:>8.1f} {sp}{extra}")
+    print(f"images={results['images']} repeats={a.repeats} load average 1m: before {results['load_avg_1m_before']}, "
+          f"after {results['load_avg_1m_after']}")
+    if a.json is not None:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(a.json, json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
