@@ -107,3 +107,9 @@ def test_page_uploads_a_flowers17_photo_and_shows_its_class(browser, flowers_run
                                ".every(i => i.complete && i.naturalWidth === 40)")
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         assert errors == [] and proc.poll() is None
+
+        # The OpenAPI docs render without internet (Swagger UI comes from the app, not a CDN).
+        page.goto(base + "/docs")
+        op = page.wait_for_selector(".opblock-summary-path[data-path='/predict']", timeout=30_000)
+        assert op.inner_text().strip() == "/predict"
+        page.screenshot(path=str(tmp_path / "docs.png"))

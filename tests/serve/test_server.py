@@ -136,7 +136,9 @@ def test_model_health_docs_and_page(client: TestClient, exported_run: Path) -> N
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert set(body["properties"]) == {"file", "files"}
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "cdn." not in docs.text  # Swagger UI served by the app: works offline
+    assert client.get("/static-offline-docs/swagger-ui-bundle.js").status_code == 200
     page = client.get("/")
     assert page.status_code == 200 and 'id="file-input"' in page.text and "/static/app.js" in page.text
     js = client.get("/static/app.js")

@@ -78,8 +78,10 @@ def create_app(run_dir: str | os.PathLike[str], *, runtime: str = "torch", threa
         >>> client.get("/health").json()["status"]  # doctest: +SKIP
         'ok'
     """
-    fastapi = require("fastapi", extra="serve", feature="transferlab serve")
+    require("fastapi", extra="serve", feature="transferlab serve")
     require("multipart", extra="serve", feature="transferlab serve")
+    # Swagger UI and ReDoc from the package instead of a CDN: /docs works on a machine without internet.
+    offline = require("fastapi_offline", extra="serve", feature="transferlab serve's offline /docs")
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -125,7 +127,7 @@ def create_app(run_dir: str | os.PathLike[str], *, runtime: str = "torch", threa
         for name in list(pools):
             pools.pop(name).shutdown(wait=False, cancel_futures=True)
 
-    app = fastapi.FastAPI(
+    app = offline.FastAPIOffline(
         lifespan=lifespan,
         title="transferlab prediction server",
         version="1",
