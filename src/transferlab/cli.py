@@ -384,6 +384,45 @@ def add_localize_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_localize_evaluate)
 
 
+# ----------------------------------------------------------------------------- cache
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """``transferlab cache info|clear``: the on-disk feature cache (location, entries, size).
+
+    Example:
+        $ transferlab cache info --json
+        $ transferlab cache clear --dir /tmp/fc
+    """
+    from transferlab.engine.feature_cache import FeatureCache
+
+    cache = FeatureCache(Path(args.dir) if args.dir else None)
+    if args.action == "clear":
+        entries = len(cache.entries())
+        freed = cache.clear()
+        info: dict[str, Any] = {"location": str(cache.root), "entries_removed": entries, "freed_bytes": freed}
+        text = f"{cache.root}: removed {entries} entries, freed {freed / 2**20:.1f} MiB"
+    else:
+        entries = len(cache.entries())
+        size = cache.size_bytes()
+        info = {"location": str(cache.root), "exists": cache.root.is_dir(), "entries": entries, "size_bytes": size}
+        text = f"{cache.root}: {entries} entries, {size / 2**20:.1f} MiB"
+    if args.json:
+        _print_json(info)
+    else:
+        print(text)
+    return 0
+
+
+def add_cache_commands(sub: Any) -> None:
+    """``cache info|clear``: inspect or empty the on-disk feature cache."""
+    p = sub.add_parser("cache", help="the on-disk feature cache: info (location, entries, size) or clear")
+    p.add_argument("action", choices=("info", "clear"))
+    p.add_argument("--dir", default=None,
+                   help="cache folder (default: $TRANSFERLAB_CACHE/features or ~/.cache/transferlab/features)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_cache)
+
+
 # ----------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -446,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_deploy_commands(sub)
     add_localize_commands(sub)
     add_layer_commands(sub)
+    add_cache_commands(sub)
     return parser
 
 

@@ -1,0 +1,76 @@
+"""Extraction path: a decode worker gives the same rows; ONNX Runtime is close and keyed apart; cache CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from transferlab.cli import main
+from transferlab.data import ImageDataset, NormStats, build_transform, open_dataset
+from transferlab.engine import ActivationStore, SplitInputs
+from transferlab.engine.feature_cache import FeatureCache
+from transferlab.experiments.train import item_keys
+from transferlab.strategies import HeadConfig, TransferModel
+from transferlab.zoo import create_backbone
+
+
+@pytest.fixture(scope="module")
+def model() -> TransferModel:
+    return TransferModel(backbone=create_backbone("mobilenet_v2"), num_classes=3, head=HeadConfig(), cut=3)
+
+
+def _split(model: TransferModel, folder: Path) -> SplitInputs:
+    src = open_dataset(str(folder))
+    pre = model.preprocessing
+    idx = np.arange(len(src))
+    return SplitInputs(name="train", labels=torch.as_tensor(src.labels),
+                       eval_dataset=ImageDataset(src, idx, build_transform(pre, norm=NormStats(
+                           kind="pretrained", mean=pre.mean, std=pre.std))),
+                       items=item_keys(src, idx))
+
+
+def test_decode_worker_rows_equal_in_process_rows(model: TransferModel, tiny_folder: Path):
+    split = _split(model, tiny_folder)
+    inline = ActivationStore(model, device=torch.device("cpu"), batch_size=len(split))  # one batch: no worker
+    worker = ActivationStore(model, device=torch.device("cpu"), batch_size=2)
+    assert inline.loader(split.eval_dataset).num_workers == 0
+    assert worker.loader(split.eval_dataset).num_workers == 1
+    assert torch.equal(torch.cat([r for r in inline._from_images(split, 3)]),
+                       torch.cat([r for r in worker._from_images(split, 3)]))
+
+
+def test_onnx_runtime_close_to_torch_and_keyed_apart(model: TransferModel, tiny_folder: Path, tmp_path: Path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    split = _split(model, tiny_folder)
+    fp = {"backbone": "mobilenet_v2", "weights_sha256": "abc"}
+    stores = {}
+    for runtime in ("torch", "onnx"):
+        store = ActivationStore(model, device=torch.device("cpu"), runtime=runtime,
+                                disk=FeatureCache(tmp_path / "fc"), fingerprint=fp)
+        store.pristine_upto = 3
+        stores[runtime] = store
+    a, b = stores["torch"].get(split, 3), stores["onnx"].get(split, 3)
+    assert stores["onnx"].forward_images == len(split)  # the torch entry was not reused
+    assert stores["torch"].disk_key(split, 3) != stores["onnx"].disk_key(split, 3)
+    assert torch.allclose(a, b, atol=1e-4, rtol=1e-3)
+    with pytest.raises(ValueError, match="runtime"):
+        ActivationStore(model, device=torch.device("cpu"), runtime="tensorrt")
+
+
+def test_cache_cli_info_and_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    cache = FeatureCache(tmp_path / "fc")
+    w = cache.writer("k" * 40, n=2, shape=(3,))
+    w.write(torch.ones(2, 3))
+    w.commit()
+    assert main(["cache", "info", "--dir", str(cache.root), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["entries"] == 1 and info["size_bytes"] > 0 and info["location"] == str(cache.root)
+    assert main(["cache", "clear", "--dir", str(cache.root), "--json"]) == 0
+    cleared = json.loads(capsys.readouterr().out)
+    assert cleared["entries_removed"] == 1 and cleared["freed_bytes"] == info["size_bytes"]
+    assert cache.entries() == [] and cache.size_bytes() == 0
