@@ -157,9 +157,9 @@ class PlanOptions:
     epochs: int = 12  # head / feature-extraction epochs
     finetune_epochs: int = 8  # epochs of each later phase that trains stages
     thaw_epochs: int = 1  # chain-thaw: epochs per single stage
-    unfreeze: int = 2  # fine-tune / chain-thaw / gradual-unfreeze depth (stages from the top)
+    unfreeze: int = 3  # fine-tune / chain-thaw / gradual-unfreeze depth (stages from the top)
     lr: float = 3e-3  # head learning rate
-    finetune_lr: float = 3e-4  # learning rate of the top trainable group when stages train
+    finetune_lr: float = 1e-3  # learning rate of the top trainable group when stages train
     lr_decay: float = 2.6
     schedule: str = "cosine"
     finetune_schedule: str = "stlr"
