@@ -364,7 +364,7 @@ def probe_figure_png(report: Mapping[str, Any]) -> bytes:
     ax.set_ylabel("linear-probe accuracy")
     ax.set_title(f"{report['backbone']} on {Path(str(report['data'])).name}: which layers transfer", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
