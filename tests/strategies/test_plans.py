@@ -102,3 +102,19 @@ def test_user_plan_from_yaml(tmp_path: Path, model: TransferModel):
     f.write_text("phases:\n  - {name: x, trainable: head, epochs: 1, lr: 0.01, speed: 3}\n")
     with pytest.raises(ConfigError, match="unknown phase fields"):
         load_plan(f)
+
+
+@pytest.mark.parametrize("total", [4, 5, 7, 8, 100])
+def test_onecycle_works_for_short_phases(total: int):
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([w], lr=0.1)
+    phase = Phase(name="p", trainable=("head",), epochs=1, lr=0.1, schedule="onecycle")
+    sched = make_scheduler(opt, phase, total_steps=total)
+    lrs = []
+    for _ in range(total):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert max(lrs) == pytest.approx(0.1, rel=0.05) and lrs[0] < 0.1
+    with pytest.raises(ConfigError, match="at least 4 optimizer steps, got 3"):
+        make_scheduler(opt, phase, total_steps=3)
