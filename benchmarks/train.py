@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         summary["accuracy_gap_points"] = round(
             100 * abs(summary["cached"]["test_accuracy"] - summary["recompute"]["test_accuracy"]), 2)
         results[part] = summary
+        if a.json is not None:  # after every part: a long run that is stopped keeps what it measured
+            a.json.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(a.json, json.dumps(results, indent=2))
     results["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
     print(f"{'benchmark':<20} {'contender':<10} {'wall s':>8} {'s/ft-epoch':>10} {'test acc':>9} {'speedup':>8}")
     for part in setups:
