@@ -7,7 +7,6 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
-from transferlab.errors import ConfigError
 from transferlab.strategies.plans import Phase
 
 
@@ -41,17 +40,14 @@ def make_scheduler(optimizer: Optimizer, phase: Phase, *, total_steps: int) -> L
     total = max(1, total_steps)
     warm = int(phase.warmup * total)
     if phase.schedule == "onecycle":
-        if total < 4:
-            raise ConfigError(
-                f"phase {phase.name!r}: the onecycle schedule needs at least 4 optimizer steps, got {total}; "
-                "use more epochs, a smaller --batch-size, or another schedule"
-            )
-        # torch's OneCycleLR divides by (pct_start * total - 1): keep at least 2 warm-up steps
+        # torch's OneCycleLR divides by (pct_start * steps - 1): keep >= 2 warm-up steps, and give
+        # it a 4-step cycle at least (a phase shorter than that runs the cycle's first steps only)
+        cycle = max(total, 4)
         return OneCycleLR(
             optimizer,
             max_lr=[g["lr"] for g in optimizer.param_groups],
-            total_steps=total,
-            pct_start=min(0.5, max(phase.warmup, 0.25, 2.0 / total)),
+            total_steps=cycle,
+            pct_start=min(0.5, max(phase.warmup, 0.25, 2.0 / cycle)),
             cycle_momentum=phase.optimizer == "sgd",
         )
     if phase.schedule == "stlr":
