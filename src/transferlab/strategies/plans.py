@@ -205,10 +205,11 @@ def build_plan(strategy: str, *, stage_names: list[str], options: PlanOptions) -
     if strategy == "full":
         return Plan(strategy=strategy, phases=(head, tuned("full", top, o.finetune_epochs, o.lr_decay)))
     if strategy == "chain-thaw":
+        # each stage alone, first to last, at its discriminative rate (as in the final phase)
         singles = tuple(
-            Phase(name=f"thaw-{s}", trainable=(s,), epochs=o.thaw_epochs, lr=o.finetune_lr,
-                  schedule=o.finetune_schedule, **common)
-            for s in top
+            Phase(name=f"thaw-{s}", trainable=(s,), epochs=o.thaw_epochs,
+                  lr=o.finetune_lr / o.lr_decay ** (len(top) - i), schedule=o.finetune_schedule, **common)
+            for i, s in enumerate(top)
         )
         return Plan(strategy=strategy,
                     phases=(head, *singles, tuned("thaw-all", top, o.finetune_epochs, o.lr_decay)))
