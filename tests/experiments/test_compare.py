@@ -7,29 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from tests.conftest import make_image_folder
 from transferlab.cli import main
 from transferlab.errors import ConfigError, DataError
 from transferlab.experiments.compare import compare, parse_sizes, parse_strategies, stratified_subset
 from transferlab.options import DataOptions, TrainOptions
 
 FAST = dict(backbone="mobilenet_v2", cut=2, epochs=1, finetune_epochs=1, scratch_epochs=1, unfreeze=1)
-
-
-def squares(root: Path, *, classes: int = 3, per_class: int = 8, size: int = 32) -> Path:
-    """Class folders of noisy images with a class-coloured square."""
-    rng = np.random.default_rng(0)
-    colours = [(220, 40, 40), (40, 200, 60), (40, 60, 220)]
-    for c in range(classes):
-        d = root / f"c{c}"
-        d.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            img = rng.integers(0, 80, size=(size, size, 3), dtype=np.uint8)
-            x, y = rng.integers(0, size // 2, size=2)
-            img[y : y + size // 2, x : x + size // 2] = colours[c]
-            Image.fromarray(img).save(d / f"{i}.png")
-    return root
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +24,7 @@ def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_compare_schema_incremental_and_shared_features(tmp_path: Path) -> None:
-    data = squares(tmp_path / "data")
+    data = make_image_folder(tmp_path / "data", size=32)
     out = tmp_path / "cmp"
     res = compare(str(data), strategies="linear-probe,feature-extraction", seeds=2, out=out,
                   data_options=DataOptions(quiet=True), train_options=TrainOptions(**FAST))
@@ -68,7 +53,7 @@ def test_compare_schema_incremental_and_shared_features(tmp_path: Path) -> None:
 
 
 def test_scratch_shares_preprocessed_images_with_pretrained_runs(tmp_path: Path) -> None:
-    data = squares(tmp_path / "data")
+    data = make_image_folder(tmp_path / "data", size=32)
     res = compare(str(data), strategies="scratch,feature-extraction", seeds=1, out=tmp_path / "cmp",
                   data_options=DataOptions(quiet=True), train_options=TrainOptions(**FAST))
     assert all(s["n_ok"] == 1 for s in res["strategies"].values())
@@ -76,7 +61,7 @@ def test_scratch_shares_preprocessed_images_with_pretrained_runs(tmp_path: Path)
 
 
 def test_a_crashing_strategy_is_recorded_and_the_others_go_on(tmp_path: Path) -> None:
-    data = squares(tmp_path / "data")
+    data = make_image_folder(tmp_path / "data", size=32)
     out = tmp_path / "cmp"
     # linear-probe refuses a dense head: it fails, feature-extraction still runs
     res = compare(str(data), strategies="linear-probe,feature-extraction", seeds=1, out=out,
@@ -90,7 +75,7 @@ def test_a_crashing_strategy_is_recorded_and_the_others_go_on(tmp_path: Path) ->
 
 
 def test_data_efficiency_study(tmp_path: Path) -> None:
-    data = squares(tmp_path / "data", per_class=10)
+    data = make_image_folder(tmp_path / "data", size=32, per_class=10)
     res = compare(str(data), strategies=["linear-probe"], seeds=1, out=tmp_path / "cmp", train_per_class="2,4",
                   data_options=DataOptions(quiet=True), train_options=TrainOptions(**FAST))
     eff = res["efficiency"]
@@ -113,7 +98,7 @@ def test_data_efficiency_study(tmp_path: Path) -> None:
 ])
 def test_bad_input_is_one_line_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                               argv: list[str], message: str) -> None:
-    data = squares(tmp_path / "data", per_class=4)
+    data = make_image_folder(tmp_path / "data", size=32, per_class=4)
     out = tmp_path / "cmp"
     rc = main(["compare", str(data), "--out", str(out), "--backbone", "mobilenet_v2", "--quiet", *argv])
     err = capsys.readouterr().err.strip().splitlines()
@@ -142,7 +127,7 @@ def test_stratified_subset_is_seeded_and_balanced(tmp_path: Path) -> None:
 
 
 def test_compare_cli_writes_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    data = squares(tmp_path / "data")
+    data = make_image_folder(tmp_path / "data", size=32)
     out = tmp_path / "cmp"
     rc = main(["compare", str(data), "--out", str(out), "--strategies", "linear-probe", "--seeds", "1", "--quiet",
                "--backbone", "mobilenet_v2", "--cut", "2"])

@@ -7,10 +7,9 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
+from tests.conftest import make_image_folder
 from transferlab.cli import main
 from transferlab.errors import ConfigError
 from transferlab.experiments.compare import compare
@@ -20,20 +19,6 @@ from transferlab.report.figures import curve_facts, overfitting, phase_spans
 
 FAST = dict(backbone="mobilenet_v2", cut=2, epochs=2, finetune_epochs=1, scratch_epochs=2, unfreeze=1)
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def squares(root: Path, *, classes: int = 3, per_class: int = 8, size: int = 32) -> Path:
-    rng = np.random.default_rng(1)
-    colours = [(220, 40, 40), (40, 200, 60), (40, 60, 220)]
-    for c in range(classes):
-        d = root / f"c{c}"
-        d.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            img = rng.integers(0, 80, size=(size, size, 3), dtype=np.uint8)
-            x, y = rng.integers(0, size // 2, size=2)
-            img[y : y + size // 2, x : x + size // 2] = colours[c]
-            Image.fromarray(img).save(d / f"{i}.png")
-    return root
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +33,7 @@ def embedded_pngs(page: str) -> dict[str, bytes]:
 
 
 def test_compare_report_has_every_section(tmp_path: Path) -> None:
-    data = squares(tmp_path / "data")
+    data = make_image_folder(tmp_path / "data", size=32, seed=1)
     out = tmp_path / "cmp"
     compare(str(data), strategies="scratch,linear-probe,fine-tune", seeds=1, out=out,
             data_options=DataOptions(quiet=True), train_options=TrainOptions(**FAST))
@@ -72,7 +57,7 @@ def test_compare_report_has_every_section(tmp_path: Path) -> None:
 
 
 def test_report_marks_a_failed_strategy(tmp_path: Path) -> None:
-    data = squares(tmp_path / "data")
+    data = make_image_folder(tmp_path / "data", size=32, seed=1)
     out = tmp_path / "cmp"
     compare(str(data), strategies="linear-probe,feature-extraction", seeds=1, out=out,
             data_options=DataOptions(quiet=True), train_options=TrainOptions(head="dense", hidden="8", **FAST))
@@ -82,7 +67,7 @@ def test_report_marks_a_failed_strategy(tmp_path: Path) -> None:
 
 
 def test_single_run_report_recomputes_predictions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    data = squares(tmp_path / "data")
+    data = make_image_folder(tmp_path / "data", size=32, seed=1)
     run = tmp_path / "run"
     assert main(["train", str(data), "--out", str(run), "--strategy", "scratch", "--quiet",
                  *sum(([f"--{k.replace('_', '-')}", str(v)] for k, v in FAST.items()), [])]) == 0

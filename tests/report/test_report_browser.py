@@ -6,10 +6,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
+from tests.conftest import make_image_folder
 from transferlab.experiments.compare import compare
 from transferlab.options import DataOptions, TrainOptions
 from transferlab.report import build_report
@@ -20,24 +19,11 @@ CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-bro
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium binary on PATH (apt-get install chromium)")
 
 
-def squares(root: Path) -> Path:
-    rng = np.random.default_rng(3)
-    for c, colour in enumerate([(220, 40, 40), (40, 200, 60), (40, 60, 220)]):
-        d = root / f"c{c}"
-        d.mkdir(parents=True, exist_ok=True)
-        for i in range(8):
-            img = rng.integers(0, 80, size=(32, 32, 3), dtype=np.uint8)
-            x, y = rng.integers(0, 16, size=2)
-            img[y : y + 16, x : x + 16] = colour
-            Image.fromarray(img).save(d / f"{i}.png")
-    return root
-
-
 def test_report_renders_in_headless_chromium(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("TRANSFERLAB_OFFLINE", "1")
     out = tmp_path / "cmp"
-    compare(str(squares(tmp_path / "data")), strategies="scratch,feature-extraction", seeds=1, out=out,
+    compare(str(make_image_folder(tmp_path / "data", size=32, seed=3)), strategies="scratch,feature-extraction", seeds=1, out=out,
             data_options=DataOptions(quiet=True),
             train_options=TrainOptions(backbone="mobilenet_v2", cut=2, epochs=2, scratch_epochs=2))
     page_path = build_report(out)
