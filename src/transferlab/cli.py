@@ -164,7 +164,8 @@ def add_evidence_commands(sub: Any) -> None:
     p = sub.add_parser("compare", help="run several strategies x seeds on one split; write results.json + report.html")
     p.add_argument("data", metavar="DATA", help="image folder, dataset layout, CSV or 'fashion-mnist'")
     p.add_argument("--strategies", default="scratch,linear-probe,feature-extraction,fine-tune,chain-thaw",
-                   help="comma-separated strategies (default: %(default)s)")
+                   help="comma-separated strategies; an entry may set its own train options as "
+                        "STRATEGY:OPTION=VALUE[:OPTION=VALUE], e.g. fine-tune:unfreeze=2 (default: %(default)s)")
     p.add_argument("--seeds", type=int, default=3, help="training seeds per strategy (default: 3)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--train-per-class", dest="train_per_class_list", metavar="N[,N...]",

@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from transferlab.errors import ConfigError
 from transferlab.strategies.plans import OPTIMIZERS, SCHEDULES, STRATEGIES
 
 T = TypeVar("T")
@@ -121,3 +122,38 @@ def options_from_kwargs(cls: type[T], kwargs: dict[str, Any]) -> T:
     """Pick ``cls``'s fields out of ``kwargs`` (removing them); unknown leftovers are the caller's."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: kwargs.pop(k) for k in list(kwargs) if k in names})
+
+
+def with_overrides(options: T, pairs: str, *, context: str) -> T:
+    """``options`` with ``key=value`` pairs (``:``-separated, flag spelling) applied, typed per field.
+
+    Example:
+        >>> with_overrides(TrainOptions(), "unfreeze=2:finetune-lr=3e-4", context="fine-tune").unfreeze
+        2
+    """
+    fields = {f.name: f for f in dataclasses.fields(options)}  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    for pair in (p.strip() for p in pairs.split(":") if p.strip()):
+        key, sep, raw = pair.partition("=")
+        name = key.strip().lstrip("-").replace("-", "_")
+        if not sep or name not in fields:
+            raise ConfigError(f"{context}: expected OPTION=VALUE with OPTION one of "
+                              f"{', '.join(f.replace('_', '-') for f in fields)}; got {pair!r}")
+        tp, optional = _base_type(fields[name].type)
+        raw = raw.strip()
+        try:
+            if optional and raw.lower() == "none":
+                value: Any = None
+            elif tp is bool:
+                if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(raw)
+                value = raw.lower() in ("true", "1", "yes")
+            else:
+                value = tp(raw)
+        except ValueError:
+            raise ConfigError(f"{context}: {key.strip()} expects {tp.__name__}, got {raw!r}") from None
+        choices = fields[name].metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"{context}: {key.strip()} must be one of {', '.join(choices)}, got {raw!r}")
+        values[name] = value
+    return dataclasses.replace(options, **values)  # type: ignore[type-var]

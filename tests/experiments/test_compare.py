@@ -74,6 +74,20 @@ def test_a_crashing_strategy_is_recorded_and_the_others_go_on(tmp_path: Path) ->
     assert json.loads((out / "results.json").read_text())["strategies"]["feature-extraction"]["n_ok"] == 1
 
 
+def test_variants_of_one_strategy_run_with_their_own_options(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data", size=32)
+    res = compare(str(data), strategies="fine-tune:unfreeze=1,fine-tune:unfreeze=2:finetune-epochs=2", seeds=1,
+                  out=tmp_path / "cmp", data_options=DataOptions(quiet=True),
+                  train_options=TrainOptions(**{**FAST, "unfreeze": 2}))
+    assert list(res["strategies"]) == ["fine-tune:unfreeze=1", "fine-tune:unfreeze=2:finetune-epochs=2"]
+    a, b = (res["strategies"][k] for k in res["strategies"])
+    assert a["strategy"] == b["strategy"] == "fine-tune" and a["n_ok"] == b["n_ok"] == 1
+    ca, cb = (json.loads((Path(s["runs"][0]["run_dir"]) / "config.json").read_text()) for s in (a, b))
+    assert (ca["train_options"]["unfreeze"], ca["train_options"]["finetune_epochs"]) == (1, 1)
+    assert (cb["train_options"]["unfreeze"], cb["train_options"]["finetune_epochs"]) == (2, 2)
+    assert [p["trainable"] for p in ca["plan"]["phases"]][-1] == ["stage1", "head"]
+
+
 def test_data_efficiency_study(tmp_path: Path) -> None:
     data = make_image_folder(tmp_path / "data", size=32, per_class=10)
     res = compare(str(data), strategies=["linear-probe"], seeds=1, out=tmp_path / "cmp", train_per_class="2,4",
@@ -93,6 +107,10 @@ def test_data_efficiency_study(tmp_path: Path) -> None:
     (["--strategies", ""], "--strategies is empty"),
     (["--strategies", " , "], "--strategies is empty"),
     (["--strategies", "scratch,nope"], "unknown strategy 'nope'"),
+    (["--strategies", "fine-tune:unfreez=2"], "expected OPTION=VALUE"),
+    (["--strategies", "fine-tune:unfreeze=two"], "unfreeze expects int, got 'two'"),
+    (["--strategies", "fine-tune:bn=sometimes"], "bn must be one of frozen, train"),
+    (["--strategies", "fine-tune:unfreeze=99"], "--unfreeze must be between 1 and"),
     (["--train-per-class", "2,50"], "exceeds the smallest class"),
     (["--train-per-class", "a"], "comma-separated integers"),
 ])

@@ -40,7 +40,7 @@ from transferlab.data import ImageSource, Split, atomic_write_text, make_split, 
 from transferlab.engine import ActivationStore, init_distributed
 from transferlab.errors import ConfigError, DataError
 from transferlab.experiments.train import plan_options, run_training, setup_logging, versions
-from transferlab.options import DataOptions, TrainOptions
+from transferlab.options import DataOptions, TrainOptions, with_overrides
 from transferlab.strategies import build_plan
 from transferlab.strategies.plans import STRATEGIES
 from transferlab.zoo import create_backbone
@@ -52,19 +52,45 @@ RESULTS = "results.json"
 def parse_strategies(text: str | Sequence[str]) -> list[str]:
     """``"a,b"`` -> ``["a", "b"]``, checked against the known strategies.
 
+    An entry may carry its own options as ``STRATEGY:OPTION=VALUE[:OPTION=VALUE]`` (flag spelling),
+    so one compare can hold variants such as ``fine-tune:unfreeze=2,fine-tune:unfreeze=4``.
+
     Example:
-        >>> parse_strategies("scratch, linear-probe")
-        ['scratch', 'linear-probe']
+        >>> parse_strategies("scratch, linear-probe, fine-tune:unfreeze=2")
+        ['scratch', 'linear-probe', 'fine-tune:unfreeze=2']
     """
     names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
     if not names:
         raise ConfigError("--strategies is empty; expected a comma-separated list, e.g. scratch,fine-tune")
-    unknown = [s for s in names if s not in STRATEGIES]
+    unknown = [s for s in names if strategy_of(s) not in STRATEGIES]
     if unknown:
-        raise ConfigError(f"unknown strategy {unknown[0]!r}; expected some of: {', '.join(STRATEGIES)}")
+        raise ConfigError(f"unknown strategy {strategy_of(unknown[0])!r} in --strategies; expected some of: "
+                          f"{', '.join(STRATEGIES)}")
+    for s in names:
+        variant_options(s, TrainOptions())  # option names and values checked before any run
     if len(set(names)) != len(names):
         raise ConfigError(f"--strategies lists a strategy twice: {','.join(names)}")
     return names
+
+
+def strategy_of(name: str) -> str:
+    """The strategy of a compare entry (``"fine-tune:unfreeze=2"`` -> ``"fine-tune"``)."""
+    return name.partition(":")[0].strip()
+
+
+def variant_options(name: str, train: TrainOptions) -> TrainOptions:
+    """``train`` for the compare entry ``name``: its strategy and its own ``OPTION=VALUE`` overrides.
+
+    Example:
+        >>> variant_options("fine-tune:unfreeze=2", TrainOptions()).unfreeze
+        2
+    """
+    strategy, _, pairs = name.partition(":")
+    out = with_overrides(train, pairs, context=f"--strategies entry {name!r}")
+    if out.strategy != train.strategy or out.backbone != train.backbone:
+        raise ConfigError(f"--strategies entry {name!r}: strategy and backbone are set for the whole compare, "
+                          "not per entry")
+    return replace(out, strategy=strategy.strip())
 
 
 def parse_sizes(text: str | Sequence[int] | None) -> list[int]:
@@ -198,11 +224,12 @@ def compare(
         if v is not None and v < 1:
             raise ConfigError(f"{n} must be >= 1, got {v}")
     stage_names = create_backbone(t.backbone, pretrained=False).stage_names
-    if t.cut is not None and not 1 <= t.cut <= len(stage_names):
-        raise ConfigError(f"--cut must be between 1 and {len(stage_names)} for {t.backbone}, got {t.cut}")
-    kept = stage_names[: t.cut] if t.cut else stage_names
     for name in names:
-        build_plan(name, stage_names=kept, options=plan_options(replace(t, strategy=name))).validate(kept)
+        tn = variant_options(name, t)
+        if tn.cut is not None and not 1 <= tn.cut <= len(stage_names):
+            raise ConfigError(f"--cut must be between 1 and {len(stage_names)} for {t.backbone}, got {tn.cut}")
+        kept = stage_names[: tn.cut] if tn.cut else stage_names
+        build_plan(tn.strategy, stage_names=kept, options=plan_options(tn)).validate(kept)
 
     setup_logging(quiet=d.quiet)
     out_dir = Path(out)
@@ -254,7 +281,7 @@ def compare(
             runs: list[dict[str, Any]] = []
             wall = 0.0
             for seed in range(seeds):
-                run_dir = out_dir / "runs" / (f"n{n}" if len(splits) > 1 else "") / name / f"seed{seed}"
+                run_dir = out_dir / "runs" / (f"n{n}" if len(splits) > 1 else "") / name.replace(":", "+") / f"seed{seed}"
                 if bar is not None:
                     bar.set_postfix_str(f"{name} seed {seed}" + (f" n={n}" if n is not None else ""))
                 store = stores.store
@@ -262,7 +289,7 @@ def compare(
                 t0 = time.perf_counter()
                 try:
                     run = run_training(str(data), data_options=replace(d, seed=seed, train_per_class=n),
-                                       train_options=replace(t, strategy=name), out=run_dir, source=src,
+                                       train_options=variant_options(name, t), out=run_dir, source=src,
                                        split=split, store=store, save_predictions=True)
                     store._cache.update(before)
                     runs.append(_run_record(run, seed=seed, run_dir=run_dir))
@@ -275,7 +302,7 @@ def compare(
                     atomic_write_text(run_dir / "error.txt", traceback.format_exc())
                     runs.append({"seed": seed, "status": "failed", "run_dir": str(run_dir), "error": message})
                 wall += time.perf_counter() - t0
-                per_strategy[name] = _summary(runs, wall)
+                per_strategy[name] = {"strategy": strategy_of(name), **_summary(runs, wall)}
                 if n == main_n:
                     results["strategies"][name] = per_strategy[name]
                 if "efficiency" in results:

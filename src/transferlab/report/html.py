@@ -156,13 +156,14 @@ def build_report(path: str | os.PathLike[str], *, source: ImageSource | None = N
                   + ("Strategies without epochs (closed-form linear probe) are not drawn. " if
                      len(with_epochs) < len(histories) else "") + "</p>",
                   _png(figures.learning_curves(with_epochs), "learning_curves", fig_dir)]
-    transfer = {k: v for k, v in with_epochs.items() if k != "scratch"}
-    if "scratch" in with_epochs and transfer:
+    scratch = next((k for k in with_epochs if strategies[k].get("strategy", k) == "scratch"), None)
+    transfer = {k: v for k, v in with_epochs.items() if strategies[k].get("strategy", k) != "scratch"}
+    if scratch is not None and transfer:
         facts = [[html.escape(k), f"{f['start']:.3f}", f"{f['slope']:+.4f}", f"{f['asymptote']:.3f}"]
-                 for k, f in ((k, figures.curve_facts(v)) for k, v in {"scratch": with_epochs["scratch"],
+                 for k, f in ((k, figures.curve_facts(v)) for k, v in {scratch: with_epochs[scratch],
                                                                         **transfer}.items())]
         parts += ["<h2>The three benefits of transfer</h2>",
-                  _png(figures.three_benefits(with_epochs["scratch"], transfer), "three_benefits", fig_dir),
+                  _png(figures.three_benefits(with_epochs[scratch], transfer), "three_benefits", fig_dir),
                   "<p>Start: validation accuracy after the first epoch. Slope: mean gain per epoch over the "
                   "first 3 epochs. Asymptote: mean validation accuracy of the last 3 epochs.</p>",
                   _table(["strategy", "start", "slope / epoch", "asymptote"], facts)]
