@@ -2,8 +2,8 @@
 
 Example:
     >>> print(table(["name", "img/s"], [["naive", 7.25]]))
-    name   img/s
-    naive   7.25
+    name  img/s
+    naive  7.25
 """
 
 from __future__ import annotations
