@@ -8,7 +8,14 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: setup demo test fashion-mnist chromium clean
+# fastai for benchmarks/vs_fastai.py, exact versions, --no-deps: its metadata wants spacy (fastai.text only)
+# and fastprogress 1.1's python-fasthtml/uvicorn stack; fastai.vision imports none of them. The rest of
+# its dependencies (torch, torchvision, numpy, scipy, matplotlib, ...) come with `make setup`.
+BENCH_PINS := fastai==2.8.12 fastcore==2.2.39 fasttransform==0.0.5 fastdownload==0.0.8 fastprogress==1.0.5 \
+	plum-dispatch==2.9.0 beartype==0.23.1 rich==15.0.0 markdown-it-py==4.3.0 mdurl==0.1.2 pandas==3.1.1 \
+	requests==2.34.2 charset-normalizer==3.5.2 urllib3==2.8.0
+
+.PHONY: setup demo test bench-deps fashion-mnist chromium clean
 
 setup: $(VENV)/.installed
 
@@ -46,6 +53,10 @@ chromium:
 	else \
 		echo "Chromium: missing and apt-get is not usable here (need root); the browser test will skip"; \
 	fi
+
+bench-deps: setup
+	$(PIP) install -q --no-deps $(BENCH_PINS)
+	$(PY) -c "import fastai.vision.all, fastai; print('fastai', fastai.__version__)"
 
 demo: setup
 	$(VENV)/bin/transferlab demo
