@@ -78,6 +78,8 @@ class TrainOptions:
     class_weights: str = opt("none", "class weights of the loss", choices=("none", "auto"))
     balanced_sampler: bool = opt(False, "sample training images inversely to class frequency")
     precision: str = opt("fp32", "mixed precision on CUDA", choices=("fp32", "bf16", "fp16"))
+    views: int = opt(0, "K > 0: K fixed, seeded --augment views of each training image, cached like plain "
+                        "images (augmentation in feature space: frozen stages run once per view)")
     cache: bool = opt(True, "cache frozen-prefix activations in memory when augmentation allows")
     feature_cache: str = opt("auto", "on-disk cache of pretrained activations: auto ($TRANSFERLAB_CACHE/"
                              "features), off, or a folder")

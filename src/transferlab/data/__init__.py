@@ -7,7 +7,7 @@ Example:
 """
 
 from transferlab.data.atomic import atomic_write_bytes, atomic_write_text
-from transferlab.data.dataset import ImageDataset
+from transferlab.data.dataset import FixedViews, ImageDataset
 from transferlab.data.images import IMAGE_EXTENSIONS, ImageDecodeError, load_image
 from transferlab.data.layouts import open_dataset
 from transferlab.data.norm import NORM_KINDS, NormStats, compute_norm_stats
@@ -26,6 +26,7 @@ __all__ = [
     "AUGMENT_PRESETS",
     "BATCH_AUGMENTATIONS",
     "IMAGE_EXTENSIONS",
+    "FixedViews",
     "NORM_KINDS",
     "ImageDataset",
     "ImageDecodeError",

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from transferlab.data.source import ImageSource
 
-__all__ = ["ImageDataset"]
+__all__ = ["FixedViews", "ImageDataset"]
 
 
 class ImageDataset(Dataset):
@@ -54,3 +54,45 @@ class ImageDataset(Dataset):
     def labels(self) -> np.ndarray:
         """Labels of the items, in dataset order (for samplers and class weights)."""
         return self.source.labels[self.indices]
+
+
+class FixedViews(Dataset):
+    """Each image of ``base`` followed by ``views`` seeded augmented copies of it.
+
+    Item ``k`` is view ``k % (views + 1)`` of image ``k // (views + 1)``: view 0 is ``base``'s own
+    (eval) output, view ``v > 0`` the augmenting ``transform`` under a seed fixed by
+    ``(seed, image, v)``. The views never change, so their frozen-prefix activations can be cached:
+    augmentation in feature space at the cost of ``views + 1`` forward passes, once.
+
+    Example:
+        >>> ds = FixedViews(ImageDataset(src, split.train, eval_tf), train_tf, views=2)  # doctest: +SKIP
+        >>> len(ds) == 3 * len(split.train)  # doctest: +SKIP
+        True
+    """
+
+    def __init__(self, base: ImageDataset, transform: Callable[[Image.Image], torch.Tensor], *, views: int,
+                 seed: int = 0) -> None:
+        if views < 1:
+            raise ValueError(f"FixedViews: views must be >= 1, got {views}")
+        self.base = base
+        self.transform = transform
+        self.views = views
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.base) * (self.views + 1)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, int]:
+        item, view = divmod(int(k), self.views + 1)
+        if view == 0:
+            return self.base[item]
+        i = int(self.base.indices[item])
+        image = self.base.source.load(i, draft_size=self.base.draft_size)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + item * 101 + view)
+            return self.transform(image), int(self.base.source.labels[i])
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Labels of the items (each image's label ``views + 1`` times)."""
+        return np.repeat(self.base.labels, self.views + 1)

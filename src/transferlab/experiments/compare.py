@@ -179,7 +179,7 @@ class _SharedStore:
 
     def new_training_set(self, *, keep_eval: bool) -> None:
         for key in list(self.store._cache):
-            if key[0] == "train" or not keep_eval:
+            if key[0].startswith("train") or not keep_eval:
                 del self.store._cache[key]
 
     @property

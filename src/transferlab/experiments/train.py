@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from transferlab.data import (
+    FixedViews,
     ImageDataset,
     ImageSource,
     NormStats,
@@ -139,6 +140,9 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
     stage_names = backbone.stage_names
     if t.cut is not None and not 1 <= t.cut <= len(stage_names):
         raise ConfigError(f"--cut must be between 1 and {len(stage_names)} for {t.backbone}, got {t.cut}")
+    if t.views < 0 or (t.views > 0 and d.augment == "none"):
+        raise ConfigError(f"--views must be 0, or > 0 together with an --augment preset; got --views {t.views} "
+                          f"with --augment {d.augment}")
     kept = stage_names[: t.cut] if t.cut else stage_names
     plan = make_plan(t, kept)
     plan.validate(kept)
@@ -151,10 +155,20 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
     train_tf = build_transform(pre, norm=norm, train=True, augment=d.augment)
 
     def inputs(name: str, idx: np.ndarray, *, training: bool = False) -> SplitInputs:
+        ev = ImageDataset(source, idx, eval_tf, draft_size=pre.resize_size)
+        if training and t.views > 0:  # fixed augmented views: deterministic, so cacheable
+            fixed = FixedViews(ev, train_tf, views=t.views, seed=d.split_seed)
+            tag = f"#{d.augment}-view"
+            return SplitInputs(
+                name=f"{name}+views{t.views}", labels=torch.as_tensor(fixed.labels, dtype=torch.long),
+                eval_dataset=fixed, train_dataset=fixed,
+                items=[k + (f"{tag}{v}-seed{d.split_seed}" if v else "") for k in item_keys(source, idx)
+                       for v in range(t.views + 1)],
+            )
         return SplitInputs(
             name=name,
             labels=torch.as_tensor(source.labels[idx], dtype=torch.long),
-            eval_dataset=ImageDataset(source, idx, eval_tf, draft_size=pre.resize_size),
+            eval_dataset=ev,
             train_dataset=ImageDataset(source, idx, train_tf, draft_size=pre.resize_size) if training else None,
             items=item_keys(source, idx),
         )
@@ -183,7 +197,7 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
                               balanced_sampler=t.balanced_sampler, precision=t.precision, num_workers=d.workers,
                               cache=t.cache, quiet=d.quiet),
         store=_adopt(store, model),
-        cacheable_train=d.augment == "none" and d.batch_augment == "none",
+        cacheable_train=(d.augment == "none" or t.views > 0) and d.batch_augment == "none",
         batch_augment=batch_augmentation(None if d.batch_augment == "none" else d.batch_augment,
                                          num_classes=len(source.classes)),
         callbacks=callbacks,

@@ -1,0 +1,69 @@
+"""``--views K``: fixed augmented views of the training images, cached like plain images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import make_image_folder
+from transferlab.data import FixedViews, ImageDataset, NormStats, build_transform, open_dataset
+from transferlab.engine import ActivationStore
+from transferlab.errors import ConfigError
+from transferlab.experiments.train import run_training
+from transferlab.options import DataOptions, TrainOptions
+from transferlab.zoo import create_backbone
+
+FAST = dict(backbone="mobilenet_v2", cut=3, epochs=2, finetune_epochs=1, unfreeze=1, batch_size=8)
+
+
+@pytest.fixture(autouse=True)
+def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TRANSFERLAB_OFFLINE", "1")
+
+
+def test_views_are_fixed_augmented_copies_after_each_image(tmp_path: Path) -> None:
+    src = open_dataset(str(make_image_folder(tmp_path / "data", size=40)), quiet=True)
+    pre = create_backbone("mobilenet_v2", pretrained=False).preprocessing
+    norm = NormStats(kind="pretrained", mean=pre.mean, std=pre.std)
+    base = ImageDataset(src, np.arange(4), build_transform(pre, norm=norm))
+    views = FixedViews(base, build_transform(pre, norm=norm, train=True, augment="basic"), views=2, seed=5)
+    assert len(views) == 12 and views.labels.tolist() == np.repeat(src.labels[:4], 3).tolist()
+    assert torch.equal(views[3][0], base[1][0])  # view 0 is the image itself
+    assert torch.equal(views[4][0], views[4][0])  # a view never changes ...
+    assert not torch.equal(views[4][0], views[5][0])  # ... and views differ from each other
+    assert not torch.equal(views[4][0], base[1][0])
+    other = FixedViews(base, views.transform, views=2, seed=6)
+    assert not torch.equal(views[4][0], other[4][0])  # the seed picks the views
+
+
+def test_views_train_on_cached_activations_of_every_view(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data", size=40)
+    d = DataOptions(quiet=True, augment="basic", device="cpu")
+
+    def run(name: str) -> tuple[object, ActivationStore]:
+        store = ActivationStore(None, device=torch.device("cpu"), batch_size=64)  # type: ignore[arg-type]
+        r = run_training(str(data), data_options=d, out=tmp_path / name, store=store,
+                         train_options=TrainOptions(strategy="fine-tune", views=2, **FAST))
+        return r, store
+
+    a, store = run("a")
+    sizes = {"train": 12, "val": 6, "test": 6}
+    # the frozen prefix ran once per view of each training image and phase boundary (head phase:
+    # all 3 stages frozen; fine-tune phase: 2), never again per epoch; test once at the end
+    assert store.forward_images == 2 * (3 * sizes["train"] + sizes["val"]) + sizes["test"]
+    b, _ = run("b")
+    assert a.metrics["val"] == b.metrics["val"] and a.metrics["test"] == b.metrics["test"]
+    assert a.history[0]["train_loss"] != pytest.approx(
+        run_training(str(data), data_options=d, out=tmp_path / "c",
+                     train_options=TrainOptions(strategy="fine-tune", views=1, **FAST)).history[0]["train_loss"])
+
+
+def test_views_need_an_augment_preset(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data", size=40)
+    with pytest.raises(ConfigError, match="--views must be 0, or > 0 together with an --augment preset"):
+        run_training(str(data), data_options=DataOptions(quiet=True), out=tmp_path / "x",
+                     train_options=TrainOptions(strategy="fine-tune", views=2, **FAST))
