@@ -280,6 +280,12 @@ class Engine:
             # caches above any stage trained by a finished phase would be recomputed anyway:
             # the store is empty in a new process.
         n_stages = len(model.stage_names)
+        low = self.store.pristine_upto
+        if plan.pretrained and 0 < low and any(min(stage_index(model, g) for g in p.trainable) > low
+                                               for p in plan.phases):
+            # one pass through the frozen prefix: the lowest boundary first, the others chain from it
+            self._activations(train, low, allow=self.cacheable_train)
+            self._activations(val, low, allow=True)
         phases_run: list[str] = []
         for pi, phase in enumerate(plan.phases):
             if pi < start_phase:

@@ -55,7 +55,8 @@ TASK = "localization"
 #: Default train/val/test fractions of the boxed images (stratified by class).
 LOC_SPLIT = "0.6,0.2,0.2"
 #: Options of ``TrainOptions`` that do not apply to localization (the CLI leaves them out).
-TRAIN_SKIP = ("classifier", "head", "pool", "label_smoothing", "class_weights", "balanced_sampler")
+TRAIN_SKIP = ("classifier", "head", "pool", "label_smoothing", "class_weights", "balanced_sampler",
+              "views")  # views: LocalizeOptions has its own (box-aware)
 #: Options of ``DataOptions`` that localization replaces (``--split`` default, box-aware ``--augment``).
 DATA_SKIP = ("split", "augment", "batch_augment")
 
