@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from transferlab.data import make_split, open_dataset
 from transferlab.cli import main
 from transferlab.errors import ConfigError
 from transferlab.experiments import recommend as rec_mod
@@ -58,7 +59,9 @@ def test_recommend_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     data = squares(tmp_path / "data")
     small = recommend(str(data), backbone="mobilenet_v2", sample=8)
     m = small["measurements"]
-    assert m["train_images_per_class"] == 3 and m["class_counts"] == {"min": 6, "max": 6, "imbalance": 1.0}
+    split = make_split(open_dataset(str(data), quiet=True), fractions=(0.5, 0.25, 0.25), seed=0)
+    assert m["train_images_per_class"] == len(split.train) // 2  # what train would use (2 classes)
+    assert m["class_counts"] == {"min": 6, "max": 6, "imbalance": 1.0}
     assert m["image_sizes"]["width"] == [40, 40, 40] and m["image_sizes"]["height"] == [32, 32, 32]
     assert 0 < m["similarity"] <= 1
     assert small["quadrant"].startswith("small/")
@@ -68,7 +71,8 @@ def test_recommend_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert recommend(str(data), backbone="mobilenet_v2", sample=8)["strategy"] == "feature-extraction"
     monkeypatch.setattr(rec_mod, "SIMILAR_AT", 1.01)  # nothing is similar
     diff = recommend(str(data), backbone="mobilenet_v2", sample=8)
-    assert (diff["quadrant"], diff["strategy"]) == ("small/different", "linear-probe") and diff["cut"] >= 1
+    assert (diff["quadrant"], diff["strategy"], diff["cut"]) == ("small/different", "linear-probe", None)
+    assert diff["compare_entry"] == "linear-probe" and big["compare_entry"] == "fine-tune:unfreeze=2"
     assert any("training images per class" in r for r in diff["reasons"])
 
 
