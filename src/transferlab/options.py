@@ -56,7 +56,8 @@ class TrainOptions:
     dropout: float = opt(0.2, "dropout before/within the new head")
     pool: str = opt("avg", "how the cut's feature map becomes a vector", choices=("avg", "flatten"))
     cut: int | None = opt(None, "keep the featurizer up to stage K (1-based; default: all stages)")
-    epochs: int = opt(12, "epochs of the head phase (feature-extraction, first phase of others)")
+    epochs: int = opt(30, "epochs of the head phase (feature-extraction, first phase of others; on cached "
+                          "features an epoch takes well under a second)")
     finetune_epochs: int = opt(8, "epochs of a phase that trains featurizer stages")
     thaw_epochs: int = opt(1, "chain-thaw: epochs per single stage")
     scratch_epochs: int = opt(30, "scratch: epochs")

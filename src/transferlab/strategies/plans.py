@@ -154,7 +154,7 @@ def load_plan(path: str | Path) -> Plan:
 class PlanOptions:
     """The knobs the built-in strategies read (CLI flags of the same names)."""
 
-    epochs: int = 12  # head / feature-extraction epochs
+    epochs: int = 30  # head / feature-extraction epochs (cheap on cached features)
     finetune_epochs: int = 8  # epochs of each later phase that trains stages
     thaw_epochs: int = 1  # chain-thaw: epochs per single stage
     unfreeze: int = 3  # fine-tune / chain-thaw / gradual-unfreeze depth (stages from the top)
