@@ -79,6 +79,9 @@ class TrainOptions:
     class_weights: str = opt("none", "class weights of the loss", choices=("none", "auto"))
     balanced_sampler: bool = opt(False, "sample training images inversely to class frequency")
     precision: str = opt("fp32", "mixed precision on CUDA", choices=("fp32", "bf16", "fp16"))
+    refit: bool = opt(False, "after early stopping has picked the epochs on val, train again from the same "
+                             "initial weights on train+val for exactly those epochs; val metrics stay those of "
+                             "the held-out selection run, test metrics and the saved model are the refit's")
     views: int = opt(0, "K > 0: K fixed, seeded --augment views of each training image, cached like plain "
                         "images (augmentation in feature space: frozen stages run once per view)")
     cache: bool = opt(True, "cache frozen-prefix activations in memory when augmentation allows")

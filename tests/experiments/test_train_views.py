@@ -67,3 +67,32 @@ def test_views_need_an_augment_preset(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--views must be 0, or > 0 together with an --augment preset"):
         run_training(str(data), data_options=DataOptions(quiet=True), out=tmp_path / "x",
                      train_options=TrainOptions(strategy="fine-tune", views=2, **FAST))
+
+
+def test_refit_replays_the_selected_epochs_on_train_and_val(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data", size=40)
+    d = DataOptions(quiet=True, device="cpu")
+    opts = dict(FAST, epochs=3, finetune_epochs=2, patience=1)
+    plain = run_training(str(data), data_options=d, out=tmp_path / "plain",
+                         train_options=TrainOptions(strategy="fine-tune", **opts))
+    store = ActivationStore(None, device=torch.device("cpu"), batch_size=64)  # type: ignore[arg-type]
+    refit = run_training(str(data), data_options=d, out=tmp_path / "refit", store=store,
+                         train_options=TrainOptions(strategy="fine-tune", refit=True, **opts))
+    # the selection run is the plain run: same history, same held-out val metrics
+    assert [h["val_loss"] for h in refit.history] == [h["val_loss"] for h in plain.history]
+    assert refit.metrics["val"] == plain.metrics["val"]
+    info = refit.metrics["refit"]
+    best = plain.metrics["best_epoch"]
+    expected = [sum(1 for h in plain.history if h["phase_index"] == pi and h["epoch"] <= best) for pi in range(2)]
+    assert info["epochs_per_phase"] == expected and sum(expected) == best + 1
+    assert info["on"] == "train+val" and info["items"] == 12 + 6
+    # train+val activations came from the parts' caches: no image went through the prefix twice
+    assert store.forward_images == 12 + 6 + 6
+    # the saved model is the refit's: its weights differ from the selection run's
+    from safetensors.torch import load_file
+
+    a, b = load_file(tmp_path / "plain" / "model.safetensors"), load_file(tmp_path / "refit" / "model.safetensors")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    again = run_training(str(data), data_options=d, out=tmp_path / "again",
+                         train_options=TrainOptions(strategy="fine-tune", refit=True, **opts))
+    assert again.metrics["test"] == refit.metrics["test"]

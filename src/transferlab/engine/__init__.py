@@ -1,6 +1,6 @@
 """The training engine: one loop for every plan, caching, checkpoints, metrics, DDP."""
 
-from transferlab.engine.activations import ActivationStore, SplitInputs
+from transferlab.engine.activations import ActivationStore, SplitInputs, concat_inputs
 from transferlab.engine.distributed import DistContext, init_distributed, shutdown_distributed
 from transferlab.engine.metrics import classification_metrics
 from transferlab.engine.schedules import make_scheduler, stlr_factor
@@ -25,6 +25,7 @@ __all__ = [
     "SplitInputs",
     "Task",
     "classification_metrics",
+    "concat_inputs",
     "configure_trainable",
     "init_distributed",
     "make_scheduler",

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from transferlab.engine.feature_cache import FeatureCache
 from transferlab.strategies.model import TransferModel
@@ -52,9 +52,27 @@ class SplitInputs:
     eval_dataset: Dataset
     train_dataset: Dataset | None = None  # augmented view (train split only)
     items: list[str] | None = None  # "identity|size|mtime" per item: keys the on-disk feature cache
+    parts: tuple["SplitInputs", ...] = ()  # set by concat_inputs: activations are the parts' concatenated
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+
+def concat_inputs(*parts: SplitInputs) -> SplitInputs:
+    """Several splits as one (e.g. train+val for a refit); cached activations of the parts are reused.
+
+    Example:
+        >>> both = concat_inputs(train_in, val_in)  # doctest: +SKIP
+        >>> len(both) == len(train_in) + len(val_in)  # doctest: +SKIP
+        True
+    """
+    if not parts:
+        raise ValueError("concat_inputs: expected at least one split")
+    train_sets = [p.train_dataset if p.train_dataset is not None else p.eval_dataset for p in parts]
+    items = None if any(p.items is None for p in parts) else [k for p in parts for k in p.items or []]
+    return SplitInputs(name="+".join(p.name for p in parts), labels=torch.cat([p.labels for p in parts]),
+                       eval_dataset=ConcatDataset([p.eval_dataset for p in parts]),
+                       train_dataset=ConcatDataset(train_sets), items=items, parts=tuple(parts))
 
 
 class ActivationStore:
@@ -120,6 +138,10 @@ class ActivationStore:
                      self.max_bytes >> 20)
             return None
         below = [b for (s, b) in self._cache if s == split.name and b <= boundary]
+        if not below and split.parts and all(self.cached(p, boundary) for p in split.parts):
+            out = torch.cat([self._cache[(p.name, boundary)] for p in split.parts])
+            self._cache[key] = out
+            return out
         with eval_mode(self.model), torch.inference_mode():
             if below:
                 start = max(below)

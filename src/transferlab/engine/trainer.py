@@ -256,8 +256,15 @@ class Engine:
 
     # ---- fit
     def fit(self, plan: Plan, *, train: SplitInputs, val: SplitInputs, run_dir: Path | None,
-            resume: bool = False) -> FitResult:
+            resume: bool = False, replay: Sequence[int] | None = None) -> FitResult:
+        """Run ``plan``; early stopping on ``val`` loss, the best epoch's weights restored at the end.
+
+        ``replay``: epochs to run in each phase (each phase's schedule still spans its planned
+        epochs), without early stopping or restoring: the refit on train+val of a finished run.
+        """
         model = self.model
+        if replay is not None and len(replay) != len(plan.phases):
+            raise ValueError(f"replay: expected {len(plan.phases)} epoch counts (one per phase), got {len(replay)}")
         plan.validate(model.stage_names)
         self.store.pristine_upto = plan.lowest_trainable_stage(model.stage_names) if plan.pretrained else 0
         ckpt_path = run_dir / CHECKPOINT if run_dir else None
@@ -288,7 +295,7 @@ class Engine:
             self._activations(val, low, allow=True)
         phases_run: list[str] = []
         for pi, phase in enumerate(plan.phases):
-            if pi < start_phase:
+            if pi < start_phase or (replay is not None and replay[pi] == 0):
                 continue
             groups = configure_trainable(model, phase)
             start = min(stage_index(model, g) for g in phase.trainable)
@@ -316,7 +323,7 @@ class Engine:
                 phase_best, bad_epochs = math.inf, 0
             resume_state = None
             phases_run.append(phase.name)
-            for epoch in range(first_epoch, phase.epochs):
+            for epoch in range(first_epoch, phase.epochs if replay is None else replay[pi]):
                 t0 = time.perf_counter()
                 set_modes(model, phase)
                 if isinstance(loader.sampler, DistributedSampler):
@@ -355,7 +362,7 @@ class Engine:
                 else:
                     bad_epochs += 1
                 global_epoch += 1
-                stop = bad_epochs >= self.opt.patience
+                stop = bad_epochs >= self.opt.patience and replay is None
                 done = stop or epoch + 1 == phase.epochs
                 if ckpt_path is not None and self.ctx.is_main:
                     save_checkpoint(ckpt_path, {
@@ -378,7 +385,7 @@ class Engine:
             trained = [stage_index(model, g) for g in phase.trainable if g != "head"]
             if trained:
                 self.store.invalidate_above(min(trained))
-        if best["state"] is not None:
+        if best["state"] is not None and replay is None:
             model.load_state_dict(best["state"])
             # stages below the plan's lowest trainable stage never change: their caches stay valid
             self.store.invalidate_above(plan.lowest_trainable_stage(model.stage_names))

@@ -32,7 +32,15 @@ from transferlab.data import (
     parse_fractions,
     save_split,
 )
-from transferlab.engine import ActivationStore, Engine, EngineOptions, SplitInputs, classification_metrics, init_distributed
+from transferlab.engine import (
+    ActivationStore,
+    Engine,
+    EngineOptions,
+    SplitInputs,
+    classification_metrics,
+    concat_inputs,
+    init_distributed,
+)
 from transferlab.engine.feature_cache import FeatureCache
 from transferlab.errors import ConfigError
 from transferlab.experiments.artifacts import save_model
@@ -215,10 +223,15 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
         val_logits = engine.predict(val_in, boundary=boundary)  # the train-only fit that val selected
         _set_linear_head(engine.model, probe.weight, probe.bias)  # final: refit on train+val
     else:
+        initial = {k: v.detach().clone() for k, v in model.state_dict().items()} if t.refit else None
         fit = engine.fit(plan, train=train_in, val=val_in, run_dir=run_dir, resume=resume)
         history, best_epoch, train_s = fit.history, fit.best_epoch, fit.train_s
         boundary = plan.lowest_trainable_stage(kept) if plan.pretrained else 0
-        val_logits = engine.predict(val_in, boundary=boundary)
+        val_logits = engine.predict(val_in, boundary=boundary)  # the held-out selection run's
+        if initial is not None:
+            extra["refit"] = _refit(engine, plan, fit, initial, train_in, inputs("val", split.val, training=True),
+                                    val_in, seed=d.seed)
+            train_s += extra["refit"]["train_s"]
     test_logits = engine.predict(test_in, boundary=boundary)
     classes = list(source.classes)
     metrics = {
@@ -249,6 +262,19 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
     log.info("%s on %s: test accuracy %.4f, macro F1 %.4f (%.1fs)", plan.strategy, t.backbone,
              metrics["test"]["accuracy"], metrics["test"]["macro_f1"], metrics["timing"]["total_s"])
     return Run(run_dir=run_dir, metrics=metrics, history=history, config=config, classes=classes, model=model)
+
+
+def _refit(engine: Engine, plan: Plan, fit: Any, initial: dict[str, torch.Tensor], train_in: SplitInputs,
+           val_as_train: SplitInputs, val_in: SplitInputs, *, seed: int) -> dict[str, Any]:
+    """Train ``plan`` again from ``initial`` on train+val, each phase for the epochs that led to the best one."""
+    replay = [sum(1 for h in fit.history if h["phase_index"] == pi and h["epoch"] <= fit.best_epoch)
+              for pi in range(len(plan.phases))]
+    engine.model.load_state_dict(initial)
+    torch.manual_seed(seed)
+    both = concat_inputs(train_in, val_as_train)
+    result = engine.fit(plan, train=both, val=val_in, run_dir=None, replay=replay)
+    log.info("refit on %s (%d items): %s epochs per phase", both.name, len(both), replay)
+    return {"on": both.name, "items": len(both), "epochs_per_phase": replay, "train_s": round(result.train_s, 3)}
 
 
 def item_keys(source: ImageSource, indices: np.ndarray) -> list[str]:
