@@ -74,3 +74,17 @@ def test_cache_cli_info_and_clear(tmp_path: Path, capsys: pytest.CaptureFixture[
     cleared = json.loads(capsys.readouterr().out)
     assert cleared["entries_removed"] == 1 and cleared["freed_bytes"] == info["size_bytes"]
     assert cache.entries() == [] and cache.size_bytes() == 0
+
+
+def test_train_runtime_onnx_matches_torch(tiny_folder: Path, tmp_path: Path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import transferlab
+
+    opts = dict(backbone="mobilenet_v2", cut=3, strategy="feature-extraction", epochs=3, batch_size=8, quiet=True,
+                device="cpu")
+    a = transferlab.train(str(tiny_folder), out=tmp_path / "torch", **opts)
+    b = transferlab.train(str(tiny_folder), out=tmp_path / "onnx", runtime="onnx", **opts)
+    assert b.config["train_options"]["runtime"] == "onnx"
+    assert b.metrics["val"]["loss"] == pytest.approx(a.metrics["val"]["loss"], abs=1e-3)
+    assert b.metrics["test"]["accuracy"] == a.metrics["test"]["accuracy"]

@@ -172,10 +172,11 @@ def _run_record(run: Any, *, seed: int, run_dir: Path) -> dict[str, Any]:
 class _SharedStore:
     """The one activation store of a compare (see the module docstring for the validity rule)."""
 
-    def __init__(self, *, device: torch.device, batch_size: int, workers: int, progress: bool) -> None:
+    def __init__(self, *, device: torch.device, batch_size: int, workers: int, progress: bool,
+                 runtime: str = "torch") -> None:
         # the model is adopted by each run (run_training(store=...) sets store.model)
         self.store = ActivationStore(None, device=device, batch_size=max(batch_size, 64),  # type: ignore[arg-type]
-                                     num_workers=workers, progress=progress)
+                                     num_workers=workers, progress=progress, runtime=runtime)
 
     def new_training_set(self, *, keep_eval: bool) -> None:
         for key in list(self.store._cache):
@@ -252,7 +253,7 @@ def compare(
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx = init_distributed(d.device)
     stores = _SharedStore(device=ctx.device, batch_size=t.batch_size, workers=d.workers,
-                           progress=not d.quiet)
+                           progress=not d.quiet, runtime=t.runtime)
     main_n, main_split = splits[-1]
     results: dict[str, Any] = {
         "status": "running", "data": str(data), "backbone": t.backbone, "seeds": seeds, "strategies_order": names,

@@ -148,6 +148,8 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
     stage_names = backbone.stage_names
     if t.cut is not None and not 1 <= t.cut <= len(stage_names):
         raise ConfigError(f"--cut must be between 1 and {len(stage_names)} for {t.backbone}, got {t.cut}")
+    if t.runtime == "onnx" and ctx.device.type != "cpu":
+        raise ConfigError(f"--runtime onnx runs on the CPU only; got --device {d.device} ({ctx.device})")
     if t.views < 0 or (t.views > 0 and d.augment == "none"):
         raise ConfigError(f"--views must be 0, or > 0 together with an --augment preset; got --views {t.views} "
                           f"with --augment {d.augment}")
@@ -195,8 +197,10 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
         store = ActivationStore(
             model, device=ctx.device, batch_size=max(t.batch_size, 64), num_workers=d.workers,
             progress=not d.quiet and ctx.is_main, disk=feature_cache(t),
-            fingerprint=cache_fingerprint(backbone, norm) if plan.pretrained else None,
+            fingerprint=cache_fingerprint(backbone, norm) if plan.pretrained else None, runtime=t.runtime,
         )
+    elif store.runtime != t.runtime:
+        raise ConfigError(f"--runtime {t.runtime}: the shared activation store runs {store.runtime}")
     store.pristine_upto = len(kept)  # before any phase runs, nothing has trained
     engine = Engine(
         model, ctx=ctx,
