@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -43,15 +44,37 @@ def cases(shared: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def run_case(name: str, case: dict[str, Any], *, backbone: str, out: Path, tolerance: float) -> dict[str, Any]:
+def measured(name: str, case: dict[str, Any], entries: list[str], *, backbone: str, out: Path, reuse: bool,
+             source: Any) -> dict[str, Any]:
+    """``compare`` results for ``entries``; with ``reuse``, a finished compare in ``out/name`` is kept and only
+    entries it lacks are run (into ``out/name/more-K``)."""
+    runs: dict[str, Any] = {}
+    dirs = sorted((out / name).glob("more-*")) if reuse else []
+    for d in ([out / name] + dirs) if reuse else []:
+        f = d / "results.json"
+        if f.is_file() and (r := json.loads(f.read_text())).get("status") == "done" and r["backbone"] == backbone:
+            runs.update({k: {**v, "reused_from": str(f)} for k, v in r["strategies"].items()})
+            runs.setdefault("_split", r["split"])
+    todo = [e for e in entries if e not in runs]
+    if todo:
+        target = out / name if not runs else out / name / f"more-{len(dirs) + 1}"
+        res = compare(case["data"], strategies=todo, seeds=1, out=target, source=source,
+                      data_options=DataOptions(train_per_class=case["train_per_class"], quiet=True),
+                      train_options=TrainOptions(backbone=backbone), val_subset=case["val"], test_subset=case["test"])
+        runs.update(res["strategies"])
+        runs.setdefault("_split", res["split"])
+    split = runs.pop("_split")
+    return {"strategies": {e: runs[e] for e in entries}, "split": split}
+
+
+def run_case(name: str, case: dict[str, Any], *, backbone: str, out: Path, tolerance: float,
+             reuse: bool) -> dict[str, Any]:
     source = open_dataset(case["data"], quiet=True)
     t0 = time.perf_counter()
     rec = recommend(case["data"], backbone=backbone, train_per_class=case["train_per_class"], source=source)
     rec_s = time.perf_counter() - t0
     entries = list(CANDIDATES) + ([rec["compare_entry"]] if rec["compare_entry"] not in CANDIDATES else [])
-    res = compare(case["data"], strategies=entries, seeds=1, out=out / name, source=source,
-                  data_options=DataOptions(train_per_class=case["train_per_class"], quiet=True),
-                  train_options=TrainOptions(backbone=backbone), val_subset=case["val"], test_subset=case["test"])
+    res = measured(name, case, entries, backbone=backbone, out=out, reuse=reuse, source=source)
     acc = {k: v["test_accuracy_mean"] for k, v in res["strategies"].items() if v["test_accuracy_mean"] is not None}
     best = max(acc, key=lambda k: acc[k])
     picked = acc.get(rec["compare_entry"])
@@ -64,6 +87,7 @@ def run_case(name: str, case: dict[str, Any], *, backbone: str, out: Path, toler
         "ok": gap is not None and gap <= tolerance, "accuracy": acc,
         "wall_s": {k: v["wall_s"] for k, v in res["strategies"].items()}, "recommend_s": round(rec_s, 2),
         "split_sizes": res["split"]["sizes"], "reasons": rec["reasons"],
+        "reused": sorted({v["reused_from"] for v in res["strategies"].values() if "reused_from" in v}),
     }
 
 
@@ -75,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", default=",".join(cases(Path("."))), help="comma-separated subset of the cases")
     p.add_argument("--out", type=Path, default=Path("runs/bench_recommend"), help="compare outputs (run folders)")
     p.add_argument("--tolerance", type=float, default=1.0, help="accepted gap to the best, in points")
+    p.add_argument("--reuse", action="store_true", help="keep finished compare results found in --out (the "
+                   "recommendation is always recomputed; only missing entries are trained)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     a = p.parse_args(argv)
     known = cases(a.shared)
@@ -86,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                                "machine": machine(), "cases": {}}
     for name in chosen:
         t0 = time.perf_counter()
-        results["cases"][name] = run_case(name, known[name], backbone=a.backbone, out=a.out, tolerance=a.tolerance)
+        results["cases"][name] = run_case(name, known[name], backbone=a.backbone, out=a.out, tolerance=a.tolerance,
+                                          reuse=a.reuse)
         results["cases"][name]["case_wall_s"] = round(time.perf_counter() - t0, 1)
         print(f"done {name}: {results['cases'][name]['accuracy']}", file=sys.stderr, flush=True)
         write_json(a.json, results)

@@ -67,12 +67,12 @@ def test_recommend_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert small["quadrant"].startswith("small/")
     monkeypatch.setattr(rec_mod, "SIMILAR_AT", 0.0)  # everything counts as similar
     big = recommend(str(data), backbone="mobilenet_v2", sample=8, train_per_class=500)
-    assert (big["quadrant"], big["strategy"], big["unfreeze"]) == ("large/similar", "fine-tune", 2)
-    assert recommend(str(data), backbone="mobilenet_v2", sample=8)["strategy"] == "feature-extraction"
+    assert (big["quadrant"], big["strategy"], big["unfreeze"]) == ("large/similar", "fine-tune", 4)
+    assert recommend(str(data), backbone="mobilenet_v2", sample=8)["compare_entry"] == "fine-tune:unfreeze=4"
     monkeypatch.setattr(rec_mod, "SIMILAR_AT", 1.01)  # nothing is similar
     diff = recommend(str(data), backbone="mobilenet_v2", sample=8)
     assert (diff["quadrant"], diff["strategy"], diff["cut"]) == ("small/different", "linear-probe", None)
-    assert diff["compare_entry"] == "linear-probe" and big["compare_entry"] == "fine-tune:unfreeze=2"
+    assert diff["compare_entry"] == "linear-probe" and big["compare_entry"] == "fine-tune:unfreeze=4"
     assert any("training images per class" in r for r in diff["reasons"])
 
 
