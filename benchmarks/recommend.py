@@ -27,7 +27,7 @@ from typing import Any
 from common import machine, table, write_json
 
 from transferlab.data import open_dataset
-from transferlab.experiments.compare import compare
+from transferlab.experiments.compare import compare, variant_options
 from transferlab.experiments.recommend import recommend
 from transferlab.options import DataOptions, TrainOptions
 
@@ -73,11 +73,15 @@ def run_case(name: str, case: dict[str, Any], *, backbone: str, out: Path, toler
     t0 = time.perf_counter()
     rec = recommend(case["data"], backbone=backbone, train_per_class=case["train_per_class"], source=source)
     rec_s = time.perf_counter() - t0
-    entries = list(CANDIDATES) + ([rec["compare_entry"]] if rec["compare_entry"] not in CANDIDATES else [])
+    base = TrainOptions(backbone=backbone)
+    # the recommended entry, or the candidate that trains with exactly its options
+    same = [c for c in CANDIDATES if variant_options(c, base) == variant_options(rec["compare_entry"], base)]
+    picked_entry = same[0] if same else rec["compare_entry"]
+    entries = list(CANDIDATES) + ([picked_entry] if picked_entry not in CANDIDATES else [])
     res = measured(name, case, entries, backbone=backbone, out=out, reuse=reuse, source=source)
     acc = {k: v["test_accuracy_mean"] for k, v in res["strategies"].items() if v["test_accuracy_mean"] is not None}
     best = max(acc, key=lambda k: acc[k])
-    picked = acc.get(rec["compare_entry"])
+    picked = acc.get(picked_entry)
     gap = None if picked is None else round(100 * (acc[best] - picked), 2)
     return {
         "recommended": rec["compare_entry"], "quadrant": rec["quadrant"],

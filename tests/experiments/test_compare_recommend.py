@@ -68,7 +68,7 @@ def test_recommend_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(rec_mod, "SIMILAR_AT", 0.0)  # everything counts as similar
     big = recommend(str(data), backbone="mobilenet_v2", sample=8, train_per_class=500)
     assert (big["quadrant"], big["strategy"], big["unfreeze"]) == ("large/similar", "fine-tune", 4)
-    assert recommend(str(data), backbone="mobilenet_v2", sample=8)["compare_entry"] == "fine-tune:unfreeze=4"
+    assert recommend(str(data), backbone="mobilenet_v2", sample=8)["compare_entry"] == "fine-tune:unfreeze=3"
     monkeypatch.setattr(rec_mod, "SIMILAR_AT", 1.01)  # nothing is similar
     diff = recommend(str(data), backbone="mobilenet_v2", sample=8)
     assert (diff["quadrant"], diff["strategy"], diff["cut"]) == ("small/different", "linear-probe", None)
