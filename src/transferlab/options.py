@@ -75,6 +75,9 @@ class TrainOptions:
                   choices=("frozen", "train"))
     batch_size: int = opt(32, "batch size (global, split across DDP ranks)")
     patience: int = opt(5, "early stopping: epochs without val-loss improvement within a phase")
+    monitor: str = opt("val_loss", "the epoch whose weights are restored at the end: lowest val loss, or highest "
+                                   "val accuracy (ties: lower val loss); --patience always watches val loss",
+                       choices=("val_loss", "val_accuracy"))
     label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy")
     class_weights: str = opt("none", "class weights of the loss", choices=("none", "auto"))
     balanced_sampler: bool = opt(False, "sample training images inversely to class frequency")

@@ -166,3 +166,14 @@ def test_torchrun_two_processes_matches_single_process(tiny_folder: Path, tmp_pa
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
     hist = (tmp_path / "two" / "history.jsonl").read_text().splitlines()
     assert len(hist) == len((tmp_path / "one" / "history.jsonl").read_text().splitlines())
+
+
+@pytest.mark.parametrize("monitor", ["val_loss", "val_accuracy"])
+def test_restored_epoch_follows_the_monitor(tiny_folder: Path, tmp_path: Path, monitor: str):
+    run = transferlab.train(str(tiny_folder), out=tmp_path / monitor, strategy="fine-tune", unfreeze=1, epochs=3,
+                            finetune_epochs=3, patience=10, monitor=monitor, **FAST)
+    h = run.history
+    key = (lambda r: r["val_loss"]) if monitor == "val_loss" else (lambda r: (-r["val_accuracy"], r["val_loss"]))
+    assert run.metrics["best_epoch"] == min(h, key=key)["epoch"]
+    # the restored weights are that epoch's: predicting val again gives its accuracy
+    assert run.metrics["val"]["accuracy"] == pytest.approx(h[run.metrics["best_epoch"]]["val_accuracy"])

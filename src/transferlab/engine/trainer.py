@@ -32,6 +32,9 @@ CHECKPOINT = "checkpoint.pt"
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
+MONITORS = ("val_loss", "val_accuracy")
+
+
 @dataclass(frozen=True)
 class EngineOptions:
     """How the engine trains (the plan says what)."""
@@ -47,8 +50,11 @@ class EngineOptions:
     cache: bool = True
     max_cache_mb: int = 6144
     quiet: bool = False
+    monitor: str = "val_loss"  # which epoch is restored at the end: lowest val loss, or highest val accuracy
 
     def __post_init__(self) -> None:
+        if self.monitor not in MONITORS:
+            raise ConfigError(f"--monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.patience < 1:
@@ -277,7 +283,8 @@ class Engine:
             ck = load_checkpoint(ckpt_path)
             model.load_state_dict(ck["model"])
             history = json.loads(ck["history"])
-            best = {"loss": ck["best_loss"], "epoch": ck["best_epoch"], "state": ck["best_state"]}
+            best = {"loss": ck["best_loss"], "epoch": ck["best_epoch"], "state": ck["best_state"],
+                    "score": tuple(ck.get("best_score", (ck["best_loss"],)))}
             start_phase, start_epoch = ck["phase"], ck["phase_epoch"]
             phase_best, bad_epochs, global_epoch = ck["phase_best"], ck["bad_epochs"], ck["global_epoch"]
             train_s = ck["train_s"]
@@ -354,8 +361,9 @@ class Engine:
                 if self.ctx.is_main and not self.opt.quiet:
                     log.info("%s epoch %d/%d: train loss %.4f acc %.3f | val loss %.4f acc %.3f (%.1fs)",
                              phase.name, epoch + 1, phase.epochs, tr_loss, tr_acc, val_loss, val_acc, seconds)
-                if val_loss < best["loss"]:
-                    best = {"loss": val_loss, "epoch": global_epoch,
+                score = (val_loss,) if self.opt.monitor == "val_loss" else (-val_acc, val_loss)
+                if best["epoch"] < 0 or score < best.get("score", (best["loss"],)):
+                    best = {"loss": val_loss, "score": score, "epoch": global_epoch,
                             "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
                 if val_loss < phase_best - 1e-6:
                     phase_best, bad_epochs = val_loss, 0
@@ -369,6 +377,7 @@ class Engine:
                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "history": json.dumps(history),
                         "best_loss": best["loss"], "best_epoch": best["epoch"], "best_state": best["state"],
+                        "best_score": list(best["score"]),
                         "phase": pi + 1 if done else pi, "phase_epoch": 0 if done else epoch + 1,
                         "phase_best": phase_best, "bad_epochs": bad_epochs, "global_epoch": global_epoch,
                         "train_s": train_s, "rng": torch.get_rng_state(),

@@ -207,7 +207,7 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
         options=EngineOptions(batch_size=t.batch_size, seed=d.seed, patience=t.patience,
                               label_smoothing=t.label_smoothing, class_weights=class_weights,
                               balanced_sampler=t.balanced_sampler, precision=t.precision, num_workers=d.workers,
-                              cache=t.cache, quiet=d.quiet),
+                              cache=t.cache, quiet=d.quiet, monitor=t.monitor),
         store=_adopt(store, model),
         cacheable_train=(d.augment == "none" or t.views > 0) and d.batch_augment == "none",
         batch_augment=batch_augmentation(None if d.batch_augment == "none" else d.batch_augment,

@@ -56,7 +56,7 @@ TASK = "localization"
 LOC_SPLIT = "0.6,0.2,0.2"
 #: Options of ``TrainOptions`` that do not apply to localization (the CLI leaves them out).
 TRAIN_SKIP = ("classifier", "head", "pool", "label_smoothing", "class_weights", "balanced_sampler",
-              "views")  # views: LocalizeOptions has its own (box-aware)
+              "views", "monitor")  # views: LocalizeOptions has its own (box-aware); monitor: val loss
 #: Options of ``DataOptions`` that localization replaces (``--split`` default, box-aware ``--augment``).
 DATA_SKIP = ("split", "augment", "batch_augment")
 
