@@ -123,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         write_json(a.json, results)
     rows = [[n, c["quadrant"], c["similarity"], c["train_images_per_class"], c["recommended"],
              c["recommended_accuracy"], c["best"], c["best_accuracy"], c["gap_points"], "yes" if c["ok"] else "NO",
-             c["case_wall_s"]] for n, c in results["cases"].items()]
+             round(sum(c["wall_s"].values()), 1)] for n, c in results["cases"].items()]
     print(table(["case", "quadrant", "similarity", "train/class", "recommended", "its acc", "best measured",
-                 "best acc", "gap pts", "ok", "wall s"], rows))
+                 "best acc", "gap pts", "ok", "compare s"], rows))
     m = results["machine"]
     print(f"{a.backbone}, 1 seed; {m['cpu']}, {m['cpus']} cores, torch {m['torch']}")
     results["all_ok"] = all(c["ok"] for c in results["cases"].values())
