@@ -34,3 +34,11 @@ def tiny_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path / "cache"))
     return make_image_folder(tmp_path / "data")
 
+
+
+@pytest.fixture
+def offline_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh TRANSFERLAB_CACHE per test and no downloads (use with ``pytest.mark.usefixtures``)."""
+    monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TRANSFERLAB_OFFLINE", "1")
+    return tmp_path / "cache"

@@ -17,10 +17,7 @@ from transferlab.options import DataOptions, TrainOptions
 FAST = dict(backbone="mobilenet_v2", cut=2, epochs=1, finetune_epochs=1, scratch_epochs=1, unfreeze=1)
 
 
-@pytest.fixture(autouse=True)
-def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("TRANSFERLAB_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("offline_cache")
 
 
 def test_compare_schema_incremental_and_shared_features(tmp_path: Path) -> None:

@@ -29,10 +29,7 @@ def squares(root: Path, *, per_class: int = 6) -> Path:
     return root
 
 
-@pytest.fixture(autouse=True)
-def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("TRANSFERLAB_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("offline_cache")
 
 
 def test_gaussian_kl_known_values() -> None:

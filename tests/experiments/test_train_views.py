@@ -19,10 +19,7 @@ from transferlab.zoo import create_backbone
 FAST = dict(backbone="mobilenet_v2", cut=3, epochs=2, finetune_epochs=1, unfreeze=1, batch_size=8)
 
 
-@pytest.fixture(autouse=True)
-def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("TRANSFERLAB_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("offline_cache")
 
 
 def test_views_are_fixed_augmented_copies_after_each_image(tmp_path: Path) -> None:

@@ -21,10 +21,7 @@ FAST = dict(backbone="mobilenet_v2", cut=2, epochs=2, finetune_epochs=1, scratch
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("TRANSFERLAB_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("offline_cache")
 
 
 def embedded_pngs(page: str) -> dict[str, bytes]:
