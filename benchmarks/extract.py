@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -35,7 +34,9 @@ from torch.utils.data import DataLoader, Subset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import datasets, transforms
 
-from transferlab.data import ImageDataset, atomic_write_text, build_transform, compute_norm_stats, open_dataset
+from common import write_json
+
+from transferlab.data import ImageDataset, build_transform, compute_norm_stats, open_dataset
 from transferlab.engine import ActivationStore, SplitInputs
 from transferlab.strategies import HeadConfig, TransferModel
 from transferlab.zoo import create_backbone
@@ -174,9 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<20} {label:<20} {rate:>8.1f} {sp}{extra}")
     print(f"images={results['images']} repeats={a.repeats} load average 1m: before {results['load_avg_1m_before']}, "
           f"after {results['load_avg_1m_after']}")
-    if a.json is not None:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(a.json, json.dumps(results, indent=2))
+    write_json(a.json, results)
     return 0
 
 

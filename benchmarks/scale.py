@@ -26,6 +26,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from common import write_json
+
 SIZES = (1000, 5000, 20000, 60000)
 
 
@@ -80,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     if a.child is not None:
         print(json.dumps(child(a.child, size=a.size, backbone=a.backbone, stages=a.stages)))
         return 0
-    from transferlab.data import atomic_write_text
 
     results: dict[str, Any] = {"backbone": a.backbone, "stages": a.stages, "input_size": a.size, "repeats": a.repeats,
                                "cpus": os.cpu_count(), "load_avg_1m_before": round(os.getloadavg()[0], 2), "sizes": []}
@@ -98,9 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         results["sizes"].append(row)
         print(f"n={n}: {row['seconds']} s, peak RSS {row['peak_rss_mb']} MB (load {row['load_avg_1m']})",
               file=sys.stderr)
-        if a.json is not None:  # after every size: a long run that is stopped keeps what it measured
-            a.json.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(a.json, json.dumps(results, indent=2))
+        write_json(a.json, results)  # after every size: a long run that is stopped keeps what it measured
     results["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
     print(f"{'images':>8} {'seconds':>8} {'us/img':>8} {'peak RSS MB':>12} {'worker MB':>10} {'cache MB':>9}")
     for r in results["sizes"]:
@@ -108,9 +107,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['peak_rss_worker_mb']:>10.1f} {r['cache_mb']:>9.1f}")
     print(f"{a.backbone} stages 0..{a.stages - 1} at {a.size}px, repeats={a.repeats}, load average 1m: before {results['load_avg_1m_before']}, "
           f"after {results['load_avg_1m_after']}")
-    if a.json is not None:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(a.json, json.dumps(results, indent=2))
+    write_json(a.json, results)
     return 0
 
 

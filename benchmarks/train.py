@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -29,7 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from transferlab.data import Split, atomic_write_text, make_split, open_dataset
+from common import write_json
+
+from transferlab.data import Split, make_split, open_dataset
 from transferlab.experiments.train import run_training
 from transferlab.options import DataOptions, TrainOptions
 
@@ -103,9 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         summary["accuracy_gap_points"] = round(
             100 * abs(summary["cached"]["test_accuracy"] - summary["recompute"]["test_accuracy"]), 2)
         results[part] = summary
-        if a.json is not None:  # after every part: a long run that is stopped keeps what it measured
-            a.json.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(a.json, json.dumps(results, indent=2))
+        write_json(a.json, results)  # after every part: a long run that is stopped keeps what it measured
     results["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
     print(f"{'benchmark':<20} {'contender':<10} {'wall s':>8} {'s/ft-epoch':>10} {'test acc':>9} {'speedup':>8}")
     for part in setups:
@@ -116,9 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{s[label]['test_accuracy']:>9.3f} {s['speedup'] if label == 'cached' else '':>8}")
     print(f"split {results['split']}, repeats={a.repeats}, load average 1m: before {results['load_avg_1m_before']}, "
           f"after {results['load_avg_1m_after']}")
-    if a.json is not None:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(a.json, json.dumps(results, indent=2))
+    write_json(a.json, results)
     return 0
 
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import statistics
@@ -50,12 +49,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from transferlab.data import ImageSource, Split, atomic_write_text, make_split, open_dataset
+from transferlab.data import ImageSource, Split, make_split, open_dataset
 from transferlab.options import TrainOptions
 from transferlab.zoo import get_entry
 from transferlab.zoo.weights import resolve_weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is no package; share train.py's helpers
+from common import write_json  # noqa: E402
 from train import one_run, per_class  # noqa: E402
 
 BACKBONE = "mobilenet_v2"
@@ -200,9 +200,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(accuracy {'ok' if tgt['accuracy_met'] else 'short'}, time {'ok' if tgt['time_met'] else 'too slow'})")
     print(f"split {results['split']}, repeats={a.repeats}, {os.cpu_count()} CPUs, load average 1m: before "
           f"{results['machine']['load_avg_1m_before']}, after {results['machine']['load_avg_1m_after']}")
-    if a.json is not None:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(a.json, json.dumps(results, indent=2))
+    write_json(a.json, results)
     return 0
 
 
