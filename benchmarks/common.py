@@ -17,20 +17,12 @@ from typing import Any
 import torch
 
 from transferlab.data import atomic_write_text
+from transferlab.experiments.compare import machine_info
 
 
 def machine() -> dict[str, Any]:
-    """CPU model, cores, torch threads and versions: printed under every table."""
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+    """The compare report's machine description plus what a benchmark table quotes: torch, python, load."""
+    return {**machine_info(), "torch": torch.__version__, "python": platform.python_version(),
             "load_avg_1m": round(os.getloadavg()[0], 2)}
 
 
