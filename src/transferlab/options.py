@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from transferlab.errors import ConfigError
-from transferlab.strategies.plans import OPTIMIZERS, SCHEDULES, STRATEGIES
+from transferlab.strategies.plans import AUGMENT_PHASES, OPTIMIZERS, SCHEDULES, STRATEGIES
 
 T = TypeVar("T")
 
@@ -65,6 +65,9 @@ class TrainOptions:
     lr: float = opt(3e-3, "learning rate of the new head")
     finetune_lr: float = opt(1e-3, "learning rate of the top group when featurizer stages train")
     scratch_lr: float = opt(3e-3, "scratch: peak learning rate (one-cycle)")
+    augment_phases: str = opt("auto", "phases that see --augment/--batch-augment: auto (all but the head-only warm-up "
+                                      "before phases that train featurizer stages: it trains on cached clean features, "
+                                      "an epoch in well under a second), or all", choices=AUGMENT_PHASES)
     lr_decay: float = opt(2.6, "discriminative rates: divide the rate by this per stage going down")
     schedule: str = opt("cosine", "schedule of the head phase", choices=SCHEDULES)
     finetune_schedule: str = opt("stlr", "schedule of the phases that train stages", choices=SCHEDULES)

@@ -93,3 +93,30 @@ def test_refit_replays_the_selected_epochs_on_train_and_val(tmp_path: Path) -> N
     again = run_training(str(data), data_options=d, out=tmp_path / "again",
                          train_options=TrainOptions(strategy="fine-tune", refit=True, **opts))
     assert again.metrics["test"] == refit.metrics["test"]
+
+
+def test_auto_augment_phases_warm_up_the_head_on_cached_clean_features(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data", size=40)
+    d = DataOptions(quiet=True, augment="basic", device="cpu")
+
+    def run(name: str, phases: str) -> tuple[object, ActivationStore]:
+        store = ActivationStore(None, device=torch.device("cpu"), batch_size=64)  # type: ignore[arg-type]
+        r = run_training(str(data), data_options=d, out=tmp_path / name, store=store,
+                         train_options=TrainOptions(strategy="fine-tune", augment_phases=phases, **FAST))
+        return r, store
+
+    auto, auto_store = run("auto", "auto")
+    every, every_store = run("all", "all")
+    head = {"auto": [h for h in auto.history if h["phase"] == "head"],  # type: ignore[attr-defined]
+            "all": [h for h in every.history if h["phase"] == "head"]}  # type: ignore[attr-defined]
+    tuned = [h for h in auto.history if h["phase"] == "fine-tune"]  # type: ignore[attr-defined]
+    assert head["auto"] and all(h["cached_inputs"] for h in head["auto"])  # clean, cached
+    assert not any(h["cached_inputs"] for h in head["all"])  # augmented: the prefix runs every step
+    assert tuned and not any(h["cached_inputs"] for h in tuned)  # the stages still train on augmented images
+    # auto: the training images went through the prefix once for the cache (train, val, test);
+    # all: the head phase has no cached train activations, only val and test are extracted
+    sizes = {"train": 12, "val": 6, "test": 6}
+    assert auto_store.forward_images == sum(sizes.values())
+    assert every_store.forward_images == sizes["val"] + sizes["test"]
+    # and the head's first epoch saw different inputs in the two runs
+    assert head["auto"][0]["train_loss"] != pytest.approx(head["all"][0]["train_loss"])

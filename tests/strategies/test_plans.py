@@ -130,3 +130,25 @@ def test_onecycle_tiny_phases_run_the_start_of_the_cycle(total: int):
         opt.step()
         sched.step()
     assert all(0 < lr <= 0.1 + 1e-12 for lr in lrs) and lrs[0] < 0.1  # starts warm, never above max
+
+
+@pytest.mark.parametrize("strategy", [s for s in STRATEGIES if s != "linear-probe"])
+def test_only_the_warmup_head_skips_augmentation_under_auto(model: TransferModel, strategy: str):
+    names = model.stage_names
+    auto = build_plan(strategy, stage_names=names, options=PlanOptions())
+    every = build_plan(strategy, stage_names=names, options=PlanOptions(augment_phases="all"))
+    assert all(p.augment for p in every.phases)
+    warmup = len(auto.phases) > 1 and auto.phases[0].trainable == ("head",)
+    # the head-only warm-up before stage-training phases trains on clean (cacheable) inputs ...
+    assert [p.augment for p in auto.phases] == [not (warmup and i == 0) for i in range(len(auto.phases))]
+    # ... while a plan of head phases only (feature-extraction) and scratch keep the augmentation
+    assert warmup == (strategy not in ("feature-extraction", "scratch"))
+    with pytest.raises(ConfigError, match="--augment-phases must be one of auto, all, got 'some'"):
+        build_plan(strategy, stage_names=names, options=PlanOptions(augment_phases="some"))
+
+
+def test_user_plan_phases_can_opt_out_of_augmentation(tmp_path: Path):
+    f = tmp_path / "plan.json"
+    f.write_text('{"phases": [{"name": "warm", "trainable": "head", "epochs": 1, "lr": 0.01, "augment": false},'
+                 ' {"name": "deep", "trainable": ["stage7", "head"], "epochs": 1, "lr": 0.001}]}')
+    assert [p.augment for p in load_plan(f).phases] == [False, True]

@@ -306,7 +306,7 @@ class Engine:
                 continue
             groups = configure_trainable(model, phase)
             start = min(stage_index(model, g) for g in phase.trainable)
-            train_acts = self._activations(train, start, allow=self.cacheable_train)
+            train_acts = self._activations(train, start, allow=self.cacheable_train or not phase.augment)
             if train_acts is None and not self.cacheable_train and start > 0 and self.ctx.is_main:
                 log.info("phase %s: training inputs not cached (augmentation is on): the frozen "
                          "prefix runs every step", phase.name)
@@ -337,7 +337,7 @@ class Engine:
                     loader.sampler.set_epoch(epoch)
                 tr_loss, tr_acc = self._train_epoch(runner, loader, optimizer, scheduler,
                                                     prefix_stop=start if train_acts is None else 0,
-                                                    raw_inputs=train_acts is None or start == 0,
+                                                    mix=phase.augment and (train_acts is None or start == 0),
                                                     desc=f"{phase.name} {epoch + 1}/{phase.epochs}",
                                                     where=(phase.name, epoch))
                 val_logits = self._val_logits(val, val_acts, start)
@@ -407,7 +407,7 @@ class Engine:
         return self.predict(val, boundary=0, use_cache=False)
 
     def _train_epoch(self, runner: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
-                     scheduler: Any, *, prefix_stop: int, raw_inputs: bool, desc: str,
+                     scheduler: Any, *, prefix_stop: int, mix: bool, desc: str,
                      where: tuple[str, int]) -> tuple[float, float]:
         total, correct, loss_sum = 0, 0.0, 0.0
         it = loader
@@ -421,7 +421,7 @@ class Engine:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = y.to(self.ctx.device)
             target: torch.Tensor = y
-            if self.batch_augment is not None and raw_inputs:
+            if self.batch_augment is not None and mix:  # batch augmentation mixes raw images
                 x, target = self.batch_augment(x, y)
             if prefix_stop > 0:
                 with torch.no_grad():

@@ -16,6 +16,10 @@ from transferlab.errors import ConfigError
 SCHEDULES = ("constant", "stlr", "onecycle", "cosine")
 OPTIMIZERS = ("adamw", "sgd")
 BN_POLICIES = ("frozen", "train")
+#: Which phases of a built-in plan see the run's augmentation. ``auto``: all but the head-only warm-up
+#: that precedes phases training featurizer stages (it trains on clean inputs, whose activations are
+#: cached: an epoch in well under a second); ``all``: every phase.
+AUGMENT_PHASES = ("auto", "all")
 STRATEGIES = (
     "linear-probe",
     "feature-extraction",
@@ -33,7 +37,8 @@ class Phase:
 
     ``trainable`` lists ``"head"`` and/or stage names; everything else is frozen (no gradient,
     eval mode). Learning rates are discriminative: the head gets ``lr``, the deepest trainable
-    stage ``lr / lr_decay``, the next one down ``lr / lr_decay**2``, ...
+    stage ``lr / lr_decay``, the next one down ``lr / lr_decay**2``, ... ``augment=False``: the
+    phase trains on the clean inputs even when the run augments (their activations are cached).
 
     Example:
         >>> Phase(name="head", trainable=("head",), epochs=5, lr=3e-3)
@@ -54,6 +59,7 @@ class Phase:
     weight_decay: float = 1e-2
     momentum: float = 0.9  # SGD
     bn: str = "frozen"
+    augment: bool = True  # train on the run's --augment/--batch-augment inputs; False: clean, cacheable ones
 
     def __post_init__(self) -> None:
         if not self.trainable:
@@ -169,6 +175,7 @@ class PlanOptions:
     bn: str = "frozen"
     scratch_epochs: int = 30
     scratch_lr: float = 3e-3
+    augment_phases: str = "auto"  # see AUGMENT_PHASES
 
 
 def build_plan(strategy: str, *, stage_names: list[str], options: PlanOptions) -> Plan:
@@ -188,8 +195,11 @@ def build_plan(strategy: str, *, stage_names: list[str], options: PlanOptions) -
     if uses_depth and not 1 <= o.unfreeze <= n:
         raise ConfigError(f"--unfreeze must be between 1 and {n} (the model's stages: "
                           f"{', '.join(stage_names)}), got {o.unfreeze}")
+    if o.augment_phases not in AUGMENT_PHASES:
+        raise ConfigError(f"--augment-phases must be one of {', '.join(AUGMENT_PHASES)}, got {o.augment_phases!r}")
     common = dict(optimizer=o.optimizer, weight_decay=o.weight_decay, bn=o.bn, warmup=o.warmup)
     head = Phase(name="head", trainable=("head",), epochs=o.epochs, lr=o.lr, schedule=o.schedule, **common)
+    warmup_head = replace(head, augment=o.augment_phases == "all")  # before phases that train stages
     top = tuple(stage_names[n - o.unfreeze:]) if uses_depth else tuple(stage_names)
 
     def tuned(name: str, groups: tuple[str, ...], epochs: int, decay: float) -> Phase:
@@ -201,9 +211,9 @@ def build_plan(strategy: str, *, stage_names: list[str], options: PlanOptions) -
     if strategy == "feature-extraction":
         return Plan(strategy=strategy, phases=(head,))
     if strategy == "fine-tune":
-        return Plan(strategy=strategy, phases=(head, tuned("fine-tune", top, o.finetune_epochs, o.lr_decay)))
+        return Plan(strategy=strategy, phases=(warmup_head, tuned("fine-tune", top, o.finetune_epochs, o.lr_decay)))
     if strategy == "full":
-        return Plan(strategy=strategy, phases=(head, tuned("full", top, o.finetune_epochs, o.lr_decay)))
+        return Plan(strategy=strategy, phases=(warmup_head, tuned("full", top, o.finetune_epochs, o.lr_decay)))
     if strategy == "chain-thaw":
         # each stage alone, first to last, at its discriminative rate (as in the final phase)
         singles = tuple(
@@ -212,12 +222,12 @@ def build_plan(strategy: str, *, stage_names: list[str], options: PlanOptions) -
             for i, s in enumerate(top)
         )
         return Plan(strategy=strategy,
-                    phases=(head, *singles, tuned("thaw-all", top, o.finetune_epochs, o.lr_decay)))
+                    phases=(warmup_head, *singles, tuned("thaw-all", top, o.finetune_epochs, o.lr_decay)))
     if strategy == "gradual-unfreeze":
         steps = tuple(
             tuned(f"unfreeze-{k}", top[len(top) - k:], 1, o.lr_decay) for k in range(1, len(top) + 1)
         )
-        return Plan(strategy=strategy, phases=(replace(head, epochs=1), *steps))
+        return Plan(strategy=strategy, phases=(replace(warmup_head, epochs=1), *steps))
     # scratch: same architecture, random init, every layer and BN statistics trained
     return Plan(
         strategy=strategy,
