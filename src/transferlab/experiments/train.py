@@ -217,6 +217,9 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
     n_kept = len(kept)
     extra: dict[str, Any] = {}
     if plan.strategy == "linear-probe" and not plan.phases:
+        if d.augment != "none" and t.views == 0 and ctx.is_main:
+            log.info("linear-probe fits on the features of the clean training images: --augment %s applies to "
+                     "phases trained by backprop (--views K gives the probe K augmented copies)", d.augment)
         probe = _linear_probe(engine, train_in, val_in, t, n_kept, len(source.classes), d.seed)
         extra["probe"] = {"classifier": probe.classifier, "C": probe.C, "refit_on": "train+val",
                           "val_accuracy_by_C": {str(k): v for k, v in probe.grid.items()}}
