@@ -105,3 +105,21 @@ def test_curve_facts_and_phase_spans() -> None:
     f = curve_facts(hist)
     assert f["start"] == 0.5 and f["slope"] == pytest.approx(0.4 / 3) and f["asymptote"] == pytest.approx(0.8667, abs=1e-3)
     assert phase_spans(hist) == [("head", 0, 1), ("finetune", 2, 4)]
+
+
+def test_phase_labels_of_short_phases_do_not_overprint() -> None:
+    from transferlab.report.figures import learning_curves
+
+    # chain-thaw's shape: a 30-epoch head phase, three one-epoch stages, an 8-epoch last phase
+    phases = ["head"] * 30 + ["thaw-stage6", "thaw-stage7", "thaw-conv_head"] + ["thaw-all"] * 8
+    hist = [{"epoch": i, "phase": p, "train_loss": 1.0, "val_loss": 1.0, "train_accuracy": 0.5,
+             "val_accuracy": 0.5} for i, p in enumerate(phases)]
+    fig = learning_curves({"chain-thaw": hist})
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    for ax in fig.axes:
+        boxes = [t.get_window_extent(renderer) for t in ax.texts]
+        assert [t.get_text() for t in ax.texts] == ["head", "thaw-stage6", "thaw-stage7", "thaw-conv_head", "thaw-all"]
+        overlaps = [(ax.texts[i].get_text(), ax.texts[j].get_text()) for i in range(len(boxes))
+                    for j in range(i + 1, len(boxes)) if boxes[i].overlaps(boxes[j])]
+        assert overlaps == []

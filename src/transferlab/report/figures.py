@@ -38,11 +38,37 @@ def phase_spans(history: list[dict[str, Any]]) -> list[tuple[str, int, int]]:
     return spans
 
 
+def _label_levels(spans: list[tuple[str, int, int]], *, chars_per_epoch: float) -> list[int]:
+    """Height level of each phase label (centred on its span): the lowest level where it does not
+    overlap a label already placed, so runs of short phases (chain-thaw's stages) do not overprint.
+
+    Example:
+        >>> _label_levels([("head", 0, 29), ("thaw-a", 30, 30), ("thaw-b", 31, 31), ("all", 32, 39)],
+        ...               chars_per_epoch=1.0)
+        [0, 0, 1, 0]
+    """
+    placed: list[tuple[float, float, int]] = []
+    levels: list[int] = []
+    for name, a, b in spans:
+        centre, half = (a + b) / 2, len(name) / chars_per_epoch / 2
+        lo, hi = centre - half, centre + half
+        level = 0
+        while any(lv == level and lo < h and l < hi for l, h, lv in placed):
+            level += 1
+        placed.append((lo, hi, level))
+        levels.append(level)
+    return levels
+
+
 def _shade(ax: Any, history: list[dict[str, Any]]) -> None:
-    for i, (name, a, b) in enumerate(phase_spans(history)):
+    spans = phase_spans(history)
+    epochs = max((b for _, _, b in spans), default=0) + 1
+    # an axis of a 10-inch figure's half holds about 60 characters of 7-point text
+    levels = _label_levels(spans, chars_per_epoch=60 / max(epochs, 1))
+    for i, ((name, a, b), level) in enumerate(zip(spans, levels)):
         ax.axvspan(a + 0.5, b + 1.5, color=PHASE_COLOURS[i % len(PHASE_COLOURS)], zorder=0)
-        ax.text((a + b) / 2 + 1, 1.0, name, transform=ax.get_xaxis_transform(), ha="center", va="bottom",
-                fontsize=7, color="#555")
+        ax.text((a + b) / 2 + 1, 1.0 + 0.08 * level, name, transform=ax.get_xaxis_transform(), ha="center",
+                va="bottom", fontsize=7, color="#555")
 
 
 def learning_curves(histories: dict[str, list[dict[str, Any]]]) -> Figure:
@@ -73,7 +99,7 @@ def curve_facts(hist: list[dict[str, Any]], *, k: int = 3) -> dict[str, float]:
     Example:
         >>> f = curve_facts([{"val_accuracy": a} for a in (0.2, 0.4, 0.6, 0.7, 0.7)])
         >>> round(f["start"], 2), round(f["slope"], 2), round(f["asymptote"], 2)
-        (0.2, 0.2, 0.67)
+        (0.2, 0.17, 0.67)
     """
     acc = np.array([h["val_accuracy"] for h in hist], dtype=float)
     j = min(k, len(acc) - 1)
