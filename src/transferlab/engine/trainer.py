@@ -162,6 +162,11 @@ class Engine:
     """Runs a :class:`Plan` on a :class:`TransferModel`.
 
     Example:
+        >>> from transferlab.engine import init_distributed
+        >>> from transferlab.strategies import HeadConfig
+        >>> from transferlab.zoo import create_backbone
+        >>> model = TransferModel(backbone=create_backbone("mobilenet_v2", pretrained=False),
+        ...                       num_classes=3, head=HeadConfig())
         >>> engine = Engine(model, ctx=init_distributed("cpu"), options=EngineOptions())
         >>> result = engine.fit(plan, train=train_inputs, val=val_inputs, run_dir=Path("runs/x"))
         ... # doctest: +SKIP

@@ -60,7 +60,7 @@ def load_model(run_dir: str | os.PathLike[str]) -> LoadedModel:
 
     Example:
         >>> lm = load_model("runs/flowers")  # doctest: +SKIP
-        >>> lm.classes[:2]
+        >>> lm.classes[:2]  # doctest: +SKIP
         ['01_daffodil', '02_snowdrop']
     """
     d = Path(run_dir)

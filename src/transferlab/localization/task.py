@@ -30,7 +30,8 @@ class LocalizationTask:
     Example:
         >>> task = LocalizationTask(box_loss="giou", num_classes=0)
         >>> out = torch.tensor([[0.1, 0.1, 0.5, 0.5]])
-        >>> task.evaluate(out, torch.tensor([[0.1, 0.1, 0.5, 0.5, 0.0]]))
+        >>> loss, iou = task.evaluate(out, torch.tensor([[0.1, 0.1, 0.5, 0.5, 0.0]]))
+        >>> round(loss, 4), iou  # identical boxes: GIoU loss 0 (up to torchvision's eps), IoU 1
         (0.0, 1.0)
     """
 

@@ -85,9 +85,10 @@ def fit_linear_probe(
     the final classifier is fit again on train+val at that C (as scikit-learn's grid search does).
 
     Example:
-        >>> r = fit_linear_probe(xtr, ytr, xva, yva, num_classes=3)  # doctest: +SKIP
-        >>> r.weight.shape
-        torch.Size([3, 1280])
+        >>> x, y = np.random.default_rng(0).normal(size=(60, 8)), np.arange(60) % 3
+        >>> r = fit_linear_probe(x[:45], y[:45], x[45:], y[45:], num_classes=3)
+        >>> r.weight.shape, r.bias.shape
+        (torch.Size([3, 8]), torch.Size([3]))
     """
     scaler = StandardScaler().fit(train_x)
     tr, va = scaler.transform(train_x), scaler.transform(val_x)

@@ -69,6 +69,7 @@ class TransferModel(nn.Module):
     trainable suffix can be computed once and reused (frozen-prefix caching).
 
     Example:
+        >>> from transferlab.zoo import create_backbone
         >>> bb = create_backbone("mobilenet_v2", pretrained=False)
         >>> m = TransferModel(backbone=bb, num_classes=17, head=HeadConfig(), cut=None)
         >>> m(torch.zeros(2, 3, 224, 224)).shape

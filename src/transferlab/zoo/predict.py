@@ -21,7 +21,8 @@ def predict_source(
     """Top-k ImageNet classes for each image file.
 
     Example:
-        >>> bb = create_backbone("mobilenet_v2")
+        >>> from transferlab.zoo import create_backbone
+        >>> bb = create_backbone("mobilenet_v2")  # doctest: +SKIP
         >>> predict_source(["cat.jpg"], backbone=bb, top=1)[0]["top"][0]["label"]  # doctest: +SKIP
         'tabby'
     """
