@@ -103,10 +103,11 @@ def clip_box(box: tuple[float, float, float, float], *, width: int, height: int,
 
     Example:
         >>> clip_box((-5, 10, 70, 30), width=60, height=40)
-        (0.0, 10.0, 60, 30.0)
+        (0.0, 10.0, 60.0, 30.0)
     """
     x0, y0, x1, y1 = (float(v) for v in box)
-    c = (min(max(x0, 0.0), width), min(max(y0, 0.0), height), min(max(x1, 0.0), width), min(max(y1, 0.0), height))
+    w, h = float(width), float(height)
+    c = (min(max(x0, 0.0), w), min(max(y0, 0.0), h), min(max(x1, 0.0), w), min(max(y1, 0.0), h))
     if not (c[0] < c[2] and c[1] < c[3]):
         raise DataError(f"{where}: box {tuple(box)} has no area inside the {width}x{height} image; "
                         "expected xmin < xmax and ymin < ymax")
