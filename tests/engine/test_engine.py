@@ -65,16 +65,17 @@ KILLER = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
     transferlab.train(sys.argv[1], out=sys.argv[2], strategy="chain-thaw", unfreeze=2, epochs=2, thaw_epochs=2,
                       finetune_epochs=2, backbone="mobilenet_v2", cut=3, batch_size=8, quiet=True, device="cpu",
-                      dropout=0.3, callbacks=[kill_in_thaw])
+                      dropout=0.3, augment=sys.argv[3], callbacks=[kill_in_thaw])
 """)
 
 
-def test_resume_after_sigkill_mid_chain_thaw_matches_uninterrupted(tiny_folder: Path, tmp_path: Path):
+@pytest.mark.parametrize("augment", ["none", "basic"])  # basic: the thaw phases draw random crops
+def test_resume_after_sigkill_mid_chain_thaw_matches_uninterrupted(tiny_folder: Path, tmp_path: Path, augment: str):
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
     run_dir = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.run([sys.executable, str(script), str(tiny_folder), str(run_dir)], env=env,
+    proc = subprocess.run([sys.executable, str(script), str(tiny_folder), str(run_dir), augment], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
     ck = load_checkpoint(run_dir / CHECKPOINT)
@@ -82,9 +83,12 @@ def test_resume_after_sigkill_mid_chain_thaw_matches_uninterrupted(tiny_folder: 
     assert not (run_dir / "metrics.json").exists()
     resumed = transferlab.resume_training(run_dir, quiet=True)
     whole = transferlab.train(str(tiny_folder), out=tmp_path / "whole", strategy="chain-thaw", unfreeze=2, epochs=2,
-                              thaw_epochs=2, finetune_epochs=2, dropout=0.3, **FAST)
+                              thaw_epochs=2, finetune_epochs=2, dropout=0.3, augment=augment, **FAST)
     assert [h["phase"] for h in resumed.history] == [h["phase"] for h in whole.history]
     assert _core(resumed.metrics) == _core(whole.metrics)
+    # with augmentation the thaw phases ran on fresh random crops, not on cached activations
+    thaw = [h for h in whole.history if h["phase"].startswith("thaw-")]
+    assert thaw and all(h["cached_inputs"] == (augment == "none") for h in thaw)
     hist = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     assert len(hist) == len(whole.history)
 
