@@ -1,4 +1,5 @@
-"""``--views K``: fixed augmented views of the training images, cached like plain images."""
+"""Augmented training inputs that keep caching: ``--views K`` (fixed augmented views, cached like
+plain images), ``--augment-phases auto`` (the head warm-up on cached clean features) and ``--refit``."""
 
 from __future__ import annotations
 

@@ -312,7 +312,8 @@ class Engine:
             groups = configure_trainable(model, phase)
             start = min(stage_index(model, g) for g in phase.trainable)
             train_acts = self._activations(train, start, allow=self.cacheable_train or not phase.augment)
-            if train_acts is None and not self.cacheable_train and start > 0 and self.ctx.is_main:
+            augmented = phase.augment and self.opt.cache and not self.cacheable_train  # uncached because this phase augments
+            if train_acts is None and augmented and start > 0 and self.ctx.is_main:
                 log.info("phase %s: training inputs not cached (augmentation is on): the frozen "
                          "prefix runs every step", phase.name)
             val_acts = self._activations(val, start, allow=True)
