@@ -27,7 +27,7 @@ logger = logging.getLogger("transferlab.data")
 VALIDATE_DRAFT_SIZE = 32
 _CACHE_FORMAT = 1
 # A new Pillow may decode files that an old one could not (and vice versa): verdicts are per version.
-_VALIDATOR = f"load_image/1 pillow/{PIL.__version__}"
+_VALIDATOR = f"load_image/2 pillow/{PIL.__version__}"  # 2: aspect-ratio bound
 _PARALLEL_MIN = 64
 
 
