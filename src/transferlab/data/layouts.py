@@ -133,13 +133,62 @@ class _Candidates:
 
 
 def _validated(cand: _Candidates, *, cache_key: str, validate: bool, quiet: bool) -> tuple[np.ndarray, dict[str, int]]:
-    """Boolean mask of usable candidates (all True without validation), plus scan stats."""
+    """Boolean mask of usable candidates (all True without validation), plus scan stats.
+
+    A file reached twice (symlinked folders, a CSV listing it twice) is used once: see
+    :func:`_first_of_each_file`.
+    """
+    key_path = Path(cache_key)
+    unique = _first_of_each_file(cand, root=key_path if key_path.is_dir() else key_path.parent)
     if not validate:
-        return np.ones(len(cand.paths), dtype=bool), {"decoded": 0, "cached": 0}
-    reasons, stats = validate_files(cand.paths, cache_key=cache_key, quiet=quiet)
-    keep = np.array([r is None for r in reasons], dtype=bool)
+        return unique, {"decoded": 0, "cached": 0}
+    todo = [p for p, u in zip(cand.paths, unique) if u]
+    reasons_unique, stats = validate_files(todo, cache_key=cache_key, quiet=quiet)
+    it = iter(reasons_unique)
+    reasons = [next(it) if u else None for u in unique]
+    keep = np.array([u and r is None for u, r in zip(unique, reasons)], dtype=bool)
     cand.skipped.extend((p, r) for p, r in zip(cand.paths, reasons) if r is not None)
     return keep, stats
+
+
+def _first_of_each_file(cand: _Candidates, *, root: Path) -> np.ndarray:
+    """Mask keeping one candidate per real file; the others go to ``cand.skipped``, with one log line.
+
+    Each path is resolved once (``os.path.realpath``). Of the paths reaching the same file, the one
+    without a symlink below ``root`` (the file in its own folder) is kept, else the first found:
+    a class folder symlinked into another class never duplicates images across classes or splits.
+    """
+    real_root = os.path.realpath(root)
+    reals = [os.path.realpath(p) for p in cand.paths]
+    direct = [_is_direct(p, r, root, real_root) for p, r in zip(cand.paths, reals)]
+    chosen: dict[str, int] = {}
+    for i, real in enumerate(reals):
+        j = chosen.get(real)
+        if j is None or (direct[i] and not direct[j]):
+            chosen[real] = i
+    keep = np.zeros(len(cand.paths), dtype=bool)
+    keep[list(chosen.values())] = True
+    dups = [(p, f"the same file as {cand.paths[chosen[r]]} (reached through a symlink or listed twice); used once")
+            for p, r, k in zip(cand.paths, reals, keep) if not k]
+    if dups:
+        cand.skipped.extend(dups)
+        logger.warning("%s: %d paths reach a file already found (symlinks or repeats); each file is used once",
+                       root, len(dups))
+    return keep
+
+
+def _inside(path: str, root: Path) -> bool:
+    try:
+        return os.path.commonpath([os.path.abspath(path), os.path.abspath(root)]) == os.path.abspath(root)
+    except ValueError:
+        return False
+
+
+def _is_direct(path: str, real: str, root: Path, real_root: str) -> bool:
+    """True when ``path`` reaches its file without a symlink below ``root``."""
+    if not _inside(path, root):
+        return real == path
+    return real == os.path.join(real_root, os.path.relpath(path, root))
 
 
 def _require_usable(cand: _Candidates, keep: np.ndarray, group_names: list[str]) -> None:
