@@ -82,11 +82,11 @@ def test_trained_boundaries_never_go_to_disk(model: TransferModel, tiny_folder: 
 def test_size_limit_and_clear(tmp_path: Path):
     cache = FeatureCache(tmp_path / "fc", max_bytes=3000)
     for i in range(3):
-        w = cache.writer(f"k{i}", n=4, shape=(100,))
+        w = cache.writer(f"{i:040x}", n=4, shape=(100,))
         w.write(torch.full((4, 100), float(i)))
         w.commit()
         time.sleep(0.01)
-    assert [p.stem for p in cache.entries()] == ["k2"]  # 1.6 kB each: the oldest were evicted
+    assert [p.stem for p in cache.entries()] == [f"{2:040x}"]  # 1.6 kB each: the oldest were evicted
     assert cache.clear() > 0 and cache.entries() == []
 
 

@@ -168,14 +168,27 @@ class ActivationStore:
         if key is None or self.disk is None:
             chunks = self._from_images(split, boundary)
             return torch.cat(chunks).contiguous() if chunks else torch.empty(0)
-        hit = self.disk.load(key)
+        shape = self.boundary_shape(boundary)
+        hit = self.disk.load(key, shape=(len(split), *shape))
         if hit is not None:
             log.info("%s@%d: activations from the feature cache (no forward pass)", split.name, boundary)
             return hit
-        writer = self.disk.writer(key, n=len(split), shape=self.boundary_shape(boundary))
+        try:
+            writer = self.disk.writer(key, n=len(split), shape=shape)
+        except OSError as exc:  # e.g. ENOSPC while reserving the entry's space: go on without the disk cache
+            log.warning("%s@%d: feature cache not written (%s: %s); computing in memory", split.name, boundary,
+                        self.disk.root, exc.strerror or exc)
+            chunks = self._from_images(split, boundary)
+            return torch.cat(chunks).contiguous() if chunks else torch.empty(0)
         try:
             self._from_images(split, boundary, sink=writer.write)
             return writer.commit()
+        except OSError as exc:  # the disk failed mid-write (no reservation on this file system)
+            writer.abort()
+            log.warning("%s@%d: feature cache write failed (%s: %s); computing in memory", split.name, boundary,
+                        self.disk.root, exc.strerror or exc)
+            chunks = self._from_images(split, boundary)
+            return torch.cat(chunks).contiguous() if chunks else torch.empty(0)
         except BaseException:
             writer.abort()
             raise
