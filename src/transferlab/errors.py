@@ -24,3 +24,20 @@ class WeightsNotFoundError(TransferlabError):
 
 class TrainingError(TransferlabError):
     """Training cannot go on (for example a NaN loss)."""
+
+
+class BadFileError(TransferlabError):
+    """A file (run artifact, checkpoint, weights, cache entry) is corrupt, truncated or not what it claims.
+
+    ``str()`` is one line: the file, what is wrong, and what to do.
+
+    Example:
+        >>> str(BadFileError("runs/a/model.json", "not JSON (line 1)", "train the run again"))
+        'runs/a/model.json: not JSON (line 1); train the run again'
+    """
+
+    def __init__(self, path: object, problem: str, hint: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        self.hint = hint
+        super().__init__(f"{self.path}: {problem}; {hint}")

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import math
+import pickle
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from transferlab.engine.activations import ActivationStore, SplitInputs
 from transferlab.engine.distributed import DistContext
 from transferlab.engine.schedules import make_scheduler
 from transferlab.engine.tasks import ClassificationTask, Task
-from transferlab.errors import ConfigError, TrainingError
+from transferlab.errors import BadFileError, ConfigError, TrainingError
 from transferlab.strategies.model import TransferModel
 from transferlab.strategies.plans import Phase, Plan
 
@@ -141,7 +142,16 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """The checkpoint's state (``weights_only``: never unpickles code); a damaged file is a BadFileError."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        raise BadFileError(path, f"not a readable checkpoint ({str(exc).strip().splitlines()[0][:120]})",
+                           "delete it to restart the run, or train again with --overwrite") from None
+    if not isinstance(state, dict):
+        raise BadFileError(path, f"holds a {type(state).__name__}, not a checkpoint dict",
+                           "delete it to restart the run, or train again with --overwrite")
+    return state
 
 
 class _Suffix(nn.Module):

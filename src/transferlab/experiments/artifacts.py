@@ -13,16 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save as save_tensors
 
 from transferlab.data import NormStats, atomic_write_bytes, atomic_write_text, build_transform
-from transferlab.errors import ConfigError
+from transferlab.errors import BadFileError, ConfigError
+from transferlab.experiments.schema import MODEL_FORMAT, read_model_json
 from transferlab.strategies.model import HeadConfig, TransferModel
 from transferlab.zoo import Preprocessing, create_backbone
 
 MODEL_FILE = "model.safetensors"
 MODEL_JSON = "model.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = MODEL_FORMAT
 
 
 @dataclass
@@ -67,16 +69,25 @@ def load_model(run_dir: str | os.PathLike[str]) -> LoadedModel:
     meta_path, weights_path = d / MODEL_JSON, d / MODEL_FILE
     if not meta_path.is_file() or not weights_path.is_file():
         raise ConfigError(f"{d} is not a finished run: expected {MODEL_JSON} and {MODEL_FILE} in it")
-    meta = json.loads(meta_path.read_text())
-    backbone = create_backbone(meta["backbone"], pretrained=False)
-    model = TransferModel(backbone=backbone, num_classes=int(meta["num_classes"]),
-                          head=HeadConfig.from_dict(meta["head"]), cut=int(meta["cut"]))
-    model.load_state_dict(load_file(str(weights_path)), strict=True)
+    meta = read_model_json(d)
+    hint = f"train the run again (transferlab train ... --out {d} --overwrite)"
+    try:
+        backbone = create_backbone(meta["backbone"], pretrained=False)
+        model = TransferModel(backbone=backbone, num_classes=int(meta["num_classes"]),
+                              head=HeadConfig.from_dict(meta["head"]), cut=meta["cut"])
+        preprocessing = Preprocessing.from_dict(meta["preprocessing"])
+        norm = NormStats.from_dict(meta["normalization"])
+    except (ConfigError, ValueError, TypeError, KeyError) as exc:
+        raise BadFileError(meta_path, f"describes no model this version can build ({exc})", hint) from None
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise BadFileError(weights_path, f"not a readable safetensors file ({exc})", hint) from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise BadFileError(weights_path, f"does not fit the model of {MODEL_JSON} "
+                                         f"({first[1].strip() if len(first) > 1 else first[0]})", hint) from None
     model.eval()
-    return LoadedModel(
-        model=model,
-        classes=list(meta["classes"]),
-        preprocessing=Preprocessing.from_dict(meta["preprocessing"]),
-        norm=NormStats.from_dict(meta["normalization"]),
-        meta=meta,
-    )
+    return LoadedModel(model=model, classes=list(meta["classes"]), preprocessing=preprocessing, norm=norm, meta=meta)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,8 +13,9 @@ import torch
 from PIL import Image
 
 from transferlab.data import NormStats, build_transform, load_image
-from transferlab.errors import ConfigError
+from transferlab.errors import BadFileError, ConfigError
 from transferlab.experiments.artifacts import MODEL_FILE, MODEL_JSON, load_model
+from transferlab.experiments.schema import read_model_json
 from transferlab.export._deps import require
 from transferlab.export.onnx_export import INPUT_NAME, ONNX_FILE, OUTPUT_NAME, file_sha256
 from transferlab.zoo import Preprocessing
@@ -106,7 +106,12 @@ def _onnx_session(run_dir: Path, meta: dict[str, Any], threads: int | None) -> A
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    return ort.InferenceSession(blob, sess_options=options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(blob, sess_options=options, providers=["CPUExecutionProvider"])
+    outputs = session.get_outputs()[0].shape[-1]
+    if isinstance(outputs, int) and outputs != len(meta["classes"]):
+        raise BadFileError(path, f"has {outputs} outputs but {MODEL_JSON} lists {len(meta['classes'])} classes",
+                           f"re-export it (transferlab export {run_dir})")
+    return session
 
 
 def open_predictor(run_dir: str | os.PathLike[str], *, runtime: str = "torch",
@@ -129,7 +134,7 @@ def open_predictor(run_dir: str | os.PathLike[str], *, runtime: str = "torch",
     meta_path = run / MODEL_JSON
     if not meta_path.is_file():
         raise ConfigError(f"{run} is not a finished run: expected {MODEL_JSON} and {MODEL_FILE} in it")
-    meta = json.loads(meta_path.read_text())
+    meta = read_model_json(run)
     if runtime == "onnx":
         model: Any = _onnx_session(run, meta, threads)
     else:

@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import pickle
 import re
 import socket
 from collections import OrderedDict
@@ -19,7 +20,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from transferlab.errors import WeightsNotFoundError
+from transferlab.errors import BadFileError, WeightsNotFoundError
 
 log = logging.getLogger("transferlab.zoo")
 
@@ -96,11 +97,20 @@ def verify_hash_in_name(path: str | os.PathLike[str]) -> tuple[str | None, str]:
 def read_state_dict(path: str | os.PathLike[str]) -> "OrderedDict[str, torch.Tensor]":
     """Load tensors from .safetensors, or from a torch checkpoint with ``weights_only=True``."""
     p = Path(path)
+    hint = "pass a .safetensors or .pth file of the backbone's weights"
     if p.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return OrderedDict(load_file(str(p)))
-    obj = torch.load(p, map_location="cpu", weights_only=True)
+        try:
+            return OrderedDict(load_file(str(p)))
+        except (SafetensorError, ValueError) as exc:
+            raise BadFileError(p, f"not a readable safetensors file ({exc})", hint) from None
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        raise BadFileError(p, f"not a readable weights file ({str(exc).strip().splitlines()[0][:120]})",
+                           hint) from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -194,7 +204,7 @@ def resolve_weights(
         try:
             prefix, digest = verify_hash_in_name(path)
             sd = read_state_dict(path)
-        except (ValueError, RuntimeError, OSError) as exc:
+        except (ValueError, RuntimeError, OSError, BadFileError) as exc:
             raise WeightsNotFoundError(f"weights file {path} for {name!r} is unusable: {exc}") from exc
         attempts.append(Attempt("explicit file", str(path), "used"))
         return ResolvedWeights(sd, f"file {path}", str(path), prefix, digest, attempts)
@@ -207,7 +217,7 @@ def resolve_weights(
         try:
             prefix, digest = verify_hash_in_name(path)
             sd = read_state_dict(path)
-        except (ValueError, RuntimeError, OSError) as exc:
+        except (ValueError, RuntimeError, OSError, BadFileError) as exc:
             attempts.append(Attempt(label, str(path), f"rejected: {exc}"))
             log.warning("weights for %s: %s %s rejected: %s", name, label, path, exc)
             continue
