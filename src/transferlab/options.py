@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,8 +20,50 @@ from transferlab.strategies.plans import AUGMENT_PHASES, OPTIMIZERS, SCHEDULES, 
 T = TypeVar("T")
 
 
-def opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None, flag: str | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices, "flag": flag})
+def opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None, flag: str | None = None,
+        lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False) -> Any:
+    """A dataclass field with its help text, choices and range (``lo <= v <= hi``; strict with ``*_open``)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "flag": flag, "lo": lo, "hi": hi,
+                                            "lo_open": lo_open, "hi_open": hi_open})
+
+
+def check_options(options: Any) -> None:
+    """Raise ConfigError for the first field out of its range or choices (NaN and inf are never in range).
+
+    Example:
+        >>> TrainOptions(lr=float("nan"))
+        Traceback (most recent call last):
+        ...
+        transferlab.errors.ConfigError: --lr: expected a finite number > 0, got nan
+    """
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        choices = f.metadata.get("choices")
+        if value is None:
+            continue
+        if choices and value not in choices:
+            raise ConfigError(f"{flag}: expected one of {', '.join(choices)}, got {value!r}")
+        lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
+        lo_open, hi_open = f.metadata.get("lo_open", False), f.metadata.get("hi_open", False)
+        if lo is None and hi is None:
+            continue
+        tp, _ = _base_type(f.type)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (tp is int and not isinstance(value, int)):
+            raise ConfigError(f"{flag}: expected {tp.__name__}, got {value!r}")
+        in_range = math.isfinite(value) and (lo is None or (value > lo if lo_open else value >= lo)) and (
+            hi is None or (value < hi if hi_open else value <= hi))
+        if not in_range:
+            raise ConfigError(f"{flag}: expected {_range_text(tp, lo, hi, lo_open, hi_open)}, got {value!r}")
+
+
+def _range_text(tp: type, lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
+    what = "an integer" if tp is int else "a finite number"
+    if lo is not None and hi is not None:
+        return f"{what} in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f"{what} {'>' if lo_open else '>='} {lo:g}"
+    return f"{what} {'<' if hi_open else '<='} {hi:g}"
 
 
 @dataclass(frozen=True)
@@ -28,18 +71,21 @@ class DataOptions:
     """Data and preprocessing options of every command that runs a model."""
 
     split: str = opt("0.5,0.25,0.25", "train,val,test fractions (stratified); a layout's own split is kept")
-    split_seed: int = opt(0, "seed of the split (independent of --seed)")
-    train_per_class: int | None = opt(None, "subsample N training images per class (small-data studies)")
+    split_seed: int = opt(0, "seed of the split (independent of --seed)", lo=0)
+    train_per_class: int | None = opt(None, "subsample N training images per class (small-data studies)", lo=1)
     normalize: str = opt("pretrained", "input normalisation statistics",
                          choices=("pretrained", "dataset", "minmax", "sample"))
     augment: str = opt("none", "training augmentation preset (none keeps features cacheable)",
                        choices=("none", "basic", "randaugment", "trivialaugment", "augmix"))
     batch_augment: str = opt("none", "batch-level augmentation",
                              choices=("none", "mixup", "cutmix", "mixup-cutmix"))
-    seed: int = opt(0, "training seed (weights init, shuffling, dropout)")
+    seed: int = opt(0, "training seed (weights init, shuffling, dropout)", lo=0)
     device: str = opt("auto", "auto, cpu or cuda[:N]")
-    workers: int = opt(0, "DataLoader worker processes for image decoding")
+    workers: int = opt(0, "DataLoader worker processes for image decoding", lo=0, hi=256)
     quiet: bool = opt(False, "no progress bars or per-epoch logs (for scripts)")
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 @dataclass(frozen=True)
@@ -53,35 +99,35 @@ class TrainOptions:
     classifier: str = opt("logreg", "linear-probe classifier", choices=("logreg", "svm"))
     head: str = opt("linear", "new head on the featurizer", choices=("linear", "dense"))
     hidden: str = opt("512", "dense head: hidden layer widths, comma-separated (e.g. 512,256)")
-    dropout: float = opt(0.2, "dropout before/within the new head")
+    dropout: float = opt(0.2, "dropout before/within the new head", lo=0, hi=1, hi_open=True)
     pool: str = opt("avg", "how the cut's feature map becomes a vector", choices=("avg", "flatten"))
-    cut: int | None = opt(None, "keep the featurizer up to stage K (1-based; default: all stages)")
+    cut: int | None = opt(None, "keep the featurizer up to stage K (1-based; default: all stages)", lo=1)
     epochs: int = opt(30, "epochs of the head phase (feature-extraction, first phase of others; on cached "
-                          "features an epoch takes well under a second)")
-    finetune_epochs: int = opt(8, "epochs of a phase that trains featurizer stages")
-    thaw_epochs: int = opt(1, "chain-thaw: epochs per single stage")
-    scratch_epochs: int = opt(30, "scratch: epochs")
-    unfreeze: int = opt(3, "fine-tune / chain-thaw / gradual-unfreeze: stages from the top that train")
-    lr: float = opt(3e-3, "learning rate of the new head")
-    finetune_lr: float = opt(1e-3, "learning rate of the top group when featurizer stages train")
-    scratch_lr: float = opt(3e-3, "scratch: peak learning rate (one-cycle)")
+                          "features an epoch takes well under a second)", lo=0)
+    finetune_epochs: int = opt(8, "epochs of a phase that trains featurizer stages", lo=0)
+    thaw_epochs: int = opt(1, "chain-thaw: epochs per single stage", lo=0)
+    scratch_epochs: int = opt(30, "scratch: epochs", lo=0)
+    unfreeze: int = opt(3, "fine-tune / chain-thaw / gradual-unfreeze: stages from the top that train", lo=0)
+    lr: float = opt(3e-3, "learning rate of the new head", lo=0, lo_open=True)
+    finetune_lr: float = opt(1e-3, "learning rate of the top group when featurizer stages train", lo=0, lo_open=True)
+    scratch_lr: float = opt(3e-3, "scratch: peak learning rate (one-cycle)", lo=0, lo_open=True)
     augment_phases: str = opt("auto", "phases that see --augment/--batch-augment: auto (all but the head-only warm-up "
                                       "before phases that train featurizer stages: it trains on cached clean features, "
                                       "an epoch in well under a second), or all", choices=AUGMENT_PHASES)
-    lr_decay: float = opt(2.6, "discriminative rates: divide the rate by this per stage going down")
+    lr_decay: float = opt(2.6, "discriminative rates: divide the rate by this per stage going down", lo=0, lo_open=True)
     schedule: str = opt("cosine", "schedule of the head phase", choices=SCHEDULES)
     finetune_schedule: str = opt("stlr", "schedule of the phases that train stages", choices=SCHEDULES)
-    warmup: float = opt(0.0, "fraction of a phase's steps with linear warm-up (constant/cosine)")
+    warmup: float = opt(0.0, "fraction of a phase's steps with linear warm-up (constant/cosine)", lo=0, hi=1)
     optimizer: str = opt("adamw", "optimizer", choices=OPTIMIZERS)
-    weight_decay: float = opt(1e-2, "weight decay")
+    weight_decay: float = opt(1e-2, "weight decay", lo=0)
     bn: str = opt("frozen", "batch norm: frozen (eval mode, running stats kept) or train",
                   choices=("frozen", "train"))
-    batch_size: int = opt(32, "batch size (global, split across DDP ranks)")
-    patience: int = opt(5, "early stopping: epochs without val-loss improvement within a phase")
+    batch_size: int = opt(32, "batch size (global, split across DDP ranks)", lo=1)
+    patience: int = opt(5, "early stopping: epochs without val-loss improvement within a phase", lo=0)
     monitor: str = opt("val_loss", "the epoch whose weights are restored at the end: lowest val loss, or highest "
                                    "val accuracy (ties: lower val loss); --patience always watches val loss",
                        choices=("val_loss", "val_accuracy"))
-    label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy")
+    label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy", lo=0, hi=1, hi_open=True)
     class_weights: str = opt("none", "class weights of the loss", choices=("none", "auto"))
     balanced_sampler: bool = opt(False, "sample training images inversely to class frequency")
     precision: str = opt("fp32", "mixed precision on CUDA", choices=("fp32", "bf16", "fp16"))
@@ -89,14 +135,18 @@ class TrainOptions:
                              "initial weights on train+val for exactly those epochs; val metrics stay those of "
                              "the held-out selection run, test metrics and the saved model are the refit's")
     views: int = opt(0, "K > 0: K fixed, seeded --augment views of each training image, cached like plain "
-                        "images (augmentation in feature space: frozen stages run once per view)")
+                        "images (augmentation in feature space: frozen stages run once per view)", lo=0)
     runtime: str = opt("torch", "what runs the frozen prefix when activations are extracted: torch, or onnx "
                                 "(ONNX Runtime, CPU only: 2-4x faster here, features within ~1e-5; needs the "
                                 "export extra)", choices=("torch", "onnx"))
     cache: bool = opt(True, "cache frozen-prefix activations in memory when augmentation allows")
     feature_cache: str = opt("auto", "on-disk cache of pretrained activations: auto ($TRANSFERLAB_CACHE/"
                              "features), off, or a folder")
-    feature_cache_gb: float = opt(20.0, "size limit of the on-disk feature cache (least recently used go first)")
+    feature_cache_gb: float = opt(20.0, "size limit of the on-disk feature cache (least recently used go first)",
+                                  lo=0)
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 def _base_type(tp: Any) -> tuple[type, bool]:
