@@ -60,7 +60,8 @@ def measured(name: str, case: dict[str, Any], entries: list[str], *, backbone: s
         target = out / name if not runs else out / name / f"more-{len(dirs) + 1}"
         res = compare(case["data"], strategies=todo, seeds=1, out=target, source=source,
                       data_options=DataOptions(train_per_class=case["train_per_class"], quiet=True),
-                      train_options=TrainOptions(backbone=backbone), val_subset=case["val"], test_subset=case["test"])
+                      train_options=TrainOptions(backbone=backbone), val_subset=case["val"], test_subset=case["test"],
+                      overwrite=True)
         runs.update(res["strategies"])
         runs.setdefault("_split", res["split"])
     split = runs.pop("_split")

@@ -38,7 +38,8 @@ import torch
 
 from transferlab.data import ImageSource, Split, atomic_write_text, make_split, open_dataset, parse_fractions
 from transferlab.engine import ActivationStore, init_distributed
-from transferlab.errors import ConfigError, DataError
+from transferlab.errors import BadFileError, ConfigError, DataError
+from transferlab.experiments.rundir import claim_run_dir
 from transferlab.experiments.train import plan_options, run_training, setup_logging, versions
 from transferlab.options import DataOptions, TrainOptions, with_overrides
 from transferlab.strategies import build_plan
@@ -163,7 +164,22 @@ def _summary(runs: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
 
 
 def _run_record(run: Any, *, seed: int, run_dir: Path) -> dict[str, Any]:
-    m = run.metrics
+    return _record(run.metrics, seed=seed, run_dir=run_dir)
+
+
+def _finished_record(run_dir: Path, *, seed: int) -> dict[str, Any] | None:
+    """The record of a run that finished earlier (its ``metrics.json`` is written last), else None."""
+    path = run_dir / "metrics.json"
+    if not (path.is_file() and (run_dir / "model.json").is_file()):
+        return None
+    try:
+        return _record(json.loads(path.read_text()), seed=seed, run_dir=run_dir)
+    except (ValueError, KeyError, TypeError):
+        log.warning("compare --resume: %s is unreadable; training that run again", path)
+        return None
+
+
+def _record(m: dict[str, Any], *, seed: int, run_dir: Path) -> dict[str, Any]:
     return {"seed": seed, "status": "ok", "run_dir": str(run_dir), "test_accuracy": m["test"]["accuracy"],
             "macro_f1": m["test"]["macro_f1"], "top5": m["test"]["top5"], "test_loss": m["test"]["loss"],
             "val_accuracy": m["val"]["accuracy"], "best_epoch": m["best_epoch"], "timing": m["timing"]}
@@ -200,6 +216,8 @@ def compare(
     val_subset: int | None = None,
     test_subset: int | None = None,
     source: ImageSource | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run every strategy for every seed on one split; write ``out/results.json`` after each run.
 
@@ -207,6 +225,9 @@ def compare(
     data-efficiency study (``results["efficiency"]``) and the main table is the largest value.
     ``val_subset``/``test_subset``: a seeded, stratified subset of the val/test split (e.g. the
     demo's fixed 2000 test images). A run that raises is recorded with its error; the others go on.
+    ``resume`` continues a killed compare in ``out``: finished runs are read back, an interrupted
+    one resumes from its checkpoint, the rest run; the options must be those it was started with.
+    A non-empty ``out`` is refused unless ``resume`` or ``overwrite``.
 
     Example:
         >>> compare("flowers17/", strategies="scratch,fine-tune", seeds=2, out="cmp")  # doctest: +SKIP
@@ -250,7 +271,9 @@ def compare(
             src, fractions=parse_fractions(d.split, option="--split"), seed=d.split_seed, train_per_class=n).train
         splits.append((n, Split(train=train, val=val, test=test)))
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = claim_run_dir(out_dir, resume=resume, overwrite=overwrite)
+    if resume:
+        _check_resumable(out_dir, data=str(data), names=names, seeds=seeds, d=d, t=t)
     ctx = init_distributed(d.device)
     stores = _SharedStore(device=ctx.device, batch_size=t.batch_size, workers=d.workers,
                            progress=not d.quiet, runtime=t.runtime)
@@ -288,12 +311,21 @@ def compare(
                 store = stores.store
                 before = dict(store._cache)
                 t0 = time.perf_counter()
+                done = _finished_record(run_dir, seed=seed) if resume else None
                 try:
+                    if done is not None:
+                        log.info("compare --resume: %s seed %d finished earlier (%s); not run again", name, seed, run_dir)
+                        runs.append(done)
+                        raise _AlreadyDone
+                    again = resume and (run_dir / "config.json").is_file()
                     run = run_training(str(data), data_options=replace(d, seed=seed, train_per_class=n),
                                        train_options=variant_options(name, t), out=run_dir, source=src,
-                                       split=split, store=store, save_predictions=True)
+                                       split=split, store=store, save_predictions=True, resume=again,
+                                       overwrite=resume and not again)
                     store._cache.update(before)
                     runs.append(_run_record(run, seed=seed, run_dir=run_dir))
+                except _AlreadyDone:
+                    pass
                 except Exception as exc:  # recorded, the other runs go on (KeyboardInterrupt is not caught)
                     store._cache.clear()
                     store._cache.update(before)
@@ -319,7 +351,34 @@ def compare(
         bar.close()
     results["status"] = "done"
     atomic_write_text(out_dir / RESULTS, json.dumps(results, indent=2))
+    lock.release()
     return results
+
+
+class _AlreadyDone(Exception):
+    """Control flow of ``compare --resume``: the run finished before the interruption."""
+
+
+def _check_resumable(out_dir: Path, *, data: str, names: list[str], seeds: int, d: DataOptions,
+                     t: TrainOptions) -> None:
+    """``--resume`` continues the same compare: same data, strategies, seeds and options."""
+    path = out_dir / RESULTS
+    if not path.is_file():
+        return  # killed before the first run finished: nothing to compare against
+    try:
+        old = json.loads(path.read_text())
+        started = (old["data"], old["strategies_order"], old["seeds"], old["data_options"], old["train_options"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadFileError(path, f"not a compare's results ({exc})", "run the compare again with --overwrite") from None
+    now = (data, names, seeds, json.loads(json.dumps(asdict(d))), json.loads(json.dumps(asdict(t))))
+    labels = ("DATA", "--strategies", "--seeds", "data options", "train options")
+    for label, a, b in zip(labels, started, now):
+        if a != b:
+            if isinstance(a, dict) and isinstance(b, dict):
+                keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+                a, b = {k: a.get(k) for k in keys}, {k: b.get(k) for k in keys}
+            raise ConfigError(f"--resume {out_dir}: {label} differ from the interrupted compare's ({a} then, {b} now); "
+                              f"give the same options, or --overwrite to start over")
 
 
 def best_strategy(results: dict[str, Any]) -> str | None:

@@ -50,7 +50,8 @@ def run_demo(*, out: str | os.PathLike[str] = "demo", quiet: bool = False) -> in
               f"images per class, {DEMO_TEST} test images, efficientnet_lite0 -> {out}/", flush=True)
     source = open_dataset("fashion-mnist", quiet=quiet)
     compare("fashion-mnist", strategies=list(DEMO_STRATEGIES), seeds=1, out=out, data_options=d, train_options=t,
-            val_subset=DEMO_VAL, test_subset=DEMO_TEST, source=source)
+            val_subset=DEMO_VAL, test_subset=DEMO_TEST, source=source,
+            overwrite=(Path(out) / "results.json").is_file())  # a demo again replaces the earlier demo
     path = build_report(out, source=source)
     print("\n".join(report_summary(out)))
     print(f"demo finished in {time.perf_counter() - t0:.0f}s; report: {Path(path).resolve()}")

@@ -42,8 +42,10 @@ from transferlab.engine import (
     init_distributed,
 )
 from transferlab.engine.feature_cache import FeatureCache
-from transferlab.errors import ConfigError
+from transferlab.errors import BadFileError, ConfigError
 from transferlab.experiments.artifacts import save_model
+from transferlab.experiments.rundir import claim_run_dir
+from transferlab.experiments.schema import read_config_json
 from transferlab.options import DataOptions, TrainOptions, options_from_kwargs
 from transferlab.strategies import HeadConfig, Plan, PlanOptions, TransferModel, build_plan, fit_linear_probe, load_plan
 from transferlab.zoo import Backbone, create_backbone
@@ -117,7 +119,8 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
                  out: str | os.PathLike[str] | None = None, resume: bool = False,
                  callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
                  source: ImageSource | None = None, split: Split | None = None,
-                 store: ActivationStore | None = None, save_predictions: bool = False) -> Run:
+                 store: ActivationStore | None = None, save_predictions: bool = False,
+                 overwrite: bool = False) -> Run:
     """Train one strategy on one dataset and write the run directory (rank 0 only).
 
     ``callbacks`` are called with each epoch's history record, after its checkpoint is written.
@@ -125,14 +128,15 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
     ``store`` shares cached frozen-prefix activations between runs (the caller guarantees its entries
     were computed with this run's stages below each boundary, see ``experiments.compare``);
     ``save_predictions`` writes ``predictions_test.csv`` (identity, true, predicted, confidence).
+    The run folder is locked for the run; a non-empty one is refused unless ``resume`` or
+    ``overwrite`` (see :mod:`transferlab.experiments.rundir`).
     """
     t_start = time.perf_counter()
     d, t = data_options, train_options
     ctx = init_distributed(d.device)
     setup_logging(quiet=d.quiet, is_main=ctx.is_main)
     run_dir = Path(out) if out is not None else None
-    if run_dir is not None and ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    lock = claim_run_dir(run_dir, resume=resume, overwrite=overwrite) if run_dir is not None and ctx.is_main else None
 
     if source is None:
         source = open_dataset(data, quiet=d.quiet)
@@ -185,10 +189,6 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
 
     train_in, val_in, test_in = inputs("train", split.train, training=True), inputs("val", split.val), inputs("test", split.test)
     config = _config(data, d, t, plan)
-    if run_dir is not None and ctx.is_main:
-        save_split(split, source, run_dir)
-        if not (resume and (run_dir / CONFIG).is_file()):
-            atomic_write_text(run_dir / CONFIG, json.dumps(config, indent=2))
     class_weights = None
     if t.class_weights == "auto":
         counts = np.bincount(source.labels[split.train], minlength=len(source.classes)).astype(float)
@@ -214,6 +214,10 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
                                          num_classes=len(source.classes)),
         callbacks=callbacks,
     )
+    if run_dir is not None and ctx.is_main:  # everything is validated: the run is about to happen
+        save_split(split, source, run_dir)
+        if not (resume and (run_dir / CONFIG).is_file()):
+            atomic_write_text(run_dir / CONFIG, json.dumps(config, indent=2))
     n_kept = len(kept)
     extra: dict[str, Any] = {}
     if plan.strategy == "linear-probe" and not plan.phases:
@@ -266,6 +270,8 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
                 for i, y, p, c in zip(split.test, test_in.labels.tolist(), pred.tolist(), conf.tolist())]
             atomic_write_text(run_dir / "predictions_test.csv", "\n".join(rows) + "\n")
     ctx.barrier()
+    if lock is not None:
+        lock.release()
     log.info("%s on %s: test accuracy %.4f, macro F1 %.4f (%.1fs)", plan.strategy, t.backbone,
              metrics["test"]["accuracy"], metrics["test"]["macro_f1"], metrics["timing"]["total_s"])
     return Run(run_dir=run_dir, metrics=metrics, history=history, config=config, classes=classes, model=model)
@@ -342,7 +348,7 @@ def _set_linear_head(model: TransferModel, weight: torch.Tensor, bias: torch.Ten
         model.head[-1].bias.copy_(bias)
 
 
-def train(data: str, *, out: str | os.PathLike[str] | None = None, resume: bool = False,
+def train(data: str, *, out: str | os.PathLike[str] | None = None, resume: bool = False, overwrite: bool = False,
           callbacks: Sequence[Callable[[dict[str, Any]], None]] = (), **options: Any) -> Run:
     """Python API mirroring ``transferlab train``; options are the CLI flags' names.
 
@@ -358,7 +364,8 @@ def train(data: str, *, out: str | os.PathLike[str] | None = None, resume: bool 
     t = options_from_kwargs(TrainOptions, kwargs)
     if kwargs:
         raise ConfigError(f"unknown option(s) {sorted(kwargs)} for transferlab.train")
-    return run_training(data, data_options=d, train_options=t, out=out, resume=resume, callbacks=callbacks)
+    return run_training(data, data_options=d, train_options=t, out=out, resume=resume, callbacks=callbacks,
+                        overwrite=overwrite)
 
 
 def resume_training(run_dir: str | os.PathLike[str], *, quiet: bool | None = None,
@@ -367,10 +374,14 @@ def resume_training(run_dir: str | os.PathLike[str], *, quiet: bool | None = Non
     cfg_path = Path(run_dir) / CONFIG
     if not cfg_path.is_file():
         raise ConfigError(f"--resume {run_dir}: no {CONFIG} there (not a transferlab run directory)")
-    cfg = json.loads(cfg_path.read_text())
-    d = DataOptions(**cfg["data_options"])
-    if quiet is not None:
-        d = DataOptions(**{**asdict(d), "quiet": quiet})
-    t = TrainOptions(**cfg["train_options"])
+    cfg = read_config_json(run_dir)
+    try:
+        d = DataOptions(**cfg["data_options"])
+        if quiet is not None:
+            d = DataOptions(**{**asdict(d), "quiet": quiet})
+        t = TrainOptions(**cfg["train_options"])
+    except (TypeError, ConfigError) as exc:
+        raise BadFileError(cfg_path, f"holds options this version cannot use ({exc})",
+                           "start the run again with --overwrite") from None
     return run_training(cfg["data"], data_options=d, train_options=t, out=run_dir, resume=True,
                         callbacks=callbacks)
