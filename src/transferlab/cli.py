@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import math
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,38 @@ from transferlab.errors import TransferlabError
 from transferlab.options import DataOptions, TrainOptions, add_options, options_from_args
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--top 0`` or ``-1`` is a usage error, not silently accepted).
+
+    Example:
+        >>> positive_int("3")
+        3
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0.
+
+    Example:
+        >>> positive_float("0.5")
+        0.5
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
 
 
 def _print_json(obj: Any) -> None:
@@ -83,7 +118,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.data or not args.out:
             raise TransferlabError("train needs DATA and --out RUN_DIR (or --resume RUN_DIR)")
         run = run_training(args.data, data_options=options_from_args(DataOptions, args),
-                           train_options=options_from_args(TrainOptions, args), out=args.out)
+                           train_options=options_from_args(TrainOptions, args), out=args.out,
+                           overwrite=args.overwrite)
     test = run.metrics["test"]
     if args.json:
         _print_json({k: run.metrics[k] for k in ("strategy", "backbone", "test", "timing", "best_epoch")})
@@ -127,7 +163,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     compare(args.data, strategies=args.strategies, seeds=args.seeds, out=args.out,
             train_per_class=args.train_per_class_list, data_options=options_from_args(DataOptions, args),
-            train_options=options_from_args(TrainOptions, args))
+            train_options=options_from_args(TrainOptions, args), resume=args.resume, overwrite=args.overwrite)
     path = build_report(args.out)
     if args.json:
         _print_json(json.loads((Path(args.out) / "results.json").read_text()))
@@ -166,11 +202,15 @@ def add_evidence_commands(sub: Any) -> None:
     p.add_argument("--strategies", default="scratch,linear-probe,feature-extraction,fine-tune,chain-thaw",
                    help="comma-separated strategies; an entry may set its own train options as "
                         "STRATEGY:OPTION=VALUE[:OPTION=VALUE], e.g. fine-tune:unfreeze=2 (default: %(default)s)")
-    p.add_argument("--seeds", type=int, default=3, help="training seeds per strategy (default: 3)")
+    p.add_argument("--seeds", type=positive_int, default=3, help="training seeds per strategy (default: 3)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--train-per-class", dest="train_per_class_list", metavar="N[,N...]",
                    help="training images per class; several values add a data-efficiency study")
     p.add_argument("--json", action="store_true", help="print results.json")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="continue a killed compare in --out with the same options: "
+                   "finished runs are kept, an interrupted one resumes from its checkpoint")
+    g.add_argument("--overwrite", action="store_true", help="empty an --out that holds an earlier compare")
     add_options(p, DataOptions, skip=("train_per_class",))
     add_options(p, TrainOptions, skip=("strategy", "plan"))
     p.set_defaults(func=cmd_compare)
@@ -184,9 +224,9 @@ def add_evidence_commands(sub: Any) -> None:
     p.add_argument("data", metavar="DATA")
     p.add_argument("--backbone", default="efficientnet_lite0", help="zoo backbone (default: %(default)s)")
     p.add_argument("--weights", help="explicit weights file for the backbone")
-    p.add_argument("--train-per-class", type=int, help="training images per class you will use")
+    p.add_argument("--train-per-class", type=positive_int, help="training images per class you will use")
     p.add_argument("--split", default="0.5,0.25,0.25", help="train,val,test fractions (default: %(default)s)")
-    p.add_argument("--sample", type=int, default=64, help="images measured for similarity (default: 64)")
+    p.add_argument("--sample", type=positive_int, default=64, help="images measured for similarity (default: 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_recommend)
@@ -269,7 +309,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from transferlab.serve import ServeLimits, serve
 
     limits = ServeLimits(max_upload_bytes=args.max_upload_mb * 1024 * 1024, max_pixels=args.max_pixels,
-                         max_files=args.max_files, timeout_s=args.timeout, max_concurrency=args.max_concurrency)
+                         max_files=args.max_files, timeout_s=args.timeout, max_concurrency=args.max_concurrency,
+                         max_request_pixels=args.max_request_pixels)
     serve(args.run_dir, host=args.host, port=args.port, runtime=args.runtime, threads=args.threads, limits=limits)
     return 0
 
@@ -281,22 +322,25 @@ def add_deploy_commands(sub: Any) -> None:
     p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default: onnx)")
     p.add_argument("--check-images", nargs="+", metavar="IMG",
                    help="real images for the parity check (default: images of the run's test split)")
-    p.add_argument("--n-check", type=int, default=4, help="test-split images to check when none are given (default: 4)")
+    p.add_argument("--n-check", type=positive_int, default=4, help="test-split images to check when none are given (default: 4)")
     p.add_argument("--json", action="store_true", help="print the export result as JSON")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("serve", help="HTTP prediction server + web page for a trained run (FastAPI + uvicorn)")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--port", type=positive_int, default=8000, help="port (default: 8000)")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="PyTorch, or ONNX Runtime on the exported model.onnx (default: torch)")
-    p.add_argument("--threads", type=int, default=None, help="inference threads (default: the library's default)")
-    p.add_argument("--max-upload-mb", type=int, default=10, help="largest request body in MiB (default: 10)")
-    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, width x height (default: 40M)")
-    p.add_argument("--max-files", type=int, default=16, help="most images in one request (default: 16)")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to receive and answer a request (default: 30)")
-    p.add_argument("--max-concurrency", type=int, default=64,
+    p.add_argument("--threads", type=positive_int, default=None, help="inference threads (default: the library's default)")
+    p.add_argument("--max-upload-mb", type=positive_int, default=10, help="largest request body in MiB (default: 10)")
+    p.add_argument("--max-pixels", type=positive_int, default=40_000_000, help="largest image, width x height (default: 40M)")
+    p.add_argument("--max-files", type=positive_int, default=16, help="most images in one request (default: 16)")
+    p.add_argument("--max-request-pixels", type=positive_int, default=64_000_000,
+                   help="decoded pixels of all images of one request together, checked before decoding "
+                        "(default: 64M)")
+    p.add_argument("--timeout", type=positive_float, default=30.0, help="seconds to receive and answer a request (default: 30)")
+    p.add_argument("--max-concurrency", type=positive_int, default=64,
                    help="open connections before the server answers 503 (default: 64)")
     p.set_defaults(func=cmd_serve)
 
@@ -399,14 +443,22 @@ def cmd_cache(args: argparse.Namespace) -> int:
     cache = FeatureCache(Path(args.dir) if args.dir else None)
     if args.action == "clear":
         entries = len(cache.entries())
+        stale = len(cache.temps()[1])
         freed = cache.clear()
-        info: dict[str, Any] = {"location": str(cache.root), "entries_removed": entries, "freed_bytes": freed}
-        text = f"{cache.root}: removed {entries} entries, freed {freed / 2**20:.1f} MiB"
+        live = len(cache.temps()[0])
+        info: dict[str, Any] = {"location": str(cache.root), "entries_removed": entries,
+                                "stale_temp_files_removed": stale, "in_progress_kept": live, "freed_bytes": freed}
+        text = (f"{cache.root}: removed {entries} entries and {stale} stale temporary files, freed "
+                f"{freed / 2**20:.1f} MiB" + (f"; {live} being written by running processes kept" if live else ""))
     else:
         entries = len(cache.entries())
         size = cache.size_bytes()
-        info = {"location": str(cache.root), "exists": cache.root.is_dir(), "entries": entries, "size_bytes": size}
-        text = f"{cache.root}: {entries} entries, {size / 2**20:.1f} MiB"
+        live, stale = cache.temps()
+        info = {"location": str(cache.root), "exists": cache.root.is_dir(), "entries": entries, "size_bytes": size,
+                "in_progress": len(live), "stale_temp_files": len(stale)}
+        text = (f"{cache.root}: {entries} entries, {size / 2**20:.1f} MiB"
+                + (f"; {len(live)} being written" if live else "")
+                + (f"; {len(stale)} stale temporary files (cache clear removes them)" if stale else ""))
     if args.json:
         _print_json(info)
     else:
@@ -445,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backbone", help="a zoo backbone: predict ImageNet classes")
     g.add_argument("--model", metavar="RUN_DIR", help="a trained run directory: predict its classes")
     p.add_argument("--weights", help="explicit weights file for --backbone")
-    p.add_argument("--top", type=int, default=5, help="how many classes to show (default: 5)")
+    p.add_argument("--top", type=positive_int, default=5, help="how many classes to show (default: 5)")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="run --model with PyTorch or with ONNX Runtime on its exported model.onnx (default: torch)")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -455,6 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", nargs="?", metavar="DATA", help="image folder, dataset layout, CSV or 'fashion-mnist'")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory to write")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="empty a run directory that already holds a run (else it is refused)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     add_options(p, DataOptions)
     add_options(p, TrainOptions)
@@ -474,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", metavar="DATA")
     p.add_argument("--preset", default="basic", help="augmentation preset (default: basic)")
     p.add_argument("--out", default="augment-preview.png", help="PNG to write")
-    p.add_argument("--n", type=int, default=16, help="number of samples")
+    p.add_argument("--n", type=positive_int, default=16, help="number of samples")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_augment_preview)
 
@@ -490,19 +544,70 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_error_line(exc: BaseException) -> str | None:
+    """The one line for a user error or a bad file, or None for what is a bug (shown as a traceback).
+
+    User errors are :class:`TransferlabError`; bad files and a bad environment are ``OSError``
+    (ENOSPC, EACCES, EEXIST, ...: the file and what to do), unpickling, safetensors and JSON errors.
+
+    Example:
+        >>> user_error_line(OSError(28, "No space left on device", "runs/a/model.json"))
+        'runs/a/model.json: No space left on device (errno 28 ENOSPC); free disk space or write elsewhere'
+        >>> user_error_line(KeyError("x")) is None
+        True
+    """
+    import pickle
+
+    from safetensors import SafetensorError
+
+    if isinstance(exc, TransferlabError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        name = errno.errorcode.get(exc.errno or 0, "")
+        where = exc.filename if exc.filename is not None else "a file"
+        target = f" -> {exc.filename2}" if exc.filename2 is not None else ""
+        what = exc.strerror or str(exc)
+        code = f" (errno {exc.errno} {name})" if name else ""
+        return f"{where}{target}: {what}{code}; {_OS_HINTS.get(name, 'check the path and its permissions')}"
+    if isinstance(exc, (pickle.UnpicklingError, SafetensorError, json.JSONDecodeError)):
+        return f"unreadable file ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); " \
+               "re-create it (train again with --overwrite, or clear the cache)"
+    return None
+
+
+_OS_HINTS = {
+    "ENOSPC": "free disk space or write elsewhere",
+    "EDQUOT": "free disk space (quota) or write elsewhere",
+    "EACCES": "choose a folder you can write to, or fix its permissions",
+    "EPERM": "choose a folder you can write to, or fix its permissions",
+    "EROFS": "the file system is read-only; write elsewhere",
+    "EEXIST": "a file is in the way; remove it or choose another path",
+    "ENOTDIR": "a file is in the way where a folder is expected; choose another path",
+    "EISDIR": "a folder is in the way where a file is expected; choose another path",
+    "ENOENT": "check the path",
+    "ENAMETOOLONG": "choose a shorter path",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The one error policy: user errors and bad files print one line and exit 2 (``-v``: the traceback)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.verbose:
         logging.basicConfig(level=logging.DEBUG)
     try:
         return int(args.func(args) or 0)
-    except TransferlabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        line = user_error_line(exc)
+        if line is None:
+            raise
+        if args.verbose:
+            traceback.print_exc()
+        print(f"error: {line}", file=sys.stderr)
+        return 2
     finally:
         from transferlab.engine.distributed import shutdown_distributed
 

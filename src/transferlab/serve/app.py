@@ -20,7 +20,7 @@ from PIL import Image
 
 from transferlab.export._deps import require
 from transferlab.export.runtime import Predictor, open_predictor
-from transferlab.serve.limits import ACCEPTED_PART_TYPES, ERRORS, ApiError, ServeLimits, decode_upload
+from transferlab.serve.limits import ACCEPTED_PART_TYPES, ERRORS, ApiError, ServeLimits, decode_request
 
 __all__ = ["create_app", "serve"]
 
@@ -149,6 +149,12 @@ def create_app(run_dir: str | os.PathLike[str], *, runtime: str = "torch", threa
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_parameter")
         return _error(exc.status_code, code, str(exc.detail))
 
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> Any:
+        return _error(500, "internal", f"{type(exc).__name__}: {exc}".splitlines()[0])
+
+    app.add_middleware(_ConcurrencyLimit, limit=limits.max_concurrency, on_busy=_error)
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Any:
         first = exc.errors()[0] if exc.errors() else {}
@@ -226,8 +232,7 @@ def create_app(run_dir: str | os.PathLike[str], *, runtime: str = "torch", threa
             await form.close()
 
     def _decode_all(uploads: list[tuple[str, bytes]]) -> list[Image.Image]:
-        return [decode_upload(data, name=name, max_pixels=limits.max_pixels, draft_size=pred.draft_size)
-                for name, data in uploads]
+        return decode_request(uploads, limits=limits, draft_size=pred.draft_size)
 
     @app.post("/predict", openapi_extra=_openapi_upload_body())
     async def predict(request: Request, top: int = 5) -> dict[str, Any]:
@@ -272,6 +277,51 @@ def create_app(run_dir: str | os.PathLike[str], *, runtime: str = "torch", threa
     return app
 
 
+class _ConcurrencyLimit:
+    """ASGI middleware: beyond ``limit`` requests in flight, answer the JSON 503 ``busy`` (counted in /health).
+
+    uvicorn's own ``limit_concurrency`` (plain text) stays as a backstop above this limit.
+    """
+
+    def __init__(self, app: Any, *, limit: int, on_busy: Any) -> None:
+        self.app = app
+        self.limit = limit
+        self.on_busy = on_busy
+        self.in_flight = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            response = self.on_busy(503, "busy", f"more than {self.limit} requests in flight; retry later")
+            await response(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+def _json_error_protocol() -> type:
+    """uvicorn's h11 protocol whose own 400 (malformed HTTP, e.g. a negative Content-Length) is JSON."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class JsonErrorH11Protocol(H11Protocol):  # type: ignore[misc]
+        def send_400_response(self, msg: str) -> None:
+            body = json.dumps({"error": "bad_request", "message": msg}).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                       (b"connection", b"close")]
+            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+                          h11.Data(data=body), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
+
+    return JsonErrorH11Protocol
+
+
 def serve(run_dir: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 8000, runtime: str = "torch",
           threads: int | None = None, limits: ServeLimits | None = None) -> None:
     """Run the server with uvicorn until interrupted (binds to this machine only by default).
@@ -289,5 +339,6 @@ def serve(run_dir: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int
     if not loopback:
         print(f"warning: binding to {host} makes the server reachable from other machines", file=sys.stderr)
     print(f"transferlab serve: http://{host}:{port}/ ({runtime} runtime; API docs at /docs)", file=sys.stderr)
-    uvicorn.run(app, host=host, port=port, limit_concurrency=limits.max_concurrency, timeout_keep_alive=5,
-                log_level="warning")
+    # The app answers JSON 503s at max_concurrency; uvicorn's plain-text limit is a backstop above it.
+    uvicorn.run(app, host=host, port=port, limit_concurrency=2 * limits.max_concurrency + 8, timeout_keep_alive=5,
+                log_level="warning", http=_json_error_protocol())
