@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from transferlab.errors import TransferlabError
+from transferlab.errors import TransferlabError, first_line
 from transferlab.options import DataOptions, TrainOptions, add_options, options_from_args
 
 Handler = Callable[[argparse.Namespace], int]
@@ -570,8 +570,7 @@ def user_error_line(exc: BaseException) -> str | None:
         code = f" (errno {exc.errno} {name})" if name else ""
         return f"{where}{target}: {what}{code}; {_OS_HINTS.get(name, 'check the path and its permissions')}"
     if isinstance(exc, (pickle.UnpicklingError, SafetensorError, json.JSONDecodeError)):
-        return f"unreadable file ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); " \
-               "re-create it (train again with --overwrite, or clear the cache)"
+        return f"unreadable file ({first_line(exc)}); re-create it (train again with --overwrite, or clear the cache)"
     return None
 
 

@@ -41,3 +41,15 @@ class BadFileError(TransferlabError):
         self.problem = problem
         self.hint = hint
         super().__init__(f"{self.path}: {problem}; {hint}")
+
+
+def first_line(exc: BaseException, *, limit: int = 160) -> str:
+    """``"Type: first line of the message"`` (just the type when the message is empty), at most ``limit`` chars.
+
+    Example:
+        >>> first_line(EOFError()), first_line(ValueError("bad\\nmore"))
+        ('EOFError', 'ValueError: bad')
+    """
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0].strip()}" if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -23,7 +23,7 @@ from transferlab.engine.activations import ActivationStore, SplitInputs
 from transferlab.engine.distributed import DistContext
 from transferlab.engine.schedules import make_scheduler
 from transferlab.engine.tasks import ClassificationTask, Task
-from transferlab.errors import BadFileError, ConfigError, TrainingError
+from transferlab.errors import BadFileError, ConfigError, TrainingError, first_line
 from transferlab.strategies.model import TransferModel
 from transferlab.strategies.plans import Phase, Plan
 
@@ -146,7 +146,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        raise BadFileError(path, f"not a readable checkpoint ({str(exc).strip().splitlines()[0][:120]})",
+        raise BadFileError(path, f"not a readable checkpoint ({first_line(exc)})",
                            "delete it to restart the run, or train again with --overwrite") from None
     if not isinstance(state, dict):
         raise BadFileError(path, f"holds a {type(state).__name__}, not a checkpoint dict",

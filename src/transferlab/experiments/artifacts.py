@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save as save_tensors
 
 from transferlab.data import NormStats, atomic_write_bytes, atomic_write_text, build_transform
-from transferlab.errors import BadFileError, ConfigError
+from transferlab.errors import BadFileError, ConfigError, first_line
 from transferlab.experiments.schema import MODEL_FORMAT, read_model_json
 from transferlab.strategies.model import HeadConfig, TransferModel
 from transferlab.zoo import Preprocessing, create_backbone
@@ -82,7 +82,7 @@ def load_model(run_dir: str | os.PathLike[str]) -> LoadedModel:
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise BadFileError(weights_path, f"not a readable safetensors file ({exc})", hint) from None
+        raise BadFileError(weights_path, f"not a readable safetensors file ({first_line(exc)})", hint) from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

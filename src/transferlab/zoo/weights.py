@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from transferlab.errors import BadFileError, WeightsNotFoundError
+from transferlab.errors import BadFileError, WeightsNotFoundError, first_line
 
 log = logging.getLogger("transferlab.zoo")
 
@@ -105,11 +105,11 @@ def read_state_dict(path: str | os.PathLike[str]) -> "OrderedDict[str, torch.Ten
         try:
             return OrderedDict(load_file(str(p)))
         except (SafetensorError, ValueError) as exc:
-            raise BadFileError(p, f"not a readable safetensors file ({exc})", hint) from None
+            raise BadFileError(p, f"not a readable safetensors file ({first_line(exc)})", hint) from None
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        raise BadFileError(p, f"not a readable weights file ({str(exc).strip().splitlines()[0][:120]})",
+        raise BadFileError(p, f"not a readable weights file ({first_line(exc)})",
                            hint) from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
