@@ -137,3 +137,19 @@ def test_client_closing_mid_body_gets_400_and_no_500(server: tuple[str, object],
         time.sleep(0.2)
     assert counts.get("status_400", 0) == before + 1  # answered as incomplete_body, not as a crash
     assert not any(k.startswith("status_5") for k in counts) and proc.poll() is None
+
+
+@pytest.mark.parametrize("header", [b"Content-Length: -5", b"Content-Length: 12abc", b"Transfer-Encoding: bogus"])
+def test_malformed_http_gets_the_json_error_format(server: tuple[str, object], good_png: tuple[str, bytes],
+                                                   header: bytes) -> None:
+    """uvicorn's own 400 (its HTTP parser rejects the request before the app sees it) is JSON too (issue 17)."""
+    base, proc = server
+    port = int(base.rsplit(":", 1)[1])
+    response = _raw_request(port, b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n" + header + b"\r\n\r\n", [])
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head.lower(), response
+    import json
+
+    assert json.loads(body)["error"] == "bad_request"
+    _good(base, good_png)
+    assert proc.poll() is None

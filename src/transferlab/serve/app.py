@@ -50,18 +50,30 @@ def _report_files(run_dir: Path) -> tuple[Path | None, dict[str, Path]]:
     return (html if html.is_file() else None), figures
 
 
-def _openapi_upload_body() -> dict[str, Any]:
+_ERROR_SCHEMA = {"type": "object", "required": ["error", "message"], "additionalProperties": False,
+                 "properties": {"error": {"type": "string", "enum": sorted(ERRORS)}, "message": {"type": "string"}}}
+
+
+def _openapi_upload_body(max_files: int) -> dict[str, Any]:
     binary = {"type": "string", "format": "binary"}
+    by_status: dict[int, list[str]] = {}
+    for code, (status, why) in ERRORS.items():
+        by_status.setdefault(status, []).append(f"{code}: {why}")
+    errors = {str(status): {"description": "; ".join(whys),
+                            "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+              for status, whys in sorted(by_status.items())}
     return {
         "requestBody": {
             "required": True,
             "content": {"multipart/form-data": {"schema": {
                 "type": "object",
                 "properties": {"file": {**binary, "description": "one image"},
-                               "files": {"type": "array", "items": binary, "description": "several images"}},
+                               "files": {"type": "array", "items": binary, "maxItems": max_files,
+                                         "description": "several images"}},
+                "anyOf": [{"required": ["file"]}, {"required": ["files"]}],
             }}},
         },
-        "responses": {str(status): {"description": f"{code}: {why}"} for code, (status, why) in ERRORS.items()},
+        "responses": errors,
     }
 
 
@@ -234,7 +246,7 @@ def create_app(run_dir: str | os.PathLike[str], *, runtime: str = "torch", threa
     def _decode_all(uploads: list[tuple[str, bytes]]) -> list[Image.Image]:
         return decode_request(uploads, limits=limits, draft_size=pred.draft_size)
 
-    @app.post("/predict", openapi_extra=_openapi_upload_body())
+    @app.post("/predict", openapi_extra=_openapi_upload_body(limits.max_files))
     async def predict(request: Request, top: int = 5) -> dict[str, Any]:
         """Top-k classes for the images uploaded as multipart fields ``file`` (one) or ``files`` (several)."""
         t0 = time.perf_counter()
