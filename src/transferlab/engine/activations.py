@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from transferlab.engine import runtimes
+from transferlab.engine.distributed import agree, all_true, gather_batches, shard_batches, world
 from transferlab.engine.feature_cache import FeatureCache
 from transferlab.engine.runtimes import RUNTIMES
 from transferlab.strategies.model import TransferModel
@@ -172,9 +173,19 @@ class ActivationStore:
             chunks = self._from_images(split, boundary, runtime=runtime)
             return torch.cat(chunks).contiguous() if chunks else torch.empty(0)
         hit = self.disk.load(key)
+        if not all_true(hit is not None):  # under torchrun: every rank reads the entry, or all compute it
+            hit = None
         if hit is not None:
             log.info("%s@%d: activations from the feature cache (no forward pass)", split.name, boundary)
             return hit
+        rank, size = world()
+        if size > 1:  # sharded across ranks and gathered; rank 0 fills the cache entry once
+            rows = torch.cat(self._from_images(split, boundary, runtime=runtime))
+            if rank != 0:
+                return rows
+            writer = self.disk.writer(key, n=len(split), shape=self.boundary_shape(boundary))
+            writer.write(rows)
+            return writer.commit()
         writer = self.disk.writer(key, n=len(split), shape=self.boundary_shape(boundary))
         try:
             self._from_images(split, boundary, sink=writer.write, runtime=runtime)
@@ -205,11 +216,12 @@ class ActivationStore:
         where = f"remembered in {path}" if verdict is not None else None
         if verdict is None:
             verdict = self._parity_check(split, boundary, digest)
-            if path is not None:
+            if path is not None and world()[0] == 0:
                 runtimes.save_verdict(path, verdict)
                 where = f"checked on the first batch of {split.name} ({verdict['images']} images), saved to {path}"
             else:
                 where = f"checked on the first batch of {split.name} ({verdict['images']} images)"
+        verdict = agree(verdict)  # under torchrun every rank runs what rank 0 decided
         if verdict["runtime"] == "onnx":
             why = (f"ONNX Runtime, {runtimes.machine_threads()} threads; parity max |diff| "
                    f"{verdict['max_abs_diff']:.2g} within atol {verdict['atol']:g} + rtol {verdict['rtol']:g}, {where}")
@@ -268,9 +280,17 @@ class ActivationStore:
 
     def _from_images(self, split: SplitInputs, boundary: int, sink: Callable[[torch.Tensor], None] | None = None,
                      *, runtime: str | None = None) -> list[torch.Tensor]:
-        """Run the prefix over the images; rows go to ``sink`` as they come (streaming) or are returned."""
+        """Run the prefix over the images; rows go to ``sink`` as they come (streaming) or are returned.
+
+        Under torchrun each rank runs every ``world_size``-th batch and the rows are gathered (one
+        chunk, in item order, on every rank).
+        """
         runtime = runtime or self.runtime_for(split, boundary)
-        loader: Any = self.loader(split.eval_dataset)
+        rank, size = world()
+        dataset = split.eval_dataset
+        if size > 1:
+            dataset = Subset(dataset, shard_batches(len(split), batch_size=self.batch_size, rank=rank, world_size=size))
+        loader: Any = self.loader(dataset)
         if self.progress:
             from tqdm import tqdm
 
@@ -286,10 +306,16 @@ class ActivationStore:
             else:
                 x = x.to(self.device).contiguous(memory_format=torch.channels_last)
                 rows = self.model.prefix(x, start=0, stop=boundary).float().cpu().contiguous()
-            if sink is None:
+            if sink is None or size > 1:
                 chunks.append(rows)
             else:
                 sink(rows)
+        if size > 1:
+            local = torch.cat(chunks) if chunks else torch.empty((0, *self.boundary_shape(boundary)))
+            chunks = [gather_batches(local.contiguous(), n=len(split), batch_size=self.batch_size, device=self.device)]
+            if sink is not None:
+                sink(chunks[0])
+                chunks = []
         return chunks
 
     def invalidate_above(self, stage_index: int) -> None:
