@@ -136,9 +136,10 @@ class TrainOptions:
                              "the held-out selection run, test metrics and the saved model are the refit's")
     views: int = opt(0, "K > 0: K fixed, seeded --augment views of each training image, cached like plain "
                         "images (augmentation in feature space: frozen stages run once per view)", lo=0)
-    runtime: str = opt("torch", "what runs the frozen prefix when activations are extracted: torch, or onnx "
-                                "(ONNX Runtime, CPU only: 2-4x faster here, features within ~1e-5; needs the "
-                                "export extra)", choices=("torch", "onnx"))
+    runtime: str = opt("auto", "what runs the frozen prefix when activations are extracted: auto (ONNX Runtime on the "
+                               "CPU when installed and within the parity tolerance on the first batch, checked once "
+                               "per backbone/weights/boundary/preprocessing and remembered; PyTorch on CUDA), torch, "
+                               "or onnx (CPU only; needs the export extra)", choices=("auto", "torch", "onnx"))
     cache: bool = opt(True, "cache frozen-prefix activations in memory when augmentation allows")
     feature_cache: str = opt("auto", "on-disk cache of pretrained activations: auto ($TRANSFERLAB_CACHE/"
                              "features), off, or a folder")

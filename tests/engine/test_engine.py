@@ -181,3 +181,19 @@ def test_restored_epoch_follows_the_monitor(tiny_folder: Path, tmp_path: Path, m
     assert run.metrics["best_epoch"] == min(h, key=key)["epoch"]
     # the restored weights are that epoch's: predicting val again gives its accuracy
     assert run.metrics["val"]["accuracy"] == pytest.approx(h[run.metrics["best_epoch"]]["val_accuracy"])
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16", "fp32"])
+def test_grad_scaler_only_for_fp16_on_cuda(precision: str):
+    from transferlab.engine import Engine, EngineOptions, init_distributed
+    from transferlab.strategies import HeadConfig, TransferModel
+    from transferlab.zoo import create_backbone
+
+    model = TransferModel(backbone=create_backbone("mobilenet_v2", pretrained=False), num_classes=2,
+                          head=HeadConfig(), cut=1)
+    cpu = Engine(model, ctx=init_distributed("cpu"), options=EngineOptions(precision=precision))
+    assert not cpu.scaler.is_enabled()  # autocast (and so fp16) is CUDA-only: fp32 on the CPU
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device: the fp16 GradScaler path needs a GPU")
+    gpu = Engine(model, ctx=init_distributed("cuda"), options=EngineOptions(precision=precision))
+    assert gpu.scaler.is_enabled() == (precision == "fp16")

@@ -1,8 +1,10 @@
-"""Extraction path: a decode worker gives the same rows; ONNX Runtime is close and keyed apart; cache CLI."""
+"""Extraction path: a decode worker gives the same rows; ONNX Runtime is close and keyed apart; ``auto``
+checks parity once and remembers it; cache CLI."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +58,7 @@ def test_onnx_runtime_close_to_torch_and_keyed_apart(model: TransferModel, tiny_
         stores[runtime] = store
     a, b = stores["torch"].get(split, 3), stores["onnx"].get(split, 3)
     assert stores["onnx"].forward_images == len(split)  # the torch entry was not reused
-    assert stores["torch"].disk_key(split, 3) != stores["onnx"].disk_key(split, 3)
+    assert stores["torch"].disk_key(split, 3) != stores["onnx"].disk_key(split, 3, runtime="onnx")
     assert torch.allclose(a, b, atol=1e-4, rtol=1e-3)
     with pytest.raises(ValueError, match="runtime"):
         ActivationStore(model, device=torch.device("cpu"), runtime="tensorrt")
@@ -88,3 +90,53 @@ def test_train_runtime_onnx_matches_torch(tiny_folder: Path, tmp_path: Path):
     assert b.config["train_options"]["runtime"] == "onnx"
     assert b.metrics["val"]["loss"] == pytest.approx(a.metrics["val"]["loss"], abs=1e-3)
     assert b.metrics["test"]["accuracy"] == a.metrics["test"]["accuracy"]
+
+
+def _auto_store(model: TransferModel, root: Path) -> ActivationStore:
+    store = ActivationStore(model, device=torch.device("cpu"), disk=FeatureCache(root),
+                            fingerprint={"backbone": "mobilenet_v2", "weights_sha256": "abc"})
+    store.pristine_upto = 3
+    return store
+
+
+def test_auto_picks_onnx_after_parity_and_remembers_it(model: TransferModel, tiny_folder: Path, tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    split = _split(model, tiny_folder)
+    first = _auto_store(model, tmp_path / "fc")
+    assert first.runtime == "auto"
+    with caplog.at_level(logging.INFO, logger="transferlab.engine"):
+        acts = first.get(split, 3)
+    chosen = [r.getMessage() for r in caplog.records if r.getMessage().startswith("runtime ")]
+    assert len(chosen) == 1 and chosen[0].startswith("runtime onnx for mobilenet_v2 stages 0-2")
+    assert "checked on the first batch of train" in chosen[0]
+    verdicts = list((tmp_path / "fc" / "parity").glob("*.json"))
+    assert len(verdicts) == 1 and json.loads(verdicts[0].read_text())["runtime"] == "onnx"
+    reference = ActivationStore(model, device=torch.device("cpu"), runtime="torch").get(split, 3)
+    assert torch.allclose(acts, reference, atol=1e-4, rtol=1e-3)
+    caplog.clear()
+    again = _auto_store(model, tmp_path / "fc")  # a new process would find the verdict and the entry
+    with caplog.at_level(logging.INFO, logger="transferlab.engine"):
+        assert torch.equal(again.get(split, 3), acts)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("remembered in" in m for m in messages) and again.forward_images == 0
+
+
+def test_auto_falls_back_to_torch_on_a_failed_verdict(model: TransferModel, tiny_folder: Path, tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture):
+    pytest.importorskip("onnxruntime")
+    from transferlab.engine import runtimes
+
+    split = _split(model, tiny_folder)
+    store = _auto_store(model, tmp_path / "fc")
+    bad = runtimes.parity(torch.zeros(2, 3), torch.ones(2, 3))
+    assert not bad["ok"] and bad["max_abs_diff"] == 1.0
+    path = tmp_path / "fc" / "parity" / f"{runtimes.parity_key(store.fingerprint or {}, 3)}.json"
+    runtimes.save_verdict(path, {"runtime": "torch", **bad, "reason": "parity check failed on the first batch"})
+    with caplog.at_level(logging.INFO, logger="transferlab.engine"):
+        acts = store.get(split, 3)
+    assert any(m.startswith("runtime torch") and "fell back from ONNX Runtime" in m
+               for m in (r.getMessage() for r in caplog.records))
+    reference = ActivationStore(model, device=torch.device("cpu"), runtime="torch").get(split, 3)
+    assert torch.equal(acts, reference)

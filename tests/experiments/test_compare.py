@@ -1,8 +1,10 @@
-"""compare: schema, incremental results, shared features, bad input, a crashing strategy."""
+"""compare: schema, incremental results, shared features (also with train's disk cache), bad input, a crashing
+strategy."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,22 @@ def test_compare_schema_incremental_and_shared_features(tmp_path: Path) -> None:
     splits = {(Path(r["run_dir"]) / "split_test.txt").read_text() for s in on_disk["strategies"].values()
               for r in s["runs"]}
     assert len(splits) == 1
+
+
+def test_compare_after_train_extracts_nothing_twice(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import transferlab
+
+    data = make_image_folder(tmp_path / "data", size=32)
+    first = transferlab.train(str(data), out=tmp_path / "train", strategy="feature-extraction", quiet=True, **FAST)
+    assert first.metrics["timing"]["extract_s"] > 0
+    with caplog.at_level(logging.INFO, logger="transferlab"):
+        res = compare(str(data), strategies="linear-probe,feature-extraction", seeds=1, out=tmp_path / "cmp",
+                      data_options=DataOptions(quiet=False), train_options=TrainOptions(**FAST))
+    assert all(s["n_ok"] == 1 for s in res["strategies"].values())
+    assert res["sharing"]["forward_images"] == 0  # train, val and test all came from train's disk entries
+    assert res["sharing"]["feature_cache_hits"] == 3
+    assert "3 activation sets from the feature cache, 0 images through the frozen prefix (every activation came " \
+           "from the cache)" in caplog.text
 
 
 def test_scratch_shares_preprocessed_images_with_pretrained_runs(tmp_path: Path) -> None:

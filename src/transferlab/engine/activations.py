@@ -7,10 +7,8 @@ the images; entries above a stage are dropped when that stage's weights change.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,13 +16,15 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
+from transferlab.engine import runtimes
+from transferlab.engine.distributed import agree, all_true, gather_batches, shard_batches, world
 from transferlab.engine.feature_cache import FeatureCache
+from transferlab.engine.runtimes import RUNTIMES
 from transferlab.strategies.model import TransferModel
 
 log = logging.getLogger("transferlab.engine")
-RUNTIMES = ("torch", "onnx")
 
 
 @contextmanager
@@ -89,12 +89,15 @@ class ActivationStore:
         progress: bool = False,
         disk: FeatureCache | None = None,
         fingerprint: dict[str, Any] | None = None,
-        runtime: str = "torch",
+        runtime: str = "auto",
     ) -> None:
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         self.model = model
-        self.runtime = runtime  # "onnx": the prefix runs in ONNX Runtime (features differ from torch by ~1e-5)
+        # "onnx": the prefix runs in ONNX Runtime (features differ from torch by ~1e-5); "auto": ONNX Runtime
+        # on the CPU when installed and within the parity tolerance on the first batch, else torch
+        self.runtime = runtime
+        self._verdicts: dict[tuple[str, int], str] = {}  # (prefix digest, boundary) -> "torch" | "onnx"
         self.device = device
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -156,42 +159,118 @@ class ActivationStore:
         self._cache[key] = out
         return out
 
-    def disk_key(self, split: SplitInputs, boundary: int) -> str | None:
+    def disk_key(self, split: SplitInputs, boundary: int, *, runtime: str = "torch") -> str | None:
         if (self.disk is None or self.fingerprint is None or split.items is None
                 or not 1 <= boundary <= self.pristine_upto):
             return None
-        fingerprint = self.fingerprint if self.runtime == "torch" else {**self.fingerprint, "runtime": self.runtime}
+        fingerprint = self.fingerprint if runtime == "torch" else {**self.fingerprint, "runtime": runtime}
         return self.disk.key(fingerprint=fingerprint, boundary=boundary, items=split.items)
 
+    def _in_memory(self, split: SplitInputs, boundary: int, runtime: str) -> torch.Tensor:
+        chunks = self._from_images(split, boundary, runtime=runtime)
+        return torch.cat(chunks).contiguous() if chunks else torch.empty(0)
+
     def _from_disk_or_images(self, split: SplitInputs, boundary: int) -> torch.Tensor:
-        key = self.disk_key(split, boundary)
+        runtime = self.runtime_for(split, boundary)
+        key = self.disk_key(split, boundary, runtime=runtime)
         if key is None or self.disk is None:
-            chunks = self._from_images(split, boundary)
-            return torch.cat(chunks).contiguous() if chunks else torch.empty(0)
+            return self._in_memory(split, boundary, runtime)
         shape = self.boundary_shape(boundary)
         hit = self.disk.load(key, shape=(len(split), *shape))
+        if not all_true(hit is not None):  # under torchrun: every rank reads the entry, or all compute it
+            hit = None
         if hit is not None:
             log.info("%s@%d: activations from the feature cache (no forward pass)", split.name, boundary)
             return hit
+        rank, size = world()
+        if size > 1 and rank != 0:  # sharded across ranks and gathered; rank 0 fills the cache entry once
+            return self._in_memory(split, boundary, runtime)
         try:
             writer = self.disk.writer(key, n=len(split), shape=shape)
         except OSError as exc:  # e.g. ENOSPC while reserving the entry's space: go on without the disk cache
             log.warning("%s@%d: feature cache not written (%s: %s); computing in memory", split.name, boundary,
                         self.disk.root, exc.strerror or exc)
-            chunks = self._from_images(split, boundary)
-            return torch.cat(chunks).contiguous() if chunks else torch.empty(0)
+            return self._in_memory(split, boundary, runtime)
         try:
-            self._from_images(split, boundary, sink=writer.write)
+            if size > 1:
+                writer.write(self._in_memory(split, boundary, runtime))
+            else:
+                self._from_images(split, boundary, sink=writer.write, runtime=runtime)
             return writer.commit()
         except OSError as exc:  # the disk failed mid-write (no reservation on this file system)
             writer.abort()
             log.warning("%s@%d: feature cache write failed (%s: %s); computing in memory", split.name, boundary,
                         self.disk.root, exc.strerror or exc)
-            chunks = self._from_images(split, boundary)
-            return torch.cat(chunks).contiguous() if chunks else torch.empty(0)
+            return self._in_memory(split, boundary, runtime)
         except BaseException:
             writer.abort()
             raise
+
+    def runtime_for(self, split: SplitInputs, boundary: int) -> str:
+        """``torch`` or ``onnx`` for the prefix up to ``boundary`` (``auto`` decided here, logged once).
+
+        Example:
+            >>> store.runtime_for(split, 9)  # doctest: +SKIP
+            'onnx'
+        """
+        if self.runtime != "auto" or boundary == 0:
+            return "torch" if boundary == 0 else self.runtime
+        if self.device.type != "cpu":
+            return self._decide(("cuda", boundary), "torch", f"PyTorch on {self.device} (ONNX Runtime is the CPU path)")
+        if not runtimes.onnx_available():
+            return self._decide(("no-ort", boundary), "torch", "onnxruntime is not installed "
+                                "(pip install 'transferlab[export]' for the faster ONNX Runtime path)")
+        digest = runtimes.prefix_digest(self.model, boundary)
+        if (digest, boundary) in self._verdicts:
+            return self._verdicts[(digest, boundary)]
+        path = self._verdict_path(split, boundary)
+        verdict = runtimes.load_verdict(path) if path is not None else None
+        where = f"remembered in {path}" if verdict is not None else None
+        if verdict is None:
+            verdict = self._parity_check(split, boundary, digest)
+            if path is not None and world()[0] == 0:
+                runtimes.save_verdict(path, verdict)
+                where = f"checked on the first batch of {split.name} ({verdict['images']} images), saved to {path}"
+            else:
+                where = f"checked on the first batch of {split.name} ({verdict['images']} images)"
+        verdict = agree(verdict)  # under torchrun every rank runs what rank 0 decided
+        if verdict["runtime"] == "onnx":
+            why = (f"ONNX Runtime, {runtimes.machine_threads()} threads; parity max |diff| "
+                   f"{verdict['max_abs_diff']:.2g} within atol {verdict['atol']:g} + rtol {verdict['rtol']:g}, {where}")
+        else:
+            why = f"fell back from ONNX Runtime: {verdict['reason']} ({where})"
+        return self._decide((digest, boundary), verdict["runtime"], why)
+
+    def _decide(self, key: tuple[str, int], runtime: str, why: str) -> str:
+        if key not in self._verdicts:
+            log.info("runtime %s for %s stages 0-%d: %s", runtime, getattr(self.model, "backbone_name", "model"),
+                     key[1] - 1, why)
+        self._verdicts[key] = runtime
+        return runtime
+
+    def _verdict_path(self, split: SplitInputs, boundary: int) -> Any:
+        if self.disk_key(split, boundary) is None or self.disk is None or self.fingerprint is None:
+            return None  # not pretrained weights with a known file: checked in this process only
+        return self.disk.root / "parity" / f"{runtimes.parity_key(self.fingerprint, boundary)}.json"
+
+    def _parity_check(self, split: SplitInputs, boundary: int, digest: str) -> dict[str, Any]:
+        """ONNX Runtime against PyTorch on the first batch of ``split``."""
+        n = min(len(split), self.batch_size)
+        x = torch.stack([split.eval_dataset[i][0] for i in range(n)]) if n else torch.zeros(
+            1, 3, self.model.preprocessing.input_size, self.model.preprocessing.input_size)
+        with eval_mode(self.model), torch.inference_mode():
+            ref = self.model.prefix(x.contiguous(memory_format=torch.channels_last), start=0, stop=boundary).float()
+        try:
+            got = runtimes.onnx_prefix(self.model, boundary, digest=digest)(x)
+        except Exception as exc:  # the exporter and ORT raise many types: the reason is logged
+            return {"runtime": "torch", "reason": f"export/run failed: {type(exc).__name__}: "
+                                                  f"{str(exc).splitlines()[0] if str(exc) else ''}",
+                    "images": len(x), "max_abs_diff": None, "atol": runtimes.PARITY_ATOL, "rtol": runtimes.PARITY_RTOL}
+        result = runtimes.parity(ref, got)
+        if result["ok"]:
+            return {"runtime": "onnx", **result}
+        return {"runtime": "torch", **result, "reason": f"parity check failed on the first batch: max |diff| "
+                f"{result['max_abs_diff']:.3g} (|values| up to {result['max_abs_value']:.3g})"}
 
     def loader(self, dataset: Dataset) -> DataLoader:
         """The extraction DataLoader: in order, and decoding overlapped with the model.
@@ -211,15 +290,26 @@ class ActivationStore:
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=workers,
                           prefetch_factor=2 if workers else None, generator=torch.Generator())  # global RNG untouched
 
-    def _from_images(self, split: SplitInputs, boundary: int,
-                     sink: Callable[[torch.Tensor], None] | None = None) -> list[torch.Tensor]:
-        """Run the prefix over the images; rows go to ``sink`` as they come (streaming) or are returned."""
-        loader: Any = self.loader(split.eval_dataset)
+    def _from_images(self, split: SplitInputs, boundary: int, sink: Callable[[torch.Tensor], None] | None = None,
+                     *, runtime: str | None = None) -> list[torch.Tensor]:
+        """Run the prefix over the images; rows go to ``sink`` as they come (streaming) or are returned.
+
+        Under torchrun each rank runs every ``world_size``-th batch and the rows are gathered (one
+        chunk, in item order, on every rank).
+        """
+        runtime = runtime or self.runtime_for(split, boundary)
+        rank, size = world()
+        dataset = split.eval_dataset
+        if size > 1:
+            dataset = Subset(dataset, shard_batches(len(split), batch_size=self.batch_size, rank=rank, world_size=size))
+        loader: Any = self.loader(dataset)
         if self.progress:
             from tqdm import tqdm
 
             loader = tqdm(loader, desc=f"features {split.name}@{boundary}", leave=False, unit="batch")
-        run = self._onnx_prefix(boundary) if self.runtime == "onnx" else None
+        run = None
+        if runtime == "onnx":
+            run = runtimes.onnx_prefix(self.model, boundary, digest=runtimes.prefix_digest(self.model, boundary))
         chunks = []
         for x, _ in loader:
             self.forward_images += len(x)
@@ -228,43 +318,17 @@ class ActivationStore:
             else:
                 x = x.to(self.device).contiguous(memory_format=torch.channels_last)
                 rows = self.model.prefix(x, start=0, stop=boundary).float().cpu().contiguous()
-            if sink is None:
+            if sink is None or size > 1:
                 chunks.append(rows)
             else:
                 sink(rows)
+        if size > 1:
+            local = torch.cat(chunks) if chunks else torch.empty((0, *self.boundary_shape(boundary)))
+            chunks = [gather_batches(local.contiguous(), n=len(split), batch_size=self.batch_size, device=self.device)]
+            if sink is not None:
+                sink(chunks[0])
+                chunks = []
         return chunks
-
-    def _onnx_prefix(self, boundary: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Stages ``0..boundary-1`` exported to ONNX and run in ONNX Runtime (CPU)."""
-        from transferlab.export._deps import require
-
-        ort = require("onnxruntime", extra="export", feature="ONNX Runtime feature extraction")
-        require("onnx", extra="export", feature="ONNX Runtime feature extraction")
-        model = self.model
-
-        class Prefix(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
-
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return self.model.prefix(x, start=0, stop=boundary)
-
-        size = model.preprocessing.input_size
-        buf = io.BytesIO()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-            torch.onnx.export(Prefix().eval(), (torch.zeros(1, 3, size, size),), buf, input_names=["x"],
-                              output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, dynamo=False)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
-
-        def run(x: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(session.run(None, {"x": x.contiguous().numpy()})[0])
-
-        return run
 
     def invalidate_above(self, stage_index: int) -> None:
         """Drop boundaries that depend on stage ``stage_index`` (they are > stage_index)."""

@@ -77,3 +77,73 @@ def init_distributed(device: str = "auto") -> DistContext:
 def shutdown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the joined process group, ``(0, 1)`` outside torchrun.
+
+    Example:
+        >>> world()
+        (0, 1)
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard_batches(n: int, *, batch_size: int, rank: int, world_size: int) -> list[int]:
+    """Item indices of the batches ``rank, rank + world_size, ...`` of ``0..n-1`` cut into ``batch_size``.
+
+    Whole batches, so every rank runs exactly the batches a single process would run (same shapes:
+    bit-identical rows).
+
+    Example:
+        >>> shard_batches(10, batch_size=3, rank=1, world_size=2)
+        [3, 4, 5, 9]
+    """
+    batches = range(rank, (n + batch_size - 1) // batch_size, world_size)
+    return [i for b in batches for i in range(b * batch_size, min(n, (b + 1) * batch_size))]
+
+
+def gather_batches(local: torch.Tensor, *, n: int, batch_size: int, device: torch.device) -> torch.Tensor:
+    """All ranks' :func:`shard_batches` rows put back in item order (on every rank, on the CPU).
+
+    Example:
+        >>> gather_batches(torch.arange(4.0).view(4, 1), n=4, batch_size=2, device=torch.device("cpu")).view(-1)
+        tensor([0., 1., 2., 3.])
+    """
+    rank, size = world()
+    if size == 1:
+        return local
+    counts = [len(shard_batches(n, batch_size=batch_size, rank=r, world_size=size)) for r in range(size)]
+    width = max(counts)
+    pad = torch.zeros((width, *local.shape[1:]), dtype=local.dtype)
+    pad[: len(local)] = local
+    on = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    parts = [torch.empty_like(pad, device=on) for _ in range(size)]
+    dist.all_gather(parts, pad.to(on))
+    out = torch.empty((n, *local.shape[1:]), dtype=local.dtype)
+    for r in range(size):
+        idx = shard_batches(n, batch_size=batch_size, rank=r, world_size=size)
+        if idx:
+            out[idx] = parts[r][: counts[r]].cpu()
+    return out
+
+
+def agree(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (e.g. one runtime decision for all); ``value`` itself alone."""
+    if world()[1] == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_true(flag: bool) -> bool:
+    """True on every rank iff ``flag`` is true on every rank."""
+    if world()[1] == 1:
+        return flag
+    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([0 if flag else 1], dtype=torch.int64, device=on)
+    dist.all_reduce(t)
+    return int(t.item()) == 0

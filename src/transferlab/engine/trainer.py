@@ -205,6 +205,9 @@ class Engine:
             progress=not options.quiet and ctx.is_main,
         )
         self.extract_s = 0.0
+        # fp16 on CUDA: loss scaling keeps small gradients from underflowing (bf16 has fp32's range: no scaler)
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.device.type == "cuda"
+                                           and options.precision == "fp16")
         self.callbacks = tuple(callbacks)
         if task is None:
             w = torch.tensor(options.class_weights, dtype=torch.float32) if options.class_weights else None
@@ -337,6 +340,8 @@ class Engine:
             first_epoch = 0
             if resume_state is not None and pi == start_phase and start_epoch > 0:
                 optimizer.load_state_dict(resume_state["optimizer"])
+                if resume_state.get("scaler"):
+                    self.scaler.load_state_dict(resume_state["scaler"])
                 scheduler.load_state_dict(resume_state["scheduler"])
                 first_epoch = start_epoch
             if resume_state is not None and pi == start_phase:
@@ -396,7 +401,7 @@ class Engine:
                         "best_score": list(best["score"]),
                         "phase": pi + 1 if done else pi, "phase_epoch": 0 if done else epoch + 1,
                         "phase_best": phase_best, "bad_epochs": bad_epochs, "global_epoch": global_epoch,
-                        "train_s": train_s, "rng": torch.get_rng_state(),
+                        "train_s": train_s, "rng": torch.get_rng_state(), "scaler": self.scaler.state_dict(),
                     })
                     atomic_write_text(run_dir / "history.jsonl",
                                       "".join(json.dumps(h) + "\n" for h in history))
@@ -451,8 +456,9 @@ class Engine:
                     "training stopped, the last good checkpoint is kept (lower --lr or check the data)"
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)  # skipped when fp16 gradients overflowed (the scale then shrinks)
+            self.scaler.update()
             scheduler.step()
             loss_sum += float(loss.detach()) * len(y)
             correct += self.task.batch_score(logits.detach(), target)

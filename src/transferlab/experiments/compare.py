@@ -38,9 +38,10 @@ import torch
 
 from transferlab.data import ImageSource, Split, atomic_write_text, make_split, open_dataset, parse_fractions
 from transferlab.engine import ActivationStore, init_distributed
+from transferlab.engine.feature_cache import FeatureCache
 from transferlab.errors import BadFileError, ConfigError, DataError
 from transferlab.experiments.rundir import claim_run_dir
-from transferlab.experiments.train import plan_options, run_training, setup_logging, versions
+from transferlab.experiments.train import feature_cache, plan_options, run_training, setup_logging, versions
 from transferlab.options import DataOptions, TrainOptions, with_overrides
 from transferlab.strategies import build_plan
 from transferlab.strategies.plans import STRATEGIES
@@ -189,10 +190,11 @@ class _SharedStore:
     """The one activation store of a compare (see the module docstring for the validity rule)."""
 
     def __init__(self, *, device: torch.device, batch_size: int, workers: int, progress: bool,
-                 runtime: str = "torch") -> None:
-        # the model is adopted by each run (run_training(store=...) sets store.model)
+                 runtime: str = "auto", disk: FeatureCache | None = None) -> None:
+        # the model is adopted by each run (run_training(store=...) sets store.model and the disk fingerprint),
+        # so pretrained entries go to and come from the same on-disk feature cache as `transferlab train`
         self.store = ActivationStore(None, device=device, batch_size=max(batch_size, 64),  # type: ignore[arg-type]
-                                     num_workers=workers, progress=progress, runtime=runtime)
+                                     num_workers=workers, progress=progress, runtime=runtime, disk=disk)
 
     def new_training_set(self, *, keep_eval: bool) -> None:
         for key in list(self.store._cache):
@@ -276,7 +278,7 @@ def compare(
         _check_resumable(out_dir, data=str(data), names=names, seeds=seeds, d=d, t=t)
     ctx = init_distributed(d.device)
     stores = _SharedStore(device=ctx.device, batch_size=t.batch_size, workers=d.workers,
-                           progress=not d.quiet, runtime=t.runtime)
+                           progress=not d.quiet, runtime=t.runtime, disk=feature_cache(t))
     main_n, main_split = splits[-1]
     results: dict[str, Any] = {
         "status": "running", "data": str(data), "backbone": t.backbone, "seeds": seeds, "strategies_order": names,
@@ -350,6 +352,11 @@ def compare(
     if bar is not None:
         bar.close()
     results["status"] = "done"
+    disk = stores.store.disk
+    results["sharing"]["feature_cache_hits"] = disk.hits if disk is not None else 0
+    log.info("compare: %d activation sets from the feature cache, %d images through the frozen prefix%s",
+             results["sharing"]["feature_cache_hits"], stores.forward_images,
+             " (every activation came from the cache)" if stores.forward_images == 0 else "")
     atomic_write_text(out_dir / RESULTS, json.dumps(results, indent=2))
     lock.release()
     return results

@@ -201,6 +201,8 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
         )
     elif store.runtime != t.runtime:
         raise ConfigError(f"--runtime {t.runtime}: the shared activation store runs {store.runtime}")
+    else:  # a shared store (compare) keys its disk entries with this run's weights and normalisation
+        store.fingerprint = cache_fingerprint(backbone, norm) if plan.pretrained else None
     store.pristine_upto = len(kept)  # before any phase runs, nothing has trained
     engine = Engine(
         model, ctx=ctx,

@@ -19,10 +19,12 @@ from transferlab.export.onnx_export import (
     export_onnx,
     file_sha256,
 )
+from transferlab.export.quantize import INT8_FILE, QuantizeResult, quantize_int8
 from transferlab.export.runtime import RUNTIMES, Predictor, open_predictor, predict_files, softmax
 
 __all__ = [
     "INPUT_NAME",
+    "INT8_FILE",
     "ONNX_FILE",
     "OUTPUT_NAME",
     "PARITY_TOLERANCE",
@@ -31,10 +33,12 @@ __all__ = [
     "ExportResult",
     "MissingExtraError",
     "Predictor",
+    "QuantizeResult",
     "export_onnx",
     "file_sha256",
     "open_predictor",
     "predict_files",
+    "quantize_int8",
     "require",
     "softmax",
 ]

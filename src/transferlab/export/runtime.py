@@ -18,9 +18,10 @@ from transferlab.experiments.artifacts import MODEL_FILE, MODEL_JSON, load_model
 from transferlab.experiments.schema import read_model_json
 from transferlab.export._deps import require
 from transferlab.export.onnx_export import INPUT_NAME, ONNX_FILE, OUTPUT_NAME, file_sha256
+from transferlab.export.quantize import INT8_FILE
 from transferlab.zoo import Preprocessing
 
-__all__ = ["RUNTIMES", "Predictor", "open_predictor", "predict_files", "softmax"]
+__all__ = ["ONNX_MODELS", "RUNTIMES", "Predictor", "open_predictor", "predict_files", "softmax"]
 
 RUNTIMES: tuple[str, ...] = ("torch", "onnx")
 
@@ -59,6 +60,7 @@ class Predictor:
         self.draft_size = self.preprocessing.resize_size
         self._transform = build_transform(self.preprocessing, norm=self.norm)
         self._model = model
+        self.model_file = MODEL_FILE  # what runs: model.safetensors, model.onnx or model.int8.onnx
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """RGB image -> float32 ``3 x S x S`` array, exactly as at training/eval time."""
@@ -89,12 +91,22 @@ class Predictor:
         return out
 
 
-def _onnx_session(run_dir: Path, meta: dict[str, Any], threads: int | None) -> Any:
+ONNX_MODELS = ("auto", "fp32", "int8")
+
+
+def _onnx_session(run_dir: Path, meta: dict[str, Any], threads: int | None,
+                  onnx_model: str = "auto") -> tuple[Any, str]:
+    """The checked fp32 ``model.onnx``, or the int8 ``model.int8.onnx`` (``auto``: int8 when it was exported)."""
     ort = require("onnxruntime", extra="export", feature="the ONNX runtime")
-    info = meta.get("onnx")
-    path = run_dir / ONNX_FILE
+    if onnx_model not in ONNX_MODELS:
+        raise ConfigError(f"onnx_model: expected one of {', '.join(ONNX_MODELS)}, got {onnx_model!r}")
+    int8 = onnx_model == "int8" or (onnx_model == "auto" and "onnx_int8" in meta)
+    entry, name = ("onnx_int8", INT8_FILE) if int8 else ("onnx", ONNX_FILE)
+    info = meta.get(entry)
+    path = run_dir / name
     if info is None or not path.is_file():
-        raise ConfigError(f"{run_dir} has no checked {ONNX_FILE}; run `transferlab export {run_dir} --format onnx` "
+        how = "--quantize int8" if int8 else "--format onnx"
+        raise ConfigError(f"{run_dir} has no checked {name}; run `transferlab export {run_dir} {how}` "
                           f"first, or use --runtime torch")
     blob = path.read_bytes()
     if hashlib.sha256(blob).hexdigest() != info["onnx_sha256"]:
@@ -111,12 +123,15 @@ def _onnx_session(run_dir: Path, meta: dict[str, Any], threads: int | None) -> A
     if isinstance(outputs, int) and outputs != len(meta["classes"]):
         raise BadFileError(path, f"has {outputs} outputs but {MODEL_JSON} lists {len(meta['classes'])} classes",
                            f"re-export it (transferlab export {run_dir})")
-    return session
+    return session, name
 
 
 def open_predictor(run_dir: str | os.PathLike[str], *, runtime: str = "torch",
-                   threads: int | None = None) -> Predictor:
+                   threads: int | None = None, onnx_model: str = "auto") -> Predictor:
     """A :class:`Predictor` for a trained run; ``runtime="onnx"`` needs a checked ``model.onnx``.
+
+    ``onnx_model`` (ONNX Runtime only): ``auto`` serves ``model.int8.onnx`` when ``export --quantize
+    int8`` wrote one (it passed its parity check), else ``model.onnx``; ``fp32`` or ``int8`` force one.
 
     ``threads`` sets the intra-op threads (ONNX Runtime: per session; PyTorch: process-wide);
     None keeps the library's default.
@@ -136,12 +151,14 @@ def open_predictor(run_dir: str | os.PathLike[str], *, runtime: str = "torch",
         raise ConfigError(f"{run} is not a finished run: expected {MODEL_JSON} and {MODEL_FILE} in it")
     meta = read_model_json(run)
     if runtime == "onnx":
-        model: Any = _onnx_session(run, meta, threads)
+        model, name = _onnx_session(run, meta, threads, onnx_model)
     else:
         if threads is not None:
             torch.set_num_threads(threads)
-        model = load_model(run).model.eval()
-    return Predictor(run_dir=run, runtime=runtime, meta=meta, model=model)
+        model, name = load_model(run).model.eval(), MODEL_FILE
+    predictor = Predictor(run_dir=run, runtime=runtime, meta=meta, model=model)
+    predictor.model_file = name
+    return predictor
 
 
 def predict_files(images: Sequence[str | os.PathLike[str]], *, model_dir: str | os.PathLike[str],

@@ -78,7 +78,8 @@ def _openapi_upload_body(max_files: int) -> dict[str, Any]:
 
 
 def create_app(run_dir: str | os.PathLike[str], *, runtime: str = "torch", threads: int | None = None,
-               limits: ServeLimits | None = None, predictor: Predictor | None = None) -> Any:
+               limits: ServeLimits | None = None, predictor: Predictor | None = None,
+               onnx_model: str = "auto") -> Any:
     """The FastAPI app for a trained run: ``/predict``, ``/health``, ``/model``, ``/`` (web page), ``/docs``.
 
     Errors are JSON ``{"error": code, "message": ...}`` with the status in
@@ -103,7 +104,7 @@ def create_app(run_dir: str | os.PathLike[str], *, runtime: str = "torch", threa
 
     limits = limits or ServeLimits()
     run = Path(run_dir)
-    pred = predictor or open_predictor(run, runtime=runtime, threads=threads)
+    pred = predictor or open_predictor(run, runtime=runtime, threads=threads, onnx_model=onnx_model)
     report_html, figures = _report_files(run)
     static = {name: (resources.files("transferlab.serve") / "static" / name).read_bytes() for name in _STATIC}
     # One inference thread bounds CPU use on small machines; two decoding threads bound memory.
@@ -126,7 +127,9 @@ def create_app(run_dir: str | os.PathLike[str], *, runtime: str = "torch", threa
         "runtime": pred.runtime,
         "preprocessing": pred.preprocessing.to_dict(),
         "normalization": pred.norm.to_dict(),
+        "model_file": pred.model_file,
         "onnx": pred.meta.get("onnx") if pred.runtime == "onnx" else None,
+        "onnx_int8": pred.meta.get("onnx_int8") if pred.model_file.endswith(".int8.onnx") else None,
         "metrics": _metrics_summary(run),
         "limits": limits.to_dict(),
         "report": {"html": "/report" if report_html else None,
@@ -335,7 +338,7 @@ def _json_error_protocol() -> type:
 
 
 def serve(run_dir: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 8000, runtime: str = "torch",
-          threads: int | None = None, limits: ServeLimits | None = None) -> None:
+          threads: int | None = None, limits: ServeLimits | None = None, onnx_model: str = "auto") -> None:
     """Run the server with uvicorn until interrupted (binds to this machine only by default).
 
     Example:
@@ -343,7 +346,7 @@ def serve(run_dir: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int
     """
     uvicorn = require("uvicorn", extra="serve", feature="transferlab serve")
     limits = limits or ServeLimits()
-    app = create_app(run_dir, runtime=runtime, threads=threads, limits=limits)
+    app = create_app(run_dir, runtime=runtime, threads=threads, limits=limits, onnx_model=onnx_model)
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:

@@ -1,0 +1,156 @@
+"""What runs the frozen prefix: PyTorch, or ONNX Runtime on the CPU after a parity check.
+
+``auto`` (the default) picks ONNX Runtime on the CPU when it is installed and its output on the
+first batch agrees with PyTorch's (``allclose`` at :data:`PARITY_ATOL` / :data:`PARITY_RTOL`), and
+PyTorch on CUDA or when the check fails. A verdict for pretrained weights is remembered in
+``<feature cache>/parity/`` (keyed by backbone, weights, boundary, preprocessing, normalisation and
+the library versions), so the check runs once per combination; the ONNX graph itself is exported
+once per process and prefix weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+RUNTIMES = ("auto", "torch", "onnx")
+PARITY_ATOL = 1e-4
+PARITY_RTOL = 1e-3
+Runner = Callable[[torch.Tensor], torch.Tensor]
+_SESSIONS: OrderedDict[tuple[str, int, int], Runner] = OrderedDict()  # (prefix digest, boundary, size)
+_MAX_SESSIONS = 4
+
+
+def machine_threads() -> int:
+    """Cores this process may use, shared among the local torchrun ranks.
+
+    Example:
+        >>> machine_threads() >= 1
+        True
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, cores // max(1, local))
+
+
+def onnx_available() -> bool:
+    """True when onnx and onnxruntime can be imported (the ``export`` extra)."""
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+
+
+def prefix_digest(model: nn.Module, boundary: int) -> str:
+    """SHA-256 over the parameters and buffers of stages ``0..boundary-1`` (what the prefix computes with).
+
+    Example:
+        >>> m = nn.Module(); m.stages = nn.Sequential(nn.Linear(2, 2))
+        >>> len(prefix_digest(m, 1))
+        64
+    """
+    h = hashlib.sha256(str(boundary).encode())
+    for stage in list(model.stages)[:boundary]:  # type: ignore[attr-defined]
+        for name, t in [*stage.named_parameters(), *stage.named_buffers()]:
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def onnx_prefix(model: nn.Module, boundary: int, *, digest: str, threads: int | None = None) -> Runner:
+    """Stages ``0..boundary-1`` exported to ONNX and run in ONNX Runtime (CPU); one session per weights.
+
+    Example:
+        >>> run = onnx_prefix(model, 9, digest=prefix_digest(model, 9))  # doctest: +SKIP
+        >>> run(torch.zeros(2, 3, 224, 224)).shape  # doctest: +SKIP
+        torch.Size([2, 320, 7, 7])
+    """
+    size = int(model.preprocessing.input_size)  # type: ignore[attr-defined]
+    key = (digest, boundary, size)
+    if key in _SESSIONS:
+        _SESSIONS.move_to_end(key)
+        return _SESSIONS[key]
+    from transferlab.export._deps import require
+
+    ort = require("onnxruntime", extra="export", feature="ONNX Runtime feature extraction")
+    require("onnx", extra="export", feature="ONNX Runtime feature extraction")
+
+    class Prefix(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model.prefix(x, start=0, stop=boundary)  # type: ignore[operator]
+
+    buf = io.BytesIO()
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            torch.onnx.export(Prefix().eval(), (torch.zeros(1, 3, size, size),), buf, input_names=["x"],
+                              output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, dynamo=False)
+    finally:
+        for m, flag in flags:
+            m.training = flag
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or machine_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {"x": x.contiguous().numpy()})[0])
+
+    _SESSIONS[key] = run
+    while len(_SESSIONS) > _MAX_SESSIONS:
+        _SESSIONS.popitem(last=False)
+    return run
+
+
+def parity(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, Any]:
+    """How far ``candidate`` is from ``reference`` and whether it is within the parity tolerance.
+
+    Example:
+        >>> parity(torch.ones(2, 3), torch.ones(2, 3) + 1e-6)["ok"]
+        True
+    """
+    ref, cand = reference.float(), candidate.float()
+    finite = bool(torch.isfinite(cand).all())
+    diff = float((ref - cand).abs().max()) if ref.numel() else 0.0
+    ok = finite and ref.shape == cand.shape and bool(torch.allclose(cand, ref, atol=PARITY_ATOL, rtol=PARITY_RTOL))
+    return {"ok": ok, "max_abs_diff": diff if finite else float("nan"), "max_abs_value": float(ref.abs().max()),
+            "atol": PARITY_ATOL, "rtol": PARITY_RTOL, "images": int(ref.shape[0])}
+
+
+def parity_key(fingerprint: dict[str, Any], boundary: int) -> str:
+    """File name of a remembered verdict: everything the ONNX/PyTorch agreement depends on."""
+    import onnxruntime
+
+    blob = json.dumps({"fp": fingerprint, "boundary": boundary, "torch": torch.__version__,
+                       "onnxruntime": onnxruntime.__version__, "atol": PARITY_ATOL, "rtol": PARITY_RTOL},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:40]
+
+
+def load_verdict(path: Path) -> dict[str, Any] | None:
+    try:
+        verdict = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return verdict if isinstance(verdict, dict) and verdict.get("runtime") in ("torch", "onnx") else None
+
+
+def save_verdict(path: Path, verdict: dict[str, Any]) -> None:
+    from transferlab.data import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(verdict, indent=2))
