@@ -172,7 +172,7 @@ def add_evidence_commands(sub: Any) -> None:
                    help="training images per class; several values add a data-efficiency study")
     p.add_argument("--json", action="store_true", help="print results.json")
     add_options(p, DataOptions, skip=("train_per_class",))
-    add_options(p, TrainOptions, skip=("strategy", "plan"))
+    add_options(p, TrainOptions, skip=("strategy", "plan", "cv", "ensemble", "time_budget"))
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("report", help="(re)build the HTML report of a compare or run directory")
