@@ -212,7 +212,7 @@ def add_evidence_commands(sub: Any) -> None:
                    "finished runs are kept, an interrupted one resumes from its checkpoint")
     g.add_argument("--overwrite", action="store_true", help="empty an --out that holds an earlier compare")
     add_options(p, DataOptions, skip=("train_per_class",))
-    add_options(p, TrainOptions, skip=("strategy", "plan"))
+    add_options(p, TrainOptions, skip=("strategy", "plan", "cv", "ensemble", "time_budget"))
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("report", help="(re)build the HTML report of a compare or run directory")

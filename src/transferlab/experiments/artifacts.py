@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save as save_tensors
 from transferlab.data import NormStats, atomic_write_bytes, atomic_write_text, build_transform
 from transferlab.errors import BadFileError, ConfigError, first_line
 from transferlab.experiments.schema import MODEL_FORMAT, read_model_json
+from transferlab.strategies.ensemble import KIND as MULTI_KIND, MultiModel, build_multi
 from transferlab.strategies.model import HeadConfig, TransferModel
 from transferlab.zoo import Preprocessing, create_backbone
 
@@ -29,7 +30,7 @@ FORMAT_VERSION = MODEL_FORMAT
 
 @dataclass
 class LoadedModel:
-    model: TransferModel
+    model: TransferModel | MultiModel
     classes: list[str]
     preprocessing: Preprocessing
     norm: NormStats
@@ -39,10 +40,15 @@ class LoadedModel:
         return build_transform(self.preprocessing, norm=self.norm)
 
 
-def save_model(run_dir: Path, model: TransferModel, *, classes: list[str], norm: NormStats,
+def save_model(run_dir: Path, model: TransferModel | MultiModel, *, classes: list[str], norm: NormStats,
                extra: dict[str, Any] | None = None) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write_bytes(run_dir / MODEL_FILE, save_tensors(state))
+    if isinstance(model, MultiModel):  # ensembles and multi-backbone models (strategies.ensemble)
+        meta = {"format": FORMAT_VERSION, **model.spec(), "backbone": model.backbone_name, "classes": classes,
+                "normalization": norm.to_dict(), **(extra or {})}
+        atomic_write_text(run_dir / MODEL_JSON, json.dumps(meta, indent=2))
+        return
     meta = {
         "format": FORMAT_VERSION,
         "backbone": model.backbone_name,
@@ -72,9 +78,13 @@ def load_model(run_dir: str | os.PathLike[str]) -> LoadedModel:
     meta = read_model_json(d)
     hint = f"train the run again (transferlab train ... --out {d} --overwrite)"
     try:
-        backbone = create_backbone(meta["backbone"], pretrained=False)
-        model = TransferModel(backbone=backbone, num_classes=int(meta["num_classes"]),
-                              head=HeadConfig.from_dict(meta["head"]), cut=meta["cut"])
+        model: TransferModel | MultiModel
+        if meta.get("kind") == MULTI_KIND:
+            model = build_multi(meta)
+        else:
+            model = TransferModel(backbone=create_backbone(meta["backbone"], pretrained=False),
+                                  num_classes=int(meta["num_classes"]), head=HeadConfig.from_dict(meta["head"]),
+                                  cut=meta["cut"])
         preprocessing = Preprocessing.from_dict(meta["preprocessing"])
         norm = NormStats.from_dict(meta["normalization"])
     except (ConfigError, ValueError, TypeError, KeyError) as exc:

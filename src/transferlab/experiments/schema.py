@@ -26,7 +26,18 @@ _pos_int = {"type": "integer", "minimum": 1}
 
 MODEL_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": ["format", "backbone", "cut", "head", "num_classes", "classes", "preprocessing", "normalization"],
+    "required": ["format", "backbone", "num_classes", "classes", "preprocessing", "normalization"],
+    # A single network (cut + head), or an ensemble / multi-backbone model (strategies.ensemble: kind "multi").
+    "if": {"properties": {"kind": {"const": "multi"}}, "required": ["kind"]},
+    "then": {"required": ["members", "groups"], "properties": {
+        "members": {"type": "array", "minItems": 1, "maxItems": 64, "items": {
+            "type": "object", "required": ["backbone", "cut", "pool"], "properties": {
+                "backbone": {"type": "string", "minLength": 1},
+                "cut": {"anyOf": [{"type": "null"}, {"type": "integer", "minimum": 1, "maximum": 64}]},
+                "pool": {"type": "string"}}}},
+        "groups": {"type": "array", "minItems": 1, "maxItems": 64,
+                   "items": {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}}}},
+    "else": {"required": ["cut", "head"]},
     "properties": {
         "format": {"const": MODEL_FORMAT},
         "backbone": {"type": "string", "minLength": 1},

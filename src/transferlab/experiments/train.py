@@ -110,7 +110,11 @@ def make_plan(t: TrainOptions, stage_names: list[str]) -> Plan:
 
 
 def _config(data: str, d: DataOptions, t: TrainOptions, plan: Plan) -> dict[str, Any]:
-    return {"data": str(data), "data_options": asdict(d), "train_options": asdict(t), "plan": plan.to_dict(),
+    return _config_dict(data, d, t, plan=plan.to_dict())
+
+
+def _config_dict(data: str, d: DataOptions, t: TrainOptions, *, plan: dict[str, Any] | None) -> dict[str, Any]:
+    return {"data": str(data), "data_options": asdict(d), "train_options": asdict(t), "plan": plan,
             "versions": versions(), "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                                  "torch_threads": torch.get_num_threads()}}
 
@@ -147,6 +151,17 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
     else:
         split = make_split(source, fractions=parse_fractions(d.split, option="--split"), seed=d.split_seed,
                            train_per_class=d.train_per_class)
+    if t.ensemble and t.cv is None and t.strategy != "auto":
+        raise ConfigError("--ensemble averages the K fold models of cross-validation: give --cv K (or --strategy auto)")
+    if (t.strategy == "auto" or t.cv is not None) and not t.plan:  # experiments.auto: CV on cached features
+        from transferlab.experiments.auto import Search, auto_run
+
+        if t.strategy not in ("auto", "linear-probe"):
+            raise ConfigError(f"--cv applies to --strategy auto and linear-probe (features computed once for all "
+                              f"folds); got --strategy {t.strategy}: use --refit for one held-out selection")
+        return auto_run(data, source=source, split=split, data_options=d, train_options=t,
+                        run_dir=run_dir if ctx.is_main else None, t_start=t_start,
+                        search=Search() if t.strategy == "auto" else Search.probe(t))
     torch.manual_seed(d.seed)
     backbone = create_backbone(t.backbone, pretrained=False)  # random init: the scratch baseline's
     stage_names = backbone.stage_names

@@ -44,6 +44,7 @@ from transferlab.localization.transforms import BOX_AUGMENTS, box_transform
 from transferlab.localization.voc import BoxSet, load_source_boxes
 from transferlab.options import DataOptions, TrainOptions, opt, options_from_kwargs
 from transferlab.strategies.model import POOLS
+from transferlab.strategies.plans import STRATEGIES
 from transferlab.zoo import Preprocessing, create_backbone
 
 __all__ = ["LOC_SPLIT", "LocTrainOptions", "LocalizationRun", "LocalizeOptions", "LoadedLocalizer", "boxed_source", "load_localizer",
@@ -56,7 +57,7 @@ TASK = "localization"
 LOC_SPLIT = "0.6,0.2,0.2"
 #: Options of ``TrainOptions`` that do not apply to localization (the CLI leaves them out).
 TRAIN_SKIP = ("classifier", "head", "pool", "label_smoothing", "class_weights", "balanced_sampler",
-              "views", "monitor")  # views: LocalizeOptions has its own (box-aware); monitor: val loss
+              "views", "monitor", "cv", "ensemble", "time_budget")  # views: LocalizeOptions has its own (box-aware); monitor: val loss
 #: Options of ``DataOptions`` that localization replaces (``--split`` default, box-aware ``--augment``).
 DATA_SKIP = ("split", "augment", "batch_augment")
 
@@ -94,6 +95,7 @@ class LocalizeOptions:
 class LocTrainOptions(TrainOptions):
     """``TrainOptions`` with defaults that suit a flattened box head (its fan-in is large: small rates)."""
 
+    strategy: str = opt("fine-tune", "transfer strategy", choices=STRATEGIES)
     epochs: int = opt(15, "epochs of the head phase (feature-extraction, first phase of others)")
     finetune_epochs: int = opt(15, "epochs of a phase that trains featurizer stages")
     unfreeze: int = opt(3, "fine-tune / chain-thaw / gradual-unfreeze: stages from the top that train")

@@ -1,0 +1,543 @@
+"""``--strategy auto``: candidates scored by cross-validation on cached features, within a time budget.
+
+What it does, in order (every step logged in one line, every candidate in ``RUN_DIR/auto.json``):
+
+1. The non-test pool (split train+val) is cut into K stratified folds (``--cv``, default 5 or the
+   smallest class count); the test split is never looked at until the chosen model is final.
+2. Backbones with weights here are taken best ImageNet top-1 first (transfer accuracy tracks it,
+   Kornblith et al. 2019). For each, pooled features at its last two cuts (the penultimate stage
+   and the head conv) are computed once for pool+test, from one preprocessing shared by all
+   backbones (the largest input; a smaller backbone gets the image resized inside the model).
+   Then, budget allowing, the features of the horizontally flipped images (fixed flip view: trains
+   as augmentation, averages at test time). A cost model (seconds per image of each backbone,
+   from the runs measured so far; before any, parameters x input pixels relative to the first)
+   says what still fits in ``--time-budget``; what does not is skipped, and the log says so.
+3. Candidates, each a linear probe (logistic regression, C by CV) scored by K-fold CV: every
+   backbone at each cut, with and without the flip view; the concatenated features of all
+   backbones; the averaged ensemble of the best candidate per backbone.
+4. Fine-tuning candidates are costed by the same model (K folds x epochs x images x the
+   backbone's forward+backward time) and run only when they fit the remaining budget.
+5. The best mean CV accuracy wins (ties: lower CV log loss, then cheaper). The chosen model is
+   refit on the whole pool (or, with ``--ensemble``, its K fold heads are averaged) and saved as a
+   :class:`~transferlab.strategies.ensemble.MultiModel` that predict, evaluate, serve and export use.
+
+Example:
+    >>> run = transferlab.train("flowers17/", out="runs/auto")  # doctest: +SKIP
+    >>> json.loads(Path("runs/auto/auto.json").read_text())["chosen"]["reason"]  # doctest: +SKIP
+    'highest 5-fold CV accuracy 0.9882 ± 0.0061 (runner-up concat ... 0.9853)'
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from transferlab.data import ImageDataset, ImageSource, NormStats, Split, atomic_write_text, build_transform, save_split
+from transferlab.engine import classification_metrics
+from transferlab.engine.feature_cache import FeatureCache
+from transferlab.errors import ConfigError
+from transferlab.experiments.cv import CVScore, check_cv, cv_linear_probe, fit_head, head_probs, stratified_folds
+from transferlab.options import DataOptions, TrainOptions
+from transferlab.strategies.ensemble import MultiModel, featurizer, linear_head
+from transferlab.zoo import create_backbone, get_entry, list_backbones, weights_available
+
+log = logging.getLogger("transferlab")
+AUTO_JSON = "auto.json"
+CV_JSON = "cv.json"
+DEFAULT_TIME_BUDGET_S = 900.0
+FINETUNE_SPEEDUP = 3.0  # forward+backward of a fine-tuned image vs one forward pass (cost model)
+RESERVE_S_PER_CANDIDATE = 8.0
+#: C values tried by CV (standardised features; the probe's full grid minus its extremes, to keep K folds cheap)
+AUTO_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)  # prior for one CV candidate before any was measured
+
+
+def backbones_here() -> tuple[list[str], str]:
+    """Zoo backbones with pretrained weights on this machine, best ImageNet top-1 first, and how ordered."""
+    names = [n for n in list_backbones() if weights_available(n) is not None]
+    names.sort(key=lambda n: -(get_entry(n).top1 or 0.0))
+    return names, "ImageNet top-1, best first (no transferability ranking in this build)"
+
+
+@dataclass
+class CostModel:
+    """Seconds per image of each backbone's forward pass: measured, else scaled from a measured one.
+
+    Example:
+        >>> c = CostModel(relative={"a": 1.0, "b": 2.0})
+        >>> c.record("a", seconds=10.0, images=100)
+        >>> c.extract_s("b", images=50)
+        10.0
+    """
+
+    relative: dict[str, float]  # prior compute per image (parameters x input pixels), any unit
+    measured: dict[str, float] = field(default_factory=dict)  # backbone -> seconds per image
+    candidate_s: list[float] = field(default_factory=list)  # measured seconds of CV candidates
+
+    def per_image(self, backbone: str) -> float | None:
+        if backbone in self.measured:
+            return self.measured[backbone]
+        ref = [(b, s) for b, s in self.measured.items() if b in self.relative]
+        if not ref:
+            return None
+        return float(np.mean([s / self.relative[b] for b, s in ref])) * self.relative[backbone]
+
+    def extract_s(self, backbone: str, *, images: int) -> float:
+        """Estimated seconds of one pass over ``images`` (0 before anything was measured)."""
+        return (self.per_image(backbone) or 0.0) * images
+
+    def candidate_cost(self) -> float:
+        return float(np.mean(self.candidate_s)) if self.candidate_s else RESERVE_S_PER_CANDIDATE
+
+    def record(self, backbone: str, *, seconds: float, images: int) -> None:
+        self.measured[backbone] = seconds / max(images, 1)
+
+    @classmethod
+    def for_backbones(cls, names: list[str]) -> "CostModel":
+        return cls(relative={n: get_entry(n).params * get_entry(n).input_size ** 2 / 1e12 for n in names})
+
+
+@dataclass
+class Budget:
+    """``limit_s`` seconds from ``start`` (``clock`` is injectable for tests)."""
+
+    limit_s: float
+    clock: Callable[[], float] = time.perf_counter
+    start: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.limit_s > 0:
+            raise ConfigError(f"--time-budget must be > 0 seconds, got {self.limit_s:g}")
+        self.start = self.clock()
+
+    def elapsed(self) -> float:
+        return self.clock() - self.start
+
+    def left(self) -> float:
+        return self.limit_s - self.elapsed()
+
+    def fits(self, seconds: float, *, reserve: float = 0.0) -> bool:
+        return seconds + reserve <= self.left()
+
+
+@dataclass(frozen=True)
+class Search:
+    """What a search may try: ``auto``'s full space, or one backbone's linear probe at one cut (``--cv K``)."""
+
+    backbones: tuple[str, ...] | None = None  # None: every backbone with weights here
+    cut: int | None = None  # None: the last two cuts are candidates; else only this one
+    flip: bool = True
+    finetune: bool = True
+    label: str = "auto"
+
+    @classmethod
+    def probe(cls, t: TrainOptions) -> "Search":
+        """``--strategy linear-probe --cv K``: one candidate (``t.backbone`` at ``t.cut``), scored by CV."""
+        return cls(backbones=(t.backbone,), cut=t.cut, flip=False, finetune=False, label="linear-probe")
+
+
+@dataclass
+class Features:
+    """Pooled features of pool+test rows for one backbone: ``views[name][cut]``."""
+
+    backbone: str
+    cuts: tuple[int, int]
+    dims: tuple[int, int]
+    views: dict[str, np.ndarray] = field(default_factory=dict)  # "plain"/"flip" -> (n, dims[0] + dims[1])
+
+    def at(self, cut: int, view: str) -> np.ndarray:
+        x = self.views[view]
+        return x[:, : self.dims[0]] if cut == self.cuts[0] else x[:, self.dims[0]:]
+
+
+@dataclass
+class Candidate:
+    name: str
+    backbone: str
+    strategy: str
+    options: dict[str, Any]
+    members: list[tuple[str, int]]  # (backbone, cut)
+    groups: list[list[int]]  # heads over members (concat: one group; averaged ensemble: one per member)
+    flip: bool
+    score: CVScore | None = None
+    parts: list["Candidate"] = field(default_factory=list)  # averaged ensemble: its members' candidates
+    seconds: float = 0.0
+    status: str = "scored"
+    reason: str = ""
+
+    def row(self) -> dict[str, Any]:
+        r: dict[str, Any] = {"name": self.name, "backbone": self.backbone, "strategy": self.strategy,
+                             "options": self.options, "status": self.status, "seconds": round(self.seconds, 3)}
+        if self.score is not None:
+            r.update(self.score.summary())
+        else:
+            r.update({"cv_mean": None, "cv_std": None})
+        if self.reason:
+            r["reason"] = self.reason
+        return r
+
+
+# ----------------------------------------------------------------------------- features
+
+class _Pooled(torch.nn.Module):
+    """Master-preprocessed images -> [pooled features at cut n-1, pooled features at cut n] of one backbone."""
+
+    def __init__(self, member: Any, adapter: Any, *, cuts: tuple[int, int]) -> None:
+        super().__init__()
+        self.member, self.adapter = member, adapter
+        self.cuts = cuts
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.member.prefix(self.adapter(x), start=0, stop=self.cuts[0])
+        hi = self.member.prefix(h, start=self.cuts[0], stop=self.cuts[1])
+        return torch.cat([self.member.pool(h), self.member.pool(hi)], dim=1)
+
+
+def ort_available() -> bool:
+    """Whether ONNX Runtime (the export extra) is installed: auto's feature passes then run in it."""
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+
+
+def _runner(net: _Pooled, size: int, runtime: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    if runtime == "torch":
+        def run_torch(x: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                return net(x.contiguous(memory_format=torch.channels_last)).float()
+        return run_torch
+    import io
+    import warnings
+
+    import onnxruntime as ort
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(net.eval(), (torch.zeros(1, 3, size, size),), buf, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, dynamo=False)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run(None, {"x": x.contiguous().numpy()})[0])
+
+
+def pooled_features(name: str, *, dataset: ImageDataset, items: list[str], master: Any, norm: NormStats,
+                    flip: bool, cache: FeatureCache | None, workers: int, runtime: str = "torch",
+                    cut: int | None = None) -> tuple[np.ndarray, float | None, tuple[int, int], tuple[int, int]]:
+    """Pooled features at cuts ``cut - 1`` and ``cut`` (default: the last two) for every row of ``dataset``;
+    returns (features, seconds of the forward passes or None when they came from the feature cache, dims of
+    the two cuts, the two cuts)."""
+    from transferlab.strategies.ensemble import _Adapter
+
+    backbone = create_backbone(name, pretrained=True)
+    member = featurizer(backbone).eval()
+    hi = cut or len(member.stage_names)
+    cuts = (max(1, hi - 1), hi)
+    net = _Pooled(member, _Adapter(master, member.preprocessing), cuts=cuts).eval()
+    shapes = backbone.stage_shapes()
+    dims = (shapes[member.stage_names[cuts[0] - 1]][0], shapes[member.stage_names[cuts[1] - 1]][0])
+    key = None
+    if cache is not None and backbone.weights.sha256:
+        fp = {"auto_pooled": list(cuts), "backbone": name, "weights_sha256": backbone.weights.sha256,
+              "preprocessing": master.to_dict(), "normalization": norm.to_dict(), "flip": flip, "runtime": runtime}
+        key = cache.key(fingerprint=fp, boundary=hi, items=items)
+        hit = cache.load(key)
+        if hit is not None:
+            return hit.numpy(), None, dims, cuts
+    run = _runner(net, master.input_size, runtime)
+    rows: list[torch.Tensor] = []
+    writer = cache.writer(key, n=len(dataset), shape=(sum(dims),)) if key is not None and cache else None
+    w = workers if workers or len(dataset) <= 32 else 1  # one decoding worker overlaps the model (as the engine's)
+    loader = DataLoader(dataset, batch_size=32, shuffle=False, num_workers=w, prefetch_factor=2 if w else None,
+                        generator=torch.Generator())
+    t0 = time.perf_counter()
+    try:
+        for x, _ in loader:
+            out = run(x.flip(3) if flip else x)
+            (writer.write if writer else rows.append)(out)
+        result = writer.commit().numpy() if writer else torch.cat(rows).numpy()
+    except BaseException:
+        if writer:
+            writer.abort()
+        raise
+    return result, time.perf_counter() - t0, dims, cuts
+
+
+# ----------------------------------------------------------------------------- candidates
+
+def feature_candidates(feats: dict[str, Features], *, only_cut: int | None = None) -> list[Candidate]:
+    """Every backbone at both cuts (or ``only_cut``), plain and (if extracted) with the flip view; the
+    concatenation of all backbones at their last cut."""
+    out = []
+    for b, f in feats.items():
+        for view in [v for v in ("plain", "flip") if v in f.views]:
+            for cut in [c for c in dict.fromkeys(f.cuts) if only_cut is None or c == only_cut]:
+                flip = view == "flip"
+                out.append(Candidate(name=f"linear-probe:{b}:cut={cut}" + (":flip" if flip else ""), backbone=b,
+                                     strategy="linear-probe", options={"cut": cut, "views": "flip" if flip else "none"},
+                                     members=[(b, cut)], groups=[[0]], flip=flip))
+    if len(feats) > 1:
+        names = list(feats)
+        for flip in [False] + ([True] if all("flip" in f.views for f in feats.values()) else []):
+            out.append(Candidate(name="concat:" + "+".join(names) + (":flip" if flip else ""),
+                                 backbone="+".join(names), strategy="linear-probe-concat",
+                                 options={"cut": "last", "views": "flip" if flip else "none"},
+                                 members=[(b, feats[b].cuts[1]) for b in names], groups=[list(range(len(names)))],
+                                 flip=flip))
+    return out
+
+
+def _views(c: Candidate, feats: dict[str, Features], rows: np.ndarray) -> list[np.ndarray]:
+    views = ["plain", "flip"] if c.flip else ["plain"]
+    return [np.hstack([feats[b].at(cut, v)[rows] for b, cut in c.members]) for v in views]
+
+
+def score(c: Candidate, feats: dict[str, Features], labels: np.ndarray, folds: list[np.ndarray], *,
+          pool_rows: np.ndarray, num_classes: int, classifier: str, seed: int) -> None:
+    t0 = time.perf_counter()
+    c.score, _ = cv_linear_probe(_views(c, feats, pool_rows), labels, folds, num_classes=num_classes,
+                                 classifier=classifier, grid=AUTO_GRID, seed=seed)
+    c.seconds = time.perf_counter() - t0
+
+
+def ensemble_candidate(best: list[Candidate], labels: np.ndarray, folds: list[np.ndarray]) -> Candidate:
+    """The averaged ensemble of ``best`` (one per backbone): its CV score from their held-out probabilities."""
+    from transferlab.experiments.cv import fold_metrics
+
+    oof = np.mean([c.score.oof for c in best if c.score is not None], axis=0)
+    accs, losses = fold_metrics(oof, labels, folds)
+    members = [m for c in best for m in c.members]
+    c = Candidate(name="ensemble:" + "+".join(p.name for p in best), backbone="+".join(p.backbone for p in best),
+                  strategy="linear-probe-ensemble", options={"members": [p.name for p in best]},
+                  members=members, groups=[[i] for i in range(len(members))], flip=any(p.flip for p in best),
+                  parts=best)
+    c.score = CVScore(C=float("nan"), fold_accuracy=accs, fold_loss=losses, oof=oof)
+    return c
+
+
+def choose(cands: list[Candidate]) -> tuple[Candidate, str]:
+    """Highest mean CV accuracy; ties: lower CV log loss, then fewer seconds."""
+    scored = [c for c in cands if c.score is not None]
+    ranked = sorted(scored, key=lambda c: (-round(c.score.mean, 9), c.score.loss_mean, c.seconds))  # type: ignore[union-attr]
+    best = ranked[0]
+    s = best.score
+    assert s is not None
+    reason = f"highest {len(s.fold_accuracy)}-fold CV accuracy {s.mean:.4f} ± {s.std:.4f} (log loss {s.loss_mean:.4f})"
+    if len(ranked) > 1:
+        r = ranked[1]
+        reason += f"; runner-up {r.name} {r.score.mean:.4f} ± {r.score.std:.4f}"  # type: ignore[union-attr]
+    return best, reason
+
+
+# ----------------------------------------------------------------------------- the run
+
+def run_auto(data: str, *, source: ImageSource, split: Split, data_options: DataOptions, train_options: TrainOptions,
+             run_dir: Path | None, config: dict[str, Any], cost: CostModel | None = None,
+             clock: Callable[[], float] = time.perf_counter, search: Search = Search()
+             ) -> tuple[MultiModel, dict[str, Any], dict[str, Any]]:
+    """Search, choose by CV, refit on the pool; returns (model, metrics, auto record). See the module docstring."""
+    d, t = data_options, train_options
+    budget = Budget(t.time_budget, clock=clock)
+    if d.normalize != "pretrained":
+        raise ConfigError(f"--strategy {search.label} with cross-validation uses the backbone's pretrained "
+                          f"normalisation; got --normalize {d.normalize}")
+    if d.augment != "none" or d.batch_augment != "none" or t.views:
+        raise ConfigError(f"--strategy {search.label} with cross-validation scores fixed views it chooses itself "
+                          f"(plain and flipped); got --augment {d.augment} --batch-augment {d.batch_augment} "
+                          f"--views {t.views}")
+    pool = np.concatenate([split.train, split.val])
+    labels = source.labels[pool].astype(np.int64)
+    counts = np.bincount(labels, minlength=len(source.classes))
+    k = check_cv(t.cv if t.cv is not None else max(2, min(5, int(counts.min()))), labels, list(source.classes))
+    folds = stratified_folds(labels, k=k, seed=d.split_seed)
+    get_entry(t.backbone)  # an unknown --backbone is an error even where auto picks the backbones itself
+    names, order = backbones_here()
+    if search.backbones is not None:
+        names, order = list(search.backbones), "as given"
+    if not names:
+        raise ConfigError("--strategy auto needs a backbone with pretrained weights here; `transferlab models` "
+                          "lists none (pass an explicit --strategy with --weights)")
+    cost = cost or CostModel.for_backbones(names)
+    log.info("%s: pool %d non-test images (train %d + val %d) in %d stratified folds of %d-%d; test %d untouched; "
+             "backbones: %s (%s); budget %.0fs", search.label, len(pool), len(split.train), len(split.val), k,
+             min(map(len, folds)), max(map(len, folds)), len(split.test), ", ".join(names), order, t.time_budget)
+    entries = {n: get_entry(n) for n in names}
+    master = create_backbone(max(names, key=lambda n: entries[n].input_size), pretrained=False).preprocessing
+    norm = NormStats("pretrained", master.mean, master.std)
+    rows_all = np.concatenate([pool, split.test])
+    dataset = ImageDataset(source, rows_all, build_transform(master, norm=norm), draft_size=master.resize_size)
+    from transferlab.experiments.train import feature_cache, item_keys
+
+    items = item_keys(source, rows_all)
+    runtime = "onnx" if t.runtime == "onnx" or ort_available() else "torch"
+    if runtime == "onnx":
+        log.info("auto: the frozen featurizers run in ONNX Runtime for the feature passes (2-4x faster on this CPU, "
+                 "features within ~1e-5 of PyTorch); the saved model runs in either")
+    cache = feature_cache(t)
+    feats: dict[str, Features] = {}
+    skipped: list[dict[str, Any]] = []
+    n_cands_left = lambda: 2 * (len(feats) + 1) + 2  # noqa: E731  (candidates still to score, for the reserve)
+    for view in ("plain", "flip") if search.flip else ("plain",):
+        for b in names:
+            if view == "flip" and b not in feats:
+                continue
+            est = cost.extract_s(b, images=len(rows_all))
+            reserve = cost.candidate_cost() * n_cands_left()
+            if (feats or view == "flip") and not budget.fits(est, reserve=reserve):
+                skipped.append({"name": f"features:{b}:{view}", "backbone": b, "strategy": "features",
+                                "options": {"views": view}, "status": "skipped", "cv_mean": None, "cv_std": None,
+                                "seconds": 0.0, "estimated_s": round(est, 1),
+                                "reason": f"estimated {est:.0f}s + {reserve:.0f}s for scoring > {budget.left():.0f}s left"})
+                log.info("auto: skipped %s features of %s: estimated %.0fs (+%.0fs scoring) > %.0fs left of the budget",
+                         view, b, est, reserve, budget.left())
+                continue
+            x, seconds, dims, cuts = pooled_features(b, dataset=dataset, items=items, master=master, norm=norm,
+                                                     flip=view == "flip", cache=cache, workers=d.workers,
+                                                     runtime=runtime, cut=search.cut)
+            hit = seconds is None
+            if seconds is not None:
+                cost.record(b, seconds=seconds, images=len(rows_all))
+            feats.setdefault(b, Features(backbone=b, cuts=cuts, dims=dims)).views[view] = x
+            log.info("auto: %s features of %s for %d images: %s", view, b, len(rows_all),
+                     "from the feature cache (no forward pass)" if hit else f"{seconds:.1f}s ({seconds / len(rows_all):.3f}s/image, {runtime})")
+    pool_rows = np.arange(len(pool))
+    nc = len(source.classes)
+    cands = feature_candidates(feats, only_cut=search.cut or (None if search.label == "auto" else
+                                                              next(iter(feats.values())).cuts[1]))
+    for c in cands:
+        if c is not cands[0] and not budget.fits(cost.candidate_cost()):
+            c.status, c.reason = "skipped", f"estimated {cost.candidate_cost():.0f}s > {budget.left():.0f}s left"
+            continue
+        score(c, feats, labels, folds, pool_rows=pool_rows, num_classes=nc, classifier=t.classifier, seed=d.seed)
+        cost.candidate_s.append(c.seconds)
+    for flip in (False, True):  # the averaged ensemble of each backbone's best, one view policy
+        per_bb = [choose(mine)[0] for b in feats
+                  if (mine := [c for c in cands if c.score is not None and c.backbone == b and c.flip == flip])]
+        if len(per_bb) > 1:
+            cands.append(ensemble_candidate(per_bb, labels, folds))
+    rows = [c.row() for c in cands] + skipped
+    if search.finetune:
+        rows += finetune_rows(names, feats, cost, budget, n_pool=len(pool), k=k, t=t)
+    chosen, reason = choose(cands)
+    log.info("%s: %d candidate(s) scored by %d-fold CV in %.0fs; chosen %s: %s", search.label,
+             sum(c.score is not None for c in cands), k, budget.elapsed(), chosen.name, reason)
+    model, test_probs = final_model(chosen, feats, labels, folds, n_pool=len(pool), nc=nc, master=master,
+                                    classifier=t.classifier, seed=d.seed, ensemble=t.ensemble)
+    test_labels = source.labels[split.test].astype(np.int64)
+    record = {"k": k, "fold_sizes": [int(len(f)) for f in folds], "pool": int(len(pool)), "test": int(len(split.test)),
+              "backbones": names, "backbone_order": order, "time_budget_s": t.time_budget,
+              "cost_model_s_per_image": {b: round(s, 5) for b, s in cost.measured.items()},
+              "candidates": rows,
+              "chosen": {**chosen.row(), "reason": reason,
+                         "final": "K fold heads averaged (--ensemble)" if t.ensemble else
+                                  f"refit on all {len(pool)} non-test images at the chosen C"},
+              "seconds": round(budget.elapsed(), 3)}
+    val_logits = torch.tensor(np.log(np.clip(chosen.score.oof, 1e-12, None)), dtype=torch.float32)  # type: ignore[union-attr]
+    test_logits = torch.tensor(np.log(np.clip(test_probs, 1e-12, None)), dtype=torch.float32)
+    classes = list(source.classes)
+    metrics = {
+        "strategy": search.label, "backbone": model.backbone_name, "chosen": chosen.name,
+        "val": {**classification_metrics(val_logits, labels, classes=classes,
+                                         loss=float(torch.nn.functional.nll_loss(val_logits, torch.as_tensor(labels)))),
+                "what": f"out-of-fold predictions of {k}-fold CV over the {len(pool)} non-test images"},
+        "cv": {"k": k, **{key: v for key, v in chosen.row().items() if key.startswith("cv_")}},
+        "test": classification_metrics(test_logits, test_labels, classes=classes,
+                                       loss=float(torch.nn.functional.nll_loss(test_logits, torch.as_tensor(test_labels)))),
+        "best_epoch": -1,
+    }
+    log.info("%s: final model %s; test touched once", search.label, record["chosen"]["final"])
+    if run_dir is not None:
+        save_split(split, source, run_dir)
+        atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
+        atomic_write_text(run_dir / (AUTO_JSON if search.label == "auto" else CV_JSON), json.dumps(record, indent=2))
+    return model, metrics, record | {"norm": norm}
+
+
+def finetune_rows(names: list[str], feats: dict[str, Features], cost: CostModel, budget: Budget, *, n_pool: int,
+                  k: int, t: TrainOptions) -> list[dict[str, Any]]:
+    """Fine-tune candidates of the best backbones, costed: K folds x epochs x images x forward+backward."""
+    rows = []
+    for b in list(feats)[:2]:
+        for aug in ("none", "basic", "randaugment"):
+            per = cost.per_image(b) or 0.0
+            est = k * t.finetune_epochs * n_pool * (k - 1) / k * per * FINETUNE_SPEEDUP + n_pool * per
+            fits = budget.fits(est)
+            rows.append({"name": f"fine-tune:{b}:unfreeze={t.unfreeze}:augment={aug}", "backbone": b,
+                         "strategy": "fine-tune", "options": {"unfreeze": t.unfreeze, "augment": aug,
+                                                              "finetune_epochs": t.finetune_epochs},
+                         "status": "skipped", "cv_mean": None, "cv_std": None, "seconds": 0.0,
+                         "estimated_s": round(est, 1),
+                         "reason": (f"estimated {est:.0f}s > {budget.left():.0f}s left of --time-budget" if not fits else
+                                    "fits the budget, but fold fine-tuning is not part of auto yet: run "
+                                    "`--strategy fine-tune --refit` to measure it")})
+    if rows:
+        log.info("auto: fine-tune candidates (%s) estimated %.0f-%.0fs each by the cost model; %.0fs left: not run",
+                 ", ".join(dict.fromkeys(r["backbone"] for r in rows)), min(r["estimated_s"] for r in rows),
+                 max(r["estimated_s"] for r in rows), budget.left())
+    return rows
+
+
+def final_model(c: Candidate, feats: dict[str, Features], labels: np.ndarray, folds: list[np.ndarray], *, n_pool: int,
+                nc: int, master: Any, classifier: str, seed: int, ensemble: bool) -> tuple[MultiModel, np.ndarray]:
+    """The chosen candidate refit on the whole pool (or its fold heads), as a model; and its test probabilities."""
+    parts = c.parts or [c]
+    pool_rows = np.arange(n_pool)
+    test_rows = np.arange(n_pool, len(next(iter(feats.values())).views["plain"]))
+    heads, groups, probs = [], [], []
+    members: list[tuple[str, int]] = []
+    for p in parts:
+        offset = len(members)
+        members += p.members
+        assert p.score is not None
+        if ensemble:
+            _, fold_heads = cv_linear_probe(_views(p, feats, pool_rows), labels, folds, num_classes=nc,
+                                            classifier=classifier, grid=(p.score.C,), seed=seed, keep_heads=True)
+        else:
+            fold_heads = [fit_head(_views(p, feats, pool_rows), labels, pool_rows, C=p.score.C, num_classes=nc,
+                                   classifier=classifier, seed=seed)]
+        for h in fold_heads:
+            heads.append(linear_head(*h))
+            groups.append([offset + g for g in p.groups[0]])
+            probs.append(head_probs(_views(p, feats, test_rows), np.arange(len(test_rows)), h))
+    flips = {p.flip for p in parts}
+    if len(flips) > 1:  # an ensemble mixing flip and plain parts: flip applies to all at inference
+        raise ConfigError("auto: an averaged ensemble must use one view policy for all its parts")
+    model = MultiModel(members=[featurizer(create_backbone(b, pretrained=True), cut=cut) for b, cut in members],
+                       heads=heads, groups=groups, preprocessing=master, flip=flips.pop()).eval()
+    return model, np.mean(probs, axis=0)
+
+
+def auto_run(data: str, *, source: ImageSource, split: Split, data_options: DataOptions, train_options: TrainOptions,
+             run_dir: Path | None, t_start: float, cost: CostModel | None = None,
+             clock: Callable[[], float] = time.perf_counter, search: Search = Search()) -> Any:
+    """``run_training`` for ``--strategy auto`` (or a ``--cv`` linear probe, ``search=Search.probe(t)``): search,
+    save the model and metrics, return the :class:`Run`."""
+    from transferlab.experiments.artifacts import save_model
+    from transferlab.experiments.train import METRICS, Run, _config_dict
+
+    config = _config_dict(data, data_options, train_options, plan=None)
+    model, metrics, record = run_auto(data, source=source, split=split, data_options=data_options,
+                                      train_options=train_options, run_dir=run_dir, config=config, cost=cost, clock=clock,
+                                      search=search)
+    total = time.perf_counter() - t_start
+    metrics["timing"] = {"total_s": round(total, 3), "search_s": record["seconds"]}
+    metrics["skipped_files"] = [list(x) for x in source.skipped]
+    classes = list(source.classes)
+    if run_dir is not None:
+        save_model(run_dir, model, classes=classes, norm=record["norm"],
+                   extra={"strategy": search.label, "chosen": metrics["chosen"], "test_accuracy": metrics["test"]["accuracy"]})
+        atomic_write_text(run_dir / METRICS, json.dumps(metrics, indent=2))
+    log.info("%s (%s) on %s: test accuracy %.4f, macro F1 %.4f (%.1fs, budget %.0fs)", search.label, metrics["chosen"],
+             metrics["backbone"], metrics["test"]["accuracy"], metrics["test"]["macro_f1"], total,
+             train_options.time_budget)
+    return Run(run_dir=run_dir, metrics=metrics, history=[], config=config, classes=classes, model=model)
