@@ -22,6 +22,13 @@ def _print_json(obj: Any) -> None:
 
 # ----------------------------------------------------------------------------- models / predict
 
+def add_tta_option(p: argparse.ArgumentParser) -> None:
+    """``--tta``: test-time augmentation (see transferlab.tta)."""
+    p.add_argument("--tta", choices=("none", "flip", "flip+crops"), default="none",
+                   help="test-time augmentation: average the softmax over the image and its mirror (flip, 2x "
+                        "the cost) or over 5 crops and their mirrors (flip+crops, 10x) (default: none)")
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from transferlab.zoo import get_entry, list_backbones, weights_available
 
@@ -49,12 +56,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.model and args.runtime == "onnx":
         from transferlab.export import predict_files
 
-        results = predict_files(args.images, model_dir=args.model, runtime="onnx", top=args.top)
+        results = predict_files(args.images, model_dir=args.model, runtime="onnx", top=args.top, tta=args.tta)
     elif args.model:
         from transferlab.experiments.inference import predict_images
 
-        results = predict_images(args.images, model_dir=args.model, top=args.top)
+        results = predict_images(args.images, model_dir=args.model, top=args.top, tta=args.tta)
     else:
+        if args.tta != "none":
+            raise TransferlabError("--tta needs --model RUN_DIR (a trained run), not --backbone")
         if args.runtime == "onnx":
             raise TransferlabError("--runtime onnx needs --model RUN_DIR (an exported run), not --backbone")
         from transferlab.zoo import create_backbone
@@ -96,12 +105,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from transferlab.experiments.inference import evaluate_run
 
-    m = evaluate_run(args.run_dir, args.data, subset=args.subset, device=args.device, quiet=args.quiet)
+    m = evaluate_run(args.run_dir, args.data, subset=args.subset, device=args.device, quiet=args.quiet,
+                     tta=args.tta)
     if args.json:
         _print_json(m)
     else:
+        tta = f", TTA {m['tta']}" if m["tta"] != "none" else ""
         print(f"{m['subset']} of {m['data']}: n={m['n']} accuracy {m['accuracy']:.4f} top5 {m['top5']:.4f} "
-              f"macro F1 {m['macro_f1']:.4f}")
+              f"macro F1 {m['macro_f1']:.4f} ECE {m['ece']:.4f} ({m['ms_per_image']:.1f} ms/image{tta})")
     return 0
 
 
@@ -127,7 +138,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     compare(args.data, strategies=args.strategies, seeds=args.seeds, out=args.out,
             train_per_class=args.train_per_class_list, data_options=options_from_args(DataOptions, args),
-            train_options=options_from_args(TrainOptions, args))
+            train_options=options_from_args(TrainOptions, args), tta=args.tta)
     path = build_report(args.out)
     if args.json:
         _print_json(json.loads((Path(args.out) / "results.json").read_text()))
@@ -171,6 +182,7 @@ def add_evidence_commands(sub: Any) -> None:
     p.add_argument("--train-per-class", dest="train_per_class_list", metavar="N[,N...]",
                    help="training images per class; several values add a data-efficiency study")
     p.add_argument("--json", action="store_true", help="print results.json")
+    add_tta_option(p)
     add_options(p, DataOptions, skip=("train_per_class",))
     add_options(p, TrainOptions, skip=("strategy", "plan"))
     p.set_defaults(func=cmd_compare)
@@ -270,7 +282,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     limits = ServeLimits(max_upload_bytes=args.max_upload_mb * 1024 * 1024, max_pixels=args.max_pixels,
                          max_files=args.max_files, timeout_s=args.timeout, max_concurrency=args.max_concurrency)
-    serve(args.run_dir, host=args.host, port=args.port, runtime=args.runtime, threads=args.threads, limits=limits)
+    serve(args.run_dir, host=args.host, port=args.port, runtime=args.runtime, threads=args.threads, limits=limits,
+          tta=args.tta)
     return 0
 
 
@@ -298,6 +311,7 @@ def add_deploy_commands(sub: Any) -> None:
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to receive and answer a request (default: 30)")
     p.add_argument("--max-concurrency", type=int, default=64,
                    help="open connections before the server answers 503 (default: 64)")
+    add_tta_option(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -448,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=5, help="how many classes to show (default: 5)")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="run --model with PyTorch or with ONNX Runtime on its exported model.onnx (default: torch)")
+    add_tta_option(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_predict)
 
@@ -467,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="all images of DATA, or one of the run's own split lists (default: all)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
+    add_tta_option(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_evaluate)
 

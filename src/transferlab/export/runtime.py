@@ -18,6 +18,7 @@ from transferlab.errors import ConfigError
 from transferlab.experiments.artifacts import MODEL_FILE, MODEL_JSON, load_model
 from transferlab.export._deps import require
 from transferlab.export.onnx_export import INPUT_NAME, ONNX_FILE, OUTPUT_NAME, file_sha256
+from transferlab.tta import average_views, check_tta, tta_transform
 from transferlab.zoo import Preprocessing
 
 __all__ = ["RUNTIMES", "Predictor", "open_predictor", "predict_files", "softmax"]
@@ -49,7 +50,7 @@ class Predictor:
         [[{'index': 7, 'label': '08_tulip', 'probability': 0.93}]]
     """
 
-    def __init__(self, *, run_dir: Path, runtime: str, meta: dict[str, Any], model: Any) -> None:
+    def __init__(self, *, run_dir: Path, runtime: str, meta: dict[str, Any], model: Any, tta: str = "none") -> None:
         self.run_dir = run_dir
         self.runtime = runtime
         self.meta = meta
@@ -58,6 +59,8 @@ class Predictor:
         self.norm = NormStats.from_dict(meta["normalization"])
         self.draft_size = self.preprocessing.resize_size
         self._transform = build_transform(self.preprocessing, norm=self.norm)
+        self.tta = check_tta(tta)
+        self._views = tta_transform(self.preprocessing, norm=self.norm, mode=tta)
         self._model = model
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
@@ -79,7 +82,9 @@ class Predictor:
             return []
         if not (isinstance(top, int) and top >= 1):
             raise ConfigError(f"top: expected an integer >= 1, got {top!r}")
-        probs = softmax(self.logits(np.stack([self.preprocess(im) for im in images])))
+        views = [self._views(im).numpy() for im in images]  # V x 3 x S x S each (V = 1 without TTA)
+        logits = torch.from_numpy(self.logits(np.concatenate(views)))
+        probs = average_views(logits, len(views[0])).exp().numpy()
         k = min(top, len(self.classes))
         out = []
         for row in probs:
@@ -110,8 +115,11 @@ def _onnx_session(run_dir: Path, meta: dict[str, Any], threads: int | None) -> A
 
 
 def open_predictor(run_dir: str | os.PathLike[str], *, runtime: str = "torch",
-                   threads: int | None = None) -> Predictor:
+                   threads: int | None = None, tta: str = "none") -> Predictor:
     """A :class:`Predictor` for a trained run; ``runtime="onnx"`` needs a checked ``model.onnx``.
+
+    The logits are the calibrated ones of a ``--calibrate`` run (the ONNX graph includes the
+    temperature); ``tta`` averages the softmax over views (:mod:`transferlab.tta`).
 
     ``threads`` sets the intra-op threads (ONNX Runtime: per session; PyTorch: process-wide);
     None keeps the library's default.
@@ -135,18 +143,18 @@ def open_predictor(run_dir: str | os.PathLike[str], *, runtime: str = "torch",
     else:
         if threads is not None:
             torch.set_num_threads(threads)
-        model = load_model(run).model.eval()
-    return Predictor(run_dir=run, runtime=runtime, meta=meta, model=model)
+        model = load_model(run).scoring_model().eval()
+    return Predictor(run_dir=run, runtime=runtime, meta=meta, model=model, tta=tta)
 
 
 def predict_files(images: Sequence[str | os.PathLike[str]], *, model_dir: str | os.PathLike[str],
-                  runtime: str = "torch", top: int = 5) -> list[dict[str, Any]]:
+                  runtime: str = "torch", top: int = 5, tta: str = "none") -> list[dict[str, Any]]:
     """Like :func:`transferlab.experiments.inference.predict_images`, with a choice of runtime.
 
     Example:
         >>> predict_files(["rose.jpg"], model_dir="runs/ft", runtime="onnx", top=1)  # doctest: +SKIP
         [{'image': 'rose.jpg', 'top': [{'index': 7, 'label': '08_tulip', 'probability': 0.93}]}]
     """
-    p = open_predictor(model_dir, runtime=runtime)
+    p = open_predictor(model_dir, runtime=runtime, tta=tta)
     return [{"image": str(path), "top": p.predict([load_image(path, draft_size=p.draft_size)], top=top)[0]}
             for path in images]

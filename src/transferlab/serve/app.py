@@ -66,7 +66,7 @@ def _openapi_upload_body() -> dict[str, Any]:
 
 
 def create_app(run_dir: str | os.PathLike[str], *, runtime: str = "torch", threads: int | None = None,
-               limits: ServeLimits | None = None, predictor: Predictor | None = None) -> Any:
+               limits: ServeLimits | None = None, predictor: Predictor | None = None, tta: str = "none") -> Any:
     """The FastAPI app for a trained run: ``/predict``, ``/health``, ``/model``, ``/`` (web page), ``/docs``.
 
     Errors are JSON ``{"error": code, "message": ...}`` with the status in
@@ -91,7 +91,7 @@ def create_app(run_dir: str | os.PathLike[str], *, runtime: str = "torch", threa
 
     limits = limits or ServeLimits()
     run = Path(run_dir)
-    pred = predictor or open_predictor(run, runtime=runtime, threads=threads)
+    pred = predictor or open_predictor(run, runtime=runtime, threads=threads, tta=tta)
     report_html, figures = _report_files(run)
     static = {name: (resources.files("transferlab.serve") / "static" / name).read_bytes() for name in _STATIC}
     # One inference thread bounds CPU use on small machines; two decoding threads bound memory.
@@ -112,6 +112,8 @@ def create_app(run_dir: str | os.PathLike[str], *, runtime: str = "torch", threa
         "classes": pred.classes,
         "num_classes": len(pred.classes),
         "runtime": pred.runtime,
+        "tta": pred.tta,
+        "temperature": pred.meta.get("temperature"),
         "preprocessing": pred.preprocessing.to_dict(),
         "normalization": pred.norm.to_dict(),
         "onnx": pred.meta.get("onnx") if pred.runtime == "onnx" else None,
@@ -273,7 +275,7 @@ def create_app(run_dir: str | os.PathLike[str], *, runtime: str = "torch", threa
 
 
 def serve(run_dir: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 8000, runtime: str = "torch",
-          threads: int | None = None, limits: ServeLimits | None = None) -> None:
+          threads: int | None = None, limits: ServeLimits | None = None, tta: str = "none") -> None:
     """Run the server with uvicorn until interrupted (binds to this machine only by default).
 
     Example:
@@ -281,7 +283,7 @@ def serve(run_dir: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int
     """
     uvicorn = require("uvicorn", extra="serve", feature="transferlab serve")
     limits = limits or ServeLimits()
-    app = create_app(run_dir, runtime=runtime, threads=threads, limits=limits)
+    app = create_app(run_dir, runtime=runtime, threads=threads, limits=limits, tta=tta)
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
