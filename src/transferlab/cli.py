@@ -57,6 +57,13 @@ def _print_json(obj: Any) -> None:
 
 # ----------------------------------------------------------------------------- models / predict
 
+def add_tta_option(p: argparse.ArgumentParser) -> None:
+    """``--tta``: test-time augmentation (see transferlab.tta)."""
+    p.add_argument("--tta", choices=("none", "flip", "flip+crops"), default="none",
+                   help="test-time augmentation: average the softmax over the image and its mirror (flip, 2x "
+                        "the cost) or over 5 crops and their mirrors (flip+crops, 10x) (default: none)")
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from transferlab.zoo import get_entry, list_backbones, weights_available
 
@@ -84,12 +91,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.model and args.runtime == "onnx":
         from transferlab.export import predict_files
 
-        results = predict_files(args.images, model_dir=args.model, runtime="onnx", top=args.top)
+        results = predict_files(args.images, model_dir=args.model, runtime="onnx", top=args.top, tta=args.tta)
     elif args.model:
         from transferlab.experiments.inference import predict_images
 
-        results = predict_images(args.images, model_dir=args.model, top=args.top)
+        results = predict_images(args.images, model_dir=args.model, top=args.top, tta=args.tta)
     else:
+        if args.tta != "none":
+            raise TransferlabError("--tta needs --model RUN_DIR (a trained run), not --backbone")
         if args.runtime == "onnx":
             raise TransferlabError("--runtime onnx needs --model RUN_DIR (an exported run), not --backbone")
         from transferlab.zoo import create_backbone
@@ -132,12 +141,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from transferlab.experiments.inference import evaluate_run
 
-    m = evaluate_run(args.run_dir, args.data, subset=args.subset, device=args.device, quiet=args.quiet)
+    m = evaluate_run(args.run_dir, args.data, subset=args.subset, device=args.device, quiet=args.quiet,
+                     tta=args.tta)
     if args.json:
         _print_json(m)
     else:
+        tta = f", TTA {m['tta']}" if m["tta"] != "none" else ""
         print(f"{m['subset']} of {m['data']}: n={m['n']} accuracy {m['accuracy']:.4f} top5 {m['top5']:.4f} "
-              f"macro F1 {m['macro_f1']:.4f}")
+              f"macro F1 {m['macro_f1']:.4f} ECE {m['ece']:.4f} ({m['ms_per_image']:.1f} ms/image{tta})")
     return 0
 
 
@@ -163,7 +174,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     compare(args.data, strategies=args.strategies, seeds=args.seeds, out=args.out,
             train_per_class=args.train_per_class_list, data_options=options_from_args(DataOptions, args),
-            train_options=options_from_args(TrainOptions, args), resume=args.resume, overwrite=args.overwrite)
+            train_options=options_from_args(TrainOptions, args), resume=args.resume, overwrite=args.overwrite,
+            tta=args.tta)
     path = build_report(args.out)
     if args.json:
         _print_json(json.loads((Path(args.out) / "results.json").read_text()))
@@ -211,6 +223,7 @@ def add_evidence_commands(sub: Any) -> None:
     g.add_argument("--resume", action="store_true", help="continue a killed compare in --out with the same options: "
                    "finished runs are kept, an interrupted one resumes from its checkpoint")
     g.add_argument("--overwrite", action="store_true", help="empty an --out that holds an earlier compare")
+    add_tta_option(p)
     add_options(p, DataOptions, skip=("train_per_class",))
     add_options(p, TrainOptions, skip=("strategy", "plan", "cv", "ensemble", "time_budget"))
     p.set_defaults(func=cmd_compare)
@@ -321,7 +334,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          max_files=args.max_files, timeout_s=args.timeout, max_concurrency=args.max_concurrency,
                          max_request_pixels=args.max_request_pixels)
     serve(args.run_dir, host=args.host, port=args.port, runtime=args.runtime, threads=args.threads, limits=limits,
-          onnx_model=args.onnx_model)
+          onnx_model=args.onnx_model, tta=args.tta)
     return 0
 
 
@@ -367,6 +380,7 @@ def add_deploy_commands(sub: Any) -> None:
     p.add_argument("--timeout", type=positive_float, default=30.0, help="seconds to receive and answer a request (default: 30)")
     p.add_argument("--max-concurrency", type=positive_int, default=64,
                    help="open connections before the server answers 503 (default: 64)")
+    add_tta_option(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -525,6 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=positive_int, default=5, help="how many classes to show (default: 5)")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="run --model with PyTorch or with ONNX Runtime on its exported model.onnx (default: torch)")
+    add_tta_option(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_predict)
 
@@ -546,6 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="all images of DATA, or one of the run's own split lists (default: all)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
+    add_tta_option(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_evaluate)
 

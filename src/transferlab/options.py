@@ -134,6 +134,9 @@ class TrainOptions:
     class_weights: str = opt("none", "class weights of the loss", choices=("none", "auto"))
     balanced_sampler: bool = opt(False, "sample training images inversely to class frequency")
     precision: str = opt("fp32", "mixed precision on CUDA", choices=("fp32", "bf16", "fp16"))
+    calibrate: str = opt("none", "fit one temperature on val after model selection (test ECE is reported before "
+                                 "and after); predict, evaluate, serve and the ONNX graph then divide the logits "
+                                 "by it", choices=("none", "temperature"))
     refit: bool = opt(False, "after early stopping has picked the epochs on val, train again from the same "
                              "initial weights on train+val for exactly those epochs; val metrics stay those of "
                              "the held-out selection run, test metrics and the saved model are the refit's")

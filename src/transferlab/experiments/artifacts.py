@@ -39,6 +39,20 @@ class LoadedModel:
     def transform(self) -> Any:
         return build_transform(self.preprocessing, norm=self.norm)
 
+    @property
+    def temperature(self) -> float | None:
+        """The run's fitted temperature (``--calibrate temperature``), or None."""
+        t = self.meta.get("temperature")
+        return None if t is None else float(t)
+
+    def scoring_model(self) -> torch.nn.Module:
+        """The model whose logits leave the tool: divided by the temperature of a calibrated run."""
+        from transferlab.calibration import TemperatureScaled
+
+        if self.temperature is None:
+            return self.model
+        return TemperatureScaled(self.model, temperature=self.temperature).eval()
+
 
 def save_model(run_dir: Path, model: TransferModel | MultiModel, *, classes: list[str], norm: NormStats,
                extra: dict[str, Any] | None = None) -> None:

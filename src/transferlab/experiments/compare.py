@@ -40,11 +40,13 @@ from transferlab.data import ImageSource, Split, atomic_write_text, make_split, 
 from transferlab.engine import ActivationStore, init_distributed
 from transferlab.engine.feature_cache import FeatureCache
 from transferlab.errors import BadFileError, ConfigError, DataError
+from transferlab.experiments.inference import measure_tta
 from transferlab.experiments.rundir import claim_run_dir
 from transferlab.experiments.train import feature_cache, plan_options, run_training, setup_logging, versions
 from transferlab.options import DataOptions, TrainOptions, with_overrides
 from transferlab.strategies import build_plan
 from transferlab.strategies.plans import STRATEGIES
+from transferlab.tta import check_tta
 from transferlab.zoo import create_backbone
 
 log = logging.getLogger("transferlab")
@@ -159,9 +161,14 @@ def _summary(runs: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
     def stat(a: np.ndarray, fn: Any) -> float | None:
         return round(float(fn(a)), 6) if a.size else None
 
-    return {"test_accuracy_mean": stat(acc, np.mean), "test_accuracy_std": stat(acc, np.std),
-            "macro_f1_mean": stat(f1, np.mean), "macro_f1_std": stat(f1, np.std),
-            "wall_s": round(wall_s, 3), "n_ok": len(ok), "n_failed": len(runs) - len(ok), "runs": runs}
+    out = {"test_accuracy_mean": stat(acc, np.mean), "test_accuracy_std": stat(acc, np.std),
+           "macro_f1_mean": stat(f1, np.mean), "macro_f1_std": stat(f1, np.std),
+           "wall_s": round(wall_s, 3), "n_ok": len(ok), "n_failed": len(runs) - len(ok), "runs": runs}
+    tta = [r["tta"] for r in ok if "tta" in r]
+    if tta:
+        out["tta"] = {"mode": tta[0]["mode"], **{f"{k}_mean": stat(np.array([x[k] for x in tta]), np.mean)
+                                                 for k in ("accuracy", "accuracy_plain", "cost_ratio")}}
+    return out
 
 
 def _run_record(run: Any, *, seed: int, run_dir: Path) -> dict[str, Any]:
@@ -220,9 +227,12 @@ def compare(
     source: ImageSource | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    tta: str = "none",
 ) -> dict[str, Any]:
     """Run every strategy for every seed on one split; write ``out/results.json`` after each run.
 
+    ``tta`` (``flip``, ``flip+crops``): each run's record gains ``tta``, its test accuracy and
+    inference seconds without and with test-time augmentation (:func:`inference.measure_tta`).
     ``train_per_class``: one value subsamples the training split; several values add a
     data-efficiency study (``results["efficiency"]``) and the main table is the largest value.
     ``val_subset``/``test_subset``: a seeded, stratified subset of the val/test split (e.g. the
@@ -236,6 +246,7 @@ def compare(
     """
     d = data_options or DataOptions()
     t = train_options or TrainOptions()
+    check_tta(tta)
     names = parse_strategies(strategies)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds!r}")
@@ -326,6 +337,9 @@ def compare(
                                        overwrite=resume and not again)
                     store._cache.update(before)
                     runs.append(_run_record(run, seed=seed, run_dir=run_dir))
+                    if tta != "none":
+                        runs[-1]["tta"] = measure_tta(run_dir, source=src, indices=split.test, mode=tta,
+                                                      device=d.device)
                 except _AlreadyDone:
                     pass
                 except Exception as exc:  # recorded, the other runs go on (KeyboardInterrupt is not caught)

@@ -7,30 +7,36 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import time
+
 import numpy as np
 import torch
 
-from transferlab.data import ImageDataset, load_image, load_split, open_dataset
+from transferlab.calibration import expected_calibration_error
+from transferlab.data import ImageDataset, ImageSource, load_image, load_split, open_dataset
 from transferlab.engine import Engine, EngineOptions, SplitInputs, classification_metrics, init_distributed
 from transferlab.errors import ConfigError, DataError
-from transferlab.experiments.artifacts import load_model
+from transferlab.experiments.artifacts import LoadedModel, load_model
+from transferlab.tta import TTA_VIEWS, average_views, check_tta, tta_logits, tta_transform
 
 
 def predict_images(images: Sequence[str | os.PathLike[str]], *, model_dir: str | os.PathLike[str],
-                   top: int = 5) -> list[dict[str, Any]]:
-    """Top-k target classes for each image with a trained run.
+                   top: int = 5, tta: str = "none") -> list[dict[str, Any]]:
+    """Top-k target classes for each image with a trained run (calibrated if the run is; ``tta``:
+    see :mod:`transferlab.tta`).
 
     Example:
         >>> predict_images(["rose.jpg"], model_dir="runs/ft", top=1)  # doctest: +SKIP
         [{'image': 'rose.jpg', 'top': [{'label': '08_tulip', 'probability': 0.93, 'index': 7}]}]
     """
     lm = load_model(model_dir)
-    tf = lm.transform()
+    tf = tta_transform(lm.preprocessing, norm=lm.norm, mode=tta)
+    model = lm.scoring_model()
     out = []
     for path in images:
-        x = tf(load_image(path, draft_size=lm.preprocessing.resize_size)).unsqueeze(0)
+        x = tf(load_image(path, draft_size=lm.preprocessing.resize_size))
         with torch.inference_mode():
-            probs = lm.model(x).softmax(1)[0]
+            probs = average_views(model(x), len(x)).exp()[0]
         values, idx = probs.topk(min(top, len(lm.classes)))
         out.append({"image": str(path), "top": [
             {"index": int(i), "label": lm.classes[int(i)], "probability": round(float(v), 6)}
@@ -39,8 +45,12 @@ def predict_images(images: Sequence[str | os.PathLike[str]], *, model_dir: str |
 
 
 def evaluate_run(model_dir: str | os.PathLike[str], data: str, *, subset: str = "all", device: str = "auto",
-                 batch_size: int = 64, quiet: bool = True) -> dict[str, Any]:
-    """Metrics of a trained run on DATA: every image (``subset='all'``) or the run's own test list."""
+                 batch_size: int = 64, quiet: bool = True, tta: str = "none") -> dict[str, Any]:
+    """Metrics of a trained run on DATA: every image (``subset='all'``) or the run's own test list.
+
+    The logits are the calibrated ones of a ``--calibrate`` run; ``ece`` is always reported, and
+    ``seconds`` (inference) with ``tta`` (:mod:`transferlab.tta`) its cost.
+    """
     lm = load_model(model_dir)
     source = open_dataset(data, quiet=quiet)
     if list(source.classes) != lm.classes:
@@ -56,12 +66,47 @@ def evaluate_run(model_dir: str | os.PathLike[str], data: str, *, subset: str = 
         idx = getattr(load_split(Path(model_dir), source), subset)
     else:
         raise ConfigError(f"--subset must be all, train, val or test, got {subset!r}")
-    tf = lm.transform()
-    split = SplitInputs(name=subset, labels=torch.as_tensor(source.labels[idx], dtype=torch.long),
-                        eval_dataset=ImageDataset(source, idx, tf, draft_size=lm.preprocessing.resize_size))
+    labels = torch.as_tensor(source.labels[idx], dtype=torch.long)
+    logits, seconds = split_logits(lm, source, idx, tta=tta, device=device, batch_size=batch_size, quiet=quiet)
+    loss = float(torch.nn.functional.cross_entropy(logits, labels))
+    return {"subset": subset, "data": str(data), "tta": tta, "temperature": lm.temperature,
+            **classification_metrics(logits, labels.numpy(), classes=lm.classes, loss=loss),
+            "ece": expected_calibration_error(logits.softmax(1), labels),
+            "seconds": round(seconds, 3), "ms_per_image": round(1000 * seconds / max(len(idx), 1), 2)}
+
+
+def split_logits(lm: LoadedModel, source: ImageSource, idx: np.ndarray, *, tta: str = "none", device: str = "auto",
+                 batch_size: int = 64, quiet: bool = True) -> tuple[torch.Tensor, float]:
+    """(logits of a run's scoring model on ``source[idx]``, seconds); with ``tta`` averaged log-probabilities."""
+    check_tta(tta)
     ctx = init_distributed(device)
-    engine = Engine(lm.model, ctx=ctx, options=EngineOptions(batch_size=batch_size, quiet=quiet))
-    logits = engine.predict(split, boundary=0, use_cache=False)
-    loss = float(torch.nn.functional.cross_entropy(logits, split.labels))
-    return {"subset": subset, "data": str(data),
-            **classification_metrics(logits, split.labels.numpy(), classes=lm.classes, loss=loss)}
+    t0 = time.perf_counter()
+    if tta == "none":
+        split = SplitInputs(name="eval", labels=torch.as_tensor(source.labels[idx], dtype=torch.long),
+                            eval_dataset=ImageDataset(source, idx, lm.transform(), draft_size=lm.preprocessing.resize_size))
+        engine = Engine(lm.model, ctx=ctx, options=EngineOptions(batch_size=batch_size, quiet=quiet))
+        logits = engine.predict(split, boundary=0, use_cache=False) / (lm.temperature or 1.0)
+    else:
+        views = ImageDataset(source, idx, tta_transform(lm.preprocessing, norm=lm.norm, mode=tta),
+                             draft_size=lm.preprocessing.resize_size)
+        logits, _ = tta_logits(lm.scoring_model(), views, mode=tta, batch_size=batch_size, device=ctx.device)
+    return logits, time.perf_counter() - t0
+
+
+def measure_tta(model_dir: str | os.PathLike[str], *, source: ImageSource, indices: np.ndarray, mode: str,
+                device: str = "auto") -> dict[str, Any]:
+    """Accuracy and inference seconds on ``source[indices]`` without and with TTA ``mode`` (compare --tta).
+
+    Example:
+        >>> measure_tta("cmp/runs/fine-tune/seed0", source=src, indices=test, mode="flip")  # doctest: +SKIP
+        {'mode': 'flip', 'accuracy': 0.975, 'accuracy_plain': 0.971, 'seconds': 20.1, 'seconds_plain': 10.2, ...}
+    """
+    lm = load_model(model_dir)
+    y = source.labels[indices]
+    plain, s_plain = split_logits(lm, source, indices, device=device)
+    aug, s_aug = split_logits(lm, source, indices, tta=check_tta(mode), device=device)
+    acc = float((aug.argmax(1).numpy() == y).mean())
+    acc_plain = float((plain.argmax(1).numpy() == y).mean())
+    return {"mode": mode, "views": TTA_VIEWS[mode], "n": int(len(indices)), "accuracy": acc,
+            "accuracy_plain": acc_plain, "accuracy_change": round(acc - acc_plain, 6), "seconds": round(s_aug, 3),
+            "seconds_plain": round(s_plain, 3), "cost_ratio": round(s_aug / max(s_plain, 1e-9), 2)}

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from transferlab.calibration import calibrate_splits, check_calibration
 from transferlab.data import (
     FixedViews,
     ImageDataset,
@@ -162,6 +163,7 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
         return auto_run(data, source=source, split=split, data_options=d, train_options=t,
                         run_dir=run_dir if ctx.is_main else None, t_start=t_start,
                         search=Search() if t.strategy == "auto" else Search.probe(t))
+    check_calibration(t.calibrate, n_val=len(split.val), refit=t.refit)
     torch.manual_seed(d.seed)
     backbone = create_backbone(t.backbone, pretrained=False)  # random init: the scratch baseline's
     stage_names = backbone.stage_names
@@ -262,6 +264,8 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
             train_s += extra["refit"]["train_s"]
     test_logits = engine.predict(test_in, boundary=boundary)
     classes = list(source.classes)
+    temperature, calibration = calibrate_splits(t.calibrate, val=(val_logits, val_in.labels),
+                                                test=(test_logits, test_in.labels))
     metrics = {
         "strategy": plan.strategy,
         "backbone": t.backbone,
@@ -275,12 +279,18 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
         "skipped_files": [list(s) for s in source.skipped],
         **extra,
     }
+    for name in ("val", "test"):
+        metrics[name].update(calibration[name])
+    if temperature is not None:
+        log.info("temperature scaling: T = %.3f fitted on val (%d images); test ECE %.4f -> %.4f", temperature,
+                 len(val_in.labels), calibration["test"]["ece_uncalibrated"], calibration["test"]["ece"])
     if run_dir is not None and ctx.is_main:
         save_model(run_dir, model, classes=classes, norm=norm,
-                   extra={"strategy": plan.strategy, "test_accuracy": metrics["test"]["accuracy"]})
+                   extra={"strategy": plan.strategy, "test_accuracy": metrics["test"]["accuracy"],
+                          **({"temperature": temperature} if temperature is not None else {})})
         atomic_write_text(run_dir / METRICS, json.dumps(metrics, indent=2))
         if save_predictions:
-            probs = test_logits.softmax(1)
+            probs = (test_logits / (temperature or 1.0)).softmax(1)
             conf, pred = probs.max(1)
             rows = ["identity,true,predicted,confidence"] + [
                 f"{json.dumps(source.identity(int(i)))},{int(y)},{int(p)},{float(c):.6f}"

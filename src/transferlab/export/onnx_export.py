@@ -173,7 +173,7 @@ def export_onnx(
     t0 = time.perf_counter()
     run = Path(run_dir)
     lm = load_model(run)
-    model = lm.model.eval()
+    model = lm.scoring_model().eval()  # a calibrated run's graph divides the logits by its temperature
     x, names = _check_inputs(lm, run, check_images, n_check)
     example = x if len(x) >= 2 else x.repeat(2, 1, 1, 1)  # batch 2 keeps the batch axis symbolic
     metadata = {
@@ -181,6 +181,7 @@ def export_onnx(
         "transferlab.preprocessing": json.dumps(lm.preprocessing.to_dict()),
         "transferlab.normalization": json.dumps(lm.norm.to_dict()),
         "transferlab.backbone": str(lm.meta["backbone"]),
+        **({"transferlab.temperature": repr(lm.temperature)} if lm.temperature is not None else {}),
     }
     blob = _to_onnx_bytes(model, example, opset=opset, metadata=metadata)
 
@@ -208,7 +209,8 @@ def export_onnx(
         "input_spec": f"float32 [batch, 3, {lm.preprocessing.input_size}, {lm.preprocessing.input_size}], "
                       "RGB in [0, 1] after resize/center-crop, normalised as in 'normalization'",
         "output_spec": f"float32 [batch, {len(lm.classes)}] logits in the order of 'classes' "
-                       "(softmax for probabilities)",
+                       "(softmax for probabilities)" + (f"; already divided by the calibration temperature "
+                                                        f"{lm.temperature:.4f}" if lm.temperature else ""),
         "parity": {"max_abs_diff": diff, "tolerance": float(tolerance), "images": names,
                    "batch_sizes": list(batch_sizes)},
         "weights_sha256": file_sha256(run / MODEL_FILE),

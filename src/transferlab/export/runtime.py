@@ -19,6 +19,7 @@ from transferlab.experiments.schema import read_model_json
 from transferlab.export._deps import require
 from transferlab.export.onnx_export import INPUT_NAME, ONNX_FILE, OUTPUT_NAME, file_sha256
 from transferlab.export.quantize import INT8_FILE
+from transferlab.tta import average_views, check_tta, tta_transform
 from transferlab.zoo import Preprocessing
 
 __all__ = ["ONNX_MODELS", "RUNTIMES", "Predictor", "open_predictor", "predict_files", "softmax"]
@@ -50,7 +51,7 @@ class Predictor:
         [[{'index': 7, 'label': '08_tulip', 'probability': 0.93}]]
     """
 
-    def __init__(self, *, run_dir: Path, runtime: str, meta: dict[str, Any], model: Any) -> None:
+    def __init__(self, *, run_dir: Path, runtime: str, meta: dict[str, Any], model: Any, tta: str = "none") -> None:
         self.run_dir = run_dir
         self.runtime = runtime
         self.meta = meta
@@ -59,6 +60,8 @@ class Predictor:
         self.norm = NormStats.from_dict(meta["normalization"])
         self.draft_size = self.preprocessing.resize_size
         self._transform = build_transform(self.preprocessing, norm=self.norm)
+        self.tta = check_tta(tta)
+        self._views = tta_transform(self.preprocessing, norm=self.norm, mode=tta)
         self._model = model
         self.model_file = MODEL_FILE  # what runs: model.safetensors, model.onnx or model.int8.onnx
 
@@ -81,7 +84,9 @@ class Predictor:
             return []
         if not (isinstance(top, int) and top >= 1):
             raise ConfigError(f"top: expected an integer >= 1, got {top!r}")
-        probs = softmax(self.logits(np.stack([self.preprocess(im) for im in images])))
+        views = [self._views(im).numpy() for im in images]  # V x 3 x S x S each (V = 1 without TTA)
+        logits = torch.from_numpy(self.logits(np.concatenate(views)))
+        probs = average_views(logits, len(views[0])).exp().numpy()
         k = min(top, len(self.classes))
         out = []
         for row in probs:
@@ -127,11 +132,13 @@ def _onnx_session(run_dir: Path, meta: dict[str, Any], threads: int | None,
 
 
 def open_predictor(run_dir: str | os.PathLike[str], *, runtime: str = "torch",
-                   threads: int | None = None, onnx_model: str = "auto") -> Predictor:
+                   threads: int | None = None, onnx_model: str = "auto", tta: str = "none") -> Predictor:
     """A :class:`Predictor` for a trained run; ``runtime="onnx"`` needs a checked ``model.onnx``.
 
     ``onnx_model`` (ONNX Runtime only): ``auto`` serves ``model.int8.onnx`` when ``export --quantize
     int8`` wrote one (it passed its parity check), else ``model.onnx``; ``fp32`` or ``int8`` force one.
+    The logits are the calibrated ones of a ``--calibrate`` run (the ONNX graph includes the
+    temperature); ``tta`` averages the softmax over views (:mod:`transferlab.tta`).
 
     ``threads`` sets the intra-op threads (ONNX Runtime: per session; PyTorch: process-wide);
     None keeps the library's default.
@@ -155,20 +162,20 @@ def open_predictor(run_dir: str | os.PathLike[str], *, runtime: str = "torch",
     else:
         if threads is not None:
             torch.set_num_threads(threads)
-        model, name = load_model(run).model.eval(), MODEL_FILE
-    predictor = Predictor(run_dir=run, runtime=runtime, meta=meta, model=model)
+        model, name = load_model(run).scoring_model().eval(), MODEL_FILE
+    predictor = Predictor(run_dir=run, runtime=runtime, meta=meta, model=model, tta=tta)
     predictor.model_file = name
     return predictor
 
 
 def predict_files(images: Sequence[str | os.PathLike[str]], *, model_dir: str | os.PathLike[str],
-                  runtime: str = "torch", top: int = 5) -> list[dict[str, Any]]:
+                  runtime: str = "torch", top: int = 5, tta: str = "none") -> list[dict[str, Any]]:
     """Like :func:`transferlab.experiments.inference.predict_images`, with a choice of runtime.
 
     Example:
         >>> predict_files(["rose.jpg"], model_dir="runs/ft", runtime="onnx", top=1)  # doctest: +SKIP
         [{'image': 'rose.jpg', 'top': [{'index': 7, 'label': '08_tulip', 'probability': 0.93}]}]
     """
-    p = open_predictor(model_dir, runtime=runtime)
+    p = open_predictor(model_dir, runtime=runtime, tta=tta)
     return [{"image": str(path), "top": p.predict([load_image(path, draft_size=p.draft_size)], top=top)[0]}
             for path in images]

@@ -79,7 +79,7 @@ def _openapi_upload_body(max_files: int) -> dict[str, Any]:
 
 def create_app(run_dir: str | os.PathLike[str], *, runtime: str = "torch", threads: int | None = None,
                limits: ServeLimits | None = None, predictor: Predictor | None = None,
-               onnx_model: str = "auto") -> Any:
+               onnx_model: str = "auto", tta: str = "none") -> Any:
     """The FastAPI app for a trained run: ``/predict``, ``/health``, ``/model``, ``/`` (web page), ``/docs``.
 
     Errors are JSON ``{"error": code, "message": ...}`` with the status in
@@ -104,7 +104,7 @@ def create_app(run_dir: str | os.PathLike[str], *, runtime: str = "torch", threa
 
     limits = limits or ServeLimits()
     run = Path(run_dir)
-    pred = predictor or open_predictor(run, runtime=runtime, threads=threads, onnx_model=onnx_model)
+    pred = predictor or open_predictor(run, runtime=runtime, threads=threads, onnx_model=onnx_model, tta=tta)
     report_html, figures = _report_files(run)
     static = {name: (resources.files("transferlab.serve") / "static" / name).read_bytes() for name in _STATIC}
     # One inference thread bounds CPU use on small machines; two decoding threads bound memory.
@@ -125,6 +125,8 @@ def create_app(run_dir: str | os.PathLike[str], *, runtime: str = "torch", threa
         "classes": pred.classes,
         "num_classes": len(pred.classes),
         "runtime": pred.runtime,
+        "tta": pred.tta,
+        "temperature": pred.meta.get("temperature"),
         "preprocessing": pred.preprocessing.to_dict(),
         "normalization": pred.norm.to_dict(),
         "model_file": pred.model_file,
@@ -338,7 +340,8 @@ def _json_error_protocol() -> type:
 
 
 def serve(run_dir: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 8000, runtime: str = "torch",
-          threads: int | None = None, limits: ServeLimits | None = None, onnx_model: str = "auto") -> None:
+          threads: int | None = None, limits: ServeLimits | None = None, onnx_model: str = "auto",
+          tta: str = "none") -> None:
     """Run the server with uvicorn until interrupted (binds to this machine only by default).
 
     Example:
@@ -346,7 +349,7 @@ def serve(run_dir: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int
     """
     uvicorn = require("uvicorn", extra="serve", feature="transferlab serve")
     limits = limits or ServeLimits()
-    app = create_app(run_dir, runtime=runtime, threads=threads, limits=limits, onnx_model=onnx_model)
+    app = create_app(run_dir, runtime=runtime, threads=threads, limits=limits, onnx_model=onnx_model, tta=tta)
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
