@@ -44,6 +44,7 @@ from tests.conftest import make_image_folder  # noqa: E402
 
 FLOWERS = REPO.parent / "shared" / "datasets" / "flowers17"
 OUTCOMES = ("handled", "traceback", "crash", "5xx", "data_lost")
+TIMEOUT_S = 1200.0  # per process: generous, the machine this runs on may be shared
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "TRANSFERLAB_OFFLINE": "1"}
 
 
@@ -92,10 +93,11 @@ def cli_inprocess(argv: list[str]) -> tuple[str, str]:
     return _clean_stderr(rc, err.getvalue())
 
 
-def cli_subprocess(argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 600) -> tuple[str, str, int]:
-    proc = subprocess.run([sys.executable, "-m", "transferlab", *argv], capture_output=True, text=True,
-                          env=env or ENV, timeout=timeout)
-    outcome, detail = _clean_stderr(proc.returncode, proc.stderr)
+def cli_subprocess(argv: list[str], *, env: dict[str, str] | None = None,
+                   timeout: float = TIMEOUT_S) -> tuple[str, str, int]:
+    proc = subprocess.Popen([sys.executable, "-m", "transferlab", *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=env or ENV)
+    outcome, detail = _finish(proc, timeout)
     return outcome, detail, proc.returncode
 
 
@@ -370,19 +372,19 @@ def process_cases(b: Battery, work: Path, data: Path, quick: bool) -> None:
                                    "--out", str(work / f"ev{k}_{i}")], env=env, stderr=subprocess.PIPE, text=True)
                  for i in range(2)]
         for i, p in enumerate(procs):
-            _, err = p.communicate(timeout=600)
-            outcome, detail = _clean_stderr(p.returncode, err)
+            outcome, detail = _finish(p)
             b.add("concurrent eviction", f"round {k} run {i}", outcome, detail)
     # 5. two writers to one --out: one runs, one is refused, the folder is the winner's
     env = {**ENV, "TRANSFERLAB_CACHE": str(work / "cache_w")}
     out = work / "shared_out"
     procs = [subprocess.Popen([sys.executable, "-m", "transferlab", *base, "--out", str(out)], env=env,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
-    ok = [rc for rc, _ in results if rc == 0]
-    for i, (rc, err) in enumerate(results):
-        outcome, detail = _clean_stderr(rc, err)
+    results = []
+    for i, p in enumerate(procs):
+        outcome, detail = _finish(p)
+        results.append((p.returncode, detail))
         b.add("one --out, two writers", f"writer {i}", outcome, detail)
+    ok = [rc for rc, _ in results if rc == 0]
     consistent = len(ok) >= 1 and (out / "metrics.json").is_file() and (out / "model.json").is_file()
     refused = any("in use by another" in err or "already holds a run" in err for _, err in results)
     b.add("one --out, two writers", "folder consistent, the other refused",
@@ -410,6 +412,18 @@ def process_cases(b: Battery, work: Path, data: Path, quick: bool) -> None:
                  for s in ("train", "val", "test")]
         overlap = (split[0] & split[1]) | (split[0] & split[2]) | (split[1] & split[2])
         b.add("symlinks", "no file in two splits", "handled" if not overlap else "data_lost", str(sorted(overlap))[:300])
+
+
+def _finish(p: subprocess.Popen, timeout: float = TIMEOUT_S) -> tuple[str, str]:
+    """Wait for ``p``; a process still running after ``timeout`` is killed and counted as a crash (a hang)."""
+    try:
+        _, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        _, err = p.communicate()
+        return "crash", f"hung: still running after {timeout:.0f}s: {err}"
+    outcome, detail = _clean_stderr(p.returncode, err)
+    return outcome, detail if outcome != "handled" else err
 
 
 def disk_full_cases(b: Battery, work: Path, base: list[str]) -> None:
@@ -441,20 +455,18 @@ def compare_kill_case(b: Battery, work: Path, data: Path) -> None:
             "--quiet", "--workers", "0"]
     proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
     first = out / "runs" / "linear-probe" / "seed0" / "metrics.json"
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + TIMEOUT_S
     while not first.is_file() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     stamp = first.stat().st_mtime_ns if first.is_file() else None
-    proc = subprocess.run(argv + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
-    outcome, detail = _clean_stderr(proc.returncode, proc.stderr)
+    outcome, detail, _ = cli_subprocess(argv[3:] + ["--resume"], env=env)
     b.add("compare", "SIGKILL then --resume", outcome, detail)
     kept = stamp is not None and first.stat().st_mtime_ns == stamp
     b.add("compare", "the finished run is not trained again", "handled" if kept else "data_lost", str(stamp))
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
-    outcome, detail = _clean_stderr(proc.returncode, proc.stderr)
-    b.add("compare", "again without --resume is refused", outcome if proc.returncode == 2 else "data_lost", detail)
+    outcome, detail, rc = cli_subprocess(argv[3:], env=env)
+    b.add("compare", "again without --resume is refused", outcome if rc == 2 else "data_lost", detail)
 
 
 # ----------------------------------------------------------------------------- the server
