@@ -6,7 +6,6 @@ import argparse
 import errno
 import json
 import logging
-import math
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -32,22 +31,6 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0.
-
-    Example:
-        >>> positive_float("0.5")
-        0.5
-    """
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
     return value
 
 
@@ -214,7 +197,7 @@ def add_evidence_commands(sub: Any) -> None:
     p.add_argument("--strategies", default="scratch,linear-probe,feature-extraction,fine-tune,chain-thaw",
                    help="comma-separated strategies; an entry may set its own train options as "
                         "STRATEGY:OPTION=VALUE[:OPTION=VALUE], e.g. fine-tune:unfreeze=2 (default: %(default)s)")
-    p.add_argument("--seeds", type=positive_int, default=3, help="training seeds per strategy (default: 3)")
+    p.add_argument("--seeds", type=int, default=3, help="training seeds per strategy (default: 3)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--train-per-class", dest="train_per_class_list", metavar="N[,N...]",
                    help="training images per class; several values add a data-efficiency study")
@@ -345,7 +328,7 @@ def add_deploy_commands(sub: Any) -> None:
     p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default: onnx)")
     p.add_argument("--check-images", nargs="+", metavar="IMG",
                    help="real images for the parity check (default: images of the run's test split)")
-    p.add_argument("--n-check", type=positive_int, default=4, help="test-split images to check when none are given (default: 4)")
+    p.add_argument("--n-check", type=int, default=4, help="test-split images to check when none are given (default: 4)")
     p.add_argument("--quantize", choices=("none", "int8"), default="none",
                    help="int8: also write model.int8.onnx (ONNX Runtime static quantization calibrated on training "
                         "images; kept only if it agrees with fp32 on >= 99%% of the test images and loses <= 0.5 "
@@ -364,21 +347,21 @@ def add_deploy_commands(sub: Any) -> None:
     p = sub.add_parser("serve", help="HTTP prediction server + web page for a trained run (FastAPI + uvicorn)")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=positive_int, default=8000, help="port (default: 8000)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="PyTorch, or ONNX Runtime on the exported model.onnx (default: torch)")
     p.add_argument("--onnx-model", choices=("auto", "fp32", "int8"), default="auto",
                    help="with --runtime onnx: auto serves model.int8.onnx when `export --quantize int8` wrote it, "
                         "else model.onnx (default: auto)")
-    p.add_argument("--threads", type=positive_int, default=None, help="inference threads (default: the library's default)")
-    p.add_argument("--max-upload-mb", type=positive_int, default=10, help="largest request body in MiB (default: 10)")
-    p.add_argument("--max-pixels", type=positive_int, default=40_000_000, help="largest image, width x height (default: 40M)")
-    p.add_argument("--max-files", type=positive_int, default=16, help="most images in one request (default: 16)")
-    p.add_argument("--max-request-pixels", type=positive_int, default=64_000_000,
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: the library's default)")
+    p.add_argument("--max-upload-mb", type=int, default=10, help="largest request body in MiB (default: 10)")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, width x height (default: 40M)")
+    p.add_argument("--max-files", type=int, default=16, help="most images in one request (default: 16)")
+    p.add_argument("--max-request-pixels", type=int, default=64_000_000,
                    help="decoded pixels of all images of one request together, checked before decoding "
                         "(default: 64M)")
-    p.add_argument("--timeout", type=positive_float, default=30.0, help="seconds to receive and answer a request (default: 30)")
-    p.add_argument("--max-concurrency", type=positive_int, default=64,
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to receive and answer a request (default: 30)")
+    p.add_argument("--max-concurrency", type=int, default=64,
                    help="open connections before the server answers 503 (default: 64)")
     add_tta_option(p)
     p.set_defaults(func=cmd_serve)
