@@ -258,7 +258,7 @@ def _cached_stage_features(bb: Any, src: ImageSource, idx: np.ndarray, *, pre: A
             return StageFeatures(features=[cols[:, a:b] for a, b in zip(bounds[:-1], bounds[1:])], labels=labels,
                                  forward_s=[0.0] * len(bb.stage_names), images=0)
     ds = ImageDataset(src, idx, tf, draft_size=pre.resize_size)
-    feats = pooled_stage_features(bb.featurizer, ds, batch_size=o.batch_size, device=device, workers=d.workers,
+    feats = pooled_stage_features(bb.featurizer, ds, batch_size=o.batch_size, device=device, workers=d.num_workers,
                                   progress=progress)
     if key is not None and cache is not None and len(idx):
         atomic_write_text(cache.root / f"{key}.widths.json", json.dumps([f.shape[1] for f in feats.features]))
