@@ -4,14 +4,17 @@ Contenders, side by side in one process, per backbone (random weights: speed onl
 
 * ``naive``: torchvision ``ImageFolder`` + v1 transforms (Resize, CenterCrop, ToTensor, Normalize),
   the default ``DataLoader`` (batch 32, no workers), an NCHW fp32 model in ``torch.no_grad``.
-* ``transferlab``: ``ActivationStore`` (JPEG draft decoding, one decode worker overlapping the
-  model, channels-last, ``inference_mode``), PyTorch runtime.
-* ``transferlab-onnx``: the same path with the frozen prefix run in ONNX Runtime (needs the
-  ``export`` extra; export time included).
+* ``transferlab``: the default path, no flags: ``ActivationStore`` with ``runtime="auto"`` (JPEG draft
+  decoding, one decode worker overlapping the model; on the CPU ONNX Runtime after its parity check
+  on the first batch, export and check time included in the first repeat; PyTorch on CUDA).
+* ``transferlab-torch``: the same path with the frozen prefix forced to PyTorch (channels-last,
+  ``inference_mode``).
 
 Every contender produces pooled features (global average of the last stage) for the same images.
-``model_only`` is the transferlab model on a pre-decoded batch, reported as img/s and as a
-fraction of the machine's fp32 peak (``--peak-gflops``, FLOPs counted by ``FlopCounterMode``).
+``model_only`` is the transferlab model (PyTorch) on a pre-decoded batch, reported as img/s and as a
+fraction of the machine's fp32 peak (``--peak-gflops``, FLOPs counted by ``FlopCounterMode``);
+``model_only_onnx`` the same for the ONNX Runtime prefix. ``decode_only`` is img/s of decoding +
+transforms alone, in one process: transferlab's (JPEG draft), the same without draft, and naive's.
 
 Example:
     PYTHONPATH=src python benchmarks/extract.py --data ../shared/datasets/flowers17 --json benchmarks/results/extract.json
@@ -38,6 +41,7 @@ from common import write_json
 
 from transferlab.data import ImageDataset, build_transform, compute_norm_stats, open_dataset
 from transferlab.engine import ActivationStore, SplitInputs
+from transferlab.engine.runtimes import onnx_prefix, prefix_digest
 from transferlab.strategies import HeadConfig, TransferModel
 from transferlab.zoo import create_backbone
 
@@ -100,6 +104,42 @@ def transferlab(data: Path, indices: np.ndarray, model: TransferModel, *, batch_
     return run
 
 
+def decode_only(data: Path, indices: np.ndarray, model: TransferModel, *, repeats: int) -> dict[str, Any]:
+    """img/s of decoding + transforms alone (one process, no model): draft JPEG, full decode, naive."""
+    source = open_dataset(str(data), quiet=True)
+    pre = model.preprocessing
+    tf = build_transform(pre, norm=compute_norm_stats("pretrained", source=source, indices=indices, preprocessing=pre))
+    naive_tf = transforms.Compose([transforms.Resize(pre.resize_size), transforms.CenterCrop(pre.input_size),
+                                   transforms.ToTensor(), transforms.Normalize(pre.mean, pre.std)])
+    folder = Subset(datasets.ImageFolder(str(data), transform=naive_tf), indices.tolist())
+    sets = {"transferlab": ImageDataset(source, indices, tf, draft_size=pre.resize_size),
+            "transferlab_no_draft": ImageDataset(source, indices, tf), "naive": folder}
+    out = {}
+    for label, ds in sets.items():
+        def run(ds: Any = ds) -> int:
+            for i in range(len(ds)):
+                ds[i]
+            return len(ds)
+
+        out[label] = timed(run, repeats=repeats)[0]
+    return {k: round(v, 2) for k, v in out.items()}
+
+
+def model_only_onnx(model: TransferModel, *, batch_size: int, repeats: int) -> dict[str, Any]:
+    boundary = len(model.stage_names)
+    run_prefix = onnx_prefix(model, boundary, digest=prefix_digest(model, boundary))
+    size = model.preprocessing.input_size
+    x = torch.randn(batch_size, 3, size, size)
+    run_prefix(x)  # warm-up
+
+    def run() -> int:
+        run_prefix(x)
+        return batch_size
+
+    rate, rates = timed(run, repeats=repeats)
+    return {"img_s": round(rate, 2), "runs_img_s": rates}
+
+
 def model_only(model: TransferModel, *, batch_size: int, repeats: int, peak_gflops: float) -> dict[str, Any]:
     size = model.preprocessing.input_size
     model.to(memory_format=torch.channels_last).eval()
@@ -129,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=256, help="images per run, spread over the classes")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--runtimes", default="torch,onnx", help="transferlab runtimes to include")
+    p.add_argument("--runtimes", default="auto,torch", help="transferlab runtimes to include (auto: the default)")
     p.add_argument("--peak-gflops", type=float, default=157.0, help="fp32 peak of this machine")
+    p.add_argument("--note", default="", help="free text stored in the JSON (e.g. how loaded the machine was)")
     a = p.parse_args(argv)
     torch.manual_seed(0)
     folder = datasets.ImageFolder(str(a.data))
@@ -139,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": str(a.data), "images": int(len(indices)), "batch_size": a.batch_size, "repeats": a.repeats,
         "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "peak_gflops": a.peak_gflops,
         "torch": torch.__version__, "load_avg_1m_before": load_average(), "backbones": {},
+        "note": a.note,
     }
     rows = []
     for name in a.backbones.split(","):
@@ -146,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         model.eval()
         contenders = {"naive": naive(a.data, indices, model, batch_size=a.batch_size)}
         for runtime in a.runtimes.split(","):
-            label = "transferlab" if runtime == "torch" else f"transferlab-{runtime}"
+            label = "transferlab" if runtime == "auto" else f"transferlab-{runtime}"
             contenders[label] = transferlab(a.data, indices, model, batch_size=a.batch_size, runtime=runtime)
         entry: dict[str, Any] = {"contenders": {}}
         # interleaved: repeat r of every contender runs before repeat r+1 of any (load drifts equally)
@@ -160,11 +202,21 @@ def main(argv: list[str] | None = None) -> int:
         entry["speedup_vs_naive"] = {k: round(v["img_s"] / base, 2) for k, v in entry["contenders"].items()
                                      if k != "naive"}
         entry["model_only"] = model_only(model, batch_size=a.batch_size, repeats=a.repeats, peak_gflops=a.peak_gflops)
+        entry["model_only_onnx"] = model_only_onnx(model, batch_size=a.batch_size, repeats=a.repeats)
+        entry["model_only_onnx"]["fraction_of_peak"] = round(
+            entry["model_only_onnx"]["img_s"] * entry["model_only"]["gflop_per_img"] / a.peak_gflops, 4)
+        entry["decode_only"] = decode_only(a.data, indices, model, repeats=a.repeats)
+        entry["load_avg_1m_after"] = load_average()
         results["backbones"][name] = entry
         for label, v in entry["contenders"].items():
             rows.append((name, label, v["img_s"], entry["speedup_vs_naive"].get(label, 1.0)))
         mo = entry["model_only"]
         rows.append((name, "model-only (torch)", mo["img_s"], None, mo["gflop_s"], mo["fraction_of_peak"]))
+        mx = entry["model_only_onnx"]
+        rows.append((name, "model-only (onnx)", mx["img_s"], None, mx["img_s"] * mo["gflop_per_img"],
+                     mx["fraction_of_peak"]))
+        for label, rate in entry["decode_only"].items():
+            rows.append((name, f"decode-only {label}", rate, None))
         print(f"done {name} (load {load_average()})", file=sys.stderr)
     results["load_avg_1m_after"] = load_average()
     print(f"{'backbone':<20} {'contender':<20} {'img/s':>8} {'vs naive':>9} {'GFLOP/s':>8} {'of peak':>8}")

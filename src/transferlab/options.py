@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -81,11 +82,37 @@ class DataOptions:
                              choices=("none", "mixup", "cutmix", "mixup-cutmix"))
     seed: int = opt(0, "training seed (weights init, shuffling, dropout)", lo=0)
     device: str = opt("auto", "auto, cpu or cuda[:N]")
-    workers: int = opt(0, "DataLoader worker processes for image decoding", lo=0, hi=256)
+    workers: str = opt("auto", "DataLoader worker processes for image decoding: auto (one per usable core beyond the "
+                               "first, shared among local torchrun ranks, at most 4) or a number >= 0")
     quiet: bool = opt(False, "no progress bars or per-epoch logs (for scripts)")
 
     def __post_init__(self) -> None:
         check_options(self)
+        resolve_workers(self.workers)  # checked when the options are made
+
+    @property
+    def num_workers(self) -> int:
+        """``workers`` as a number (``auto`` resolved for this machine)."""
+        return resolve_workers(self.workers)
+
+
+def resolve_workers(value: str | int) -> int:
+    """``auto`` -> decode workers for this machine; ``"3"``/``3`` -> 3.
+
+    Example:
+        >>> resolve_workers("2"), resolve_workers("auto") >= 0
+        (2, True)
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    text = str(value).strip().lower()
+    if text == "auto":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        per_rank = max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
+        return min(4, per_rank - 1)
+    if text.isdigit():
+        return int(text)
+    raise ConfigError(f"--workers must be auto or an integer >= 0, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -140,3 +140,18 @@ def test_auto_falls_back_to_torch_on_a_failed_verdict(model: TransferModel, tiny
                for m in (r.getMessage() for r in caplog.records))
     reference = ActivationStore(model, device=torch.device("cpu"), runtime="torch").get(split, 3)
     assert torch.equal(acts, reference)
+
+
+def test_workers_auto_resolves_for_the_machine(monkeypatch: pytest.MonkeyPatch):
+    import os
+
+    from transferlab.errors import ConfigError
+    from transferlab.options import DataOptions
+
+    cores = len(os.sched_getaffinity(0))
+    assert DataOptions().workers == "auto" and DataOptions().num_workers == min(4, cores - 1)
+    assert DataOptions(workers="3").num_workers == 3 and DataOptions(workers=0).num_workers == 0
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores))  # one rank per core: no spare core for a worker
+    assert DataOptions().num_workers == 0
+    with pytest.raises(ConfigError, match="--workers must be auto or an integer"):
+        DataOptions(workers="many")

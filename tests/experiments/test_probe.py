@@ -192,3 +192,14 @@ def test_flowers17_last_stage_is_accurate_and_early_stages_are_not(tmp_path: Pat
     acc = [s["test_accuracy"] for s in res["stages"]]
     assert acc[-1] >= 0.85
     assert max(acc[:3]) < acc[-1] - 0.25
+
+
+def test_probe_layers_second_run_reads_the_shared_feature_cache(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data", size=32)
+    opts = ProbeOptions(backbone="mobilenet_v2", resolutions="32")
+    first = probe_layers(str(data), out=tmp_path / "a", options=opts, data_options=DataOptions(quiet=True))
+    second = probe_layers(str(data), out=tmp_path / "b", options=opts, data_options=DataOptions(quiet=True))
+    assert first["forward_images"] == 24 and second["forward_images"] == 0
+    assert [r["val_accuracy"] for r in second["stages"]] == [r["val_accuracy"] for r in first["stages"]]
+    assert [r["test_accuracy"] for r in second["stages"]] == [r["test_accuracy"] for r in first["stages"]]
+    assert len(list((tmp_path / "cache" / "features").glob("*.npy"))) == 3  # train, val, test

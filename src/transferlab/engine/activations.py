@@ -226,6 +226,8 @@ class ActivationStore:
         path = self._verdict_path(split, boundary)
         verdict = runtimes.load_verdict(path) if path is not None else None
         where = f"remembered in {path}" if verdict is not None else None
+        if verdict is None and (digest, boundary) in runtimes.VERDICTS:
+            verdict, where = runtimes.VERDICTS[(digest, boundary)], "checked earlier in this process"
         if verdict is None:
             verdict = self._parity_check(split, boundary, digest)
             if path is not None and world()[0] == 0:
@@ -234,6 +236,7 @@ class ActivationStore:
             else:
                 where = f"checked on the first batch of {split.name} ({verdict['images']} images)"
         verdict = agree(verdict)  # under torchrun every rank runs what rank 0 decided
+        runtimes.VERDICTS[(digest, boundary)] = verdict
         if verdict["runtime"] == "onnx":
             why = (f"ONNX Runtime, {runtimes.machine_threads()} threads; parity max |diff| "
                    f"{verdict['max_abs_diff']:.2g} within atol {verdict['atol']:g} + rtol {verdict['rtol']:g}, {where}")

@@ -30,6 +30,7 @@ PARITY_RTOL = 1e-3
 Runner = Callable[[torch.Tensor], torch.Tensor]
 _SESSIONS: OrderedDict[tuple[str, int, int], Runner] = OrderedDict()  # (prefix digest, boundary, size)
 _MAX_SESSIONS = 4
+VERDICTS: dict[tuple[str, int], dict[str, Any]] = {}  # (prefix digest, boundary) -> verdict, this process
 
 
 def machine_threads() -> int:

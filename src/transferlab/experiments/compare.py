@@ -288,7 +288,7 @@ def compare(
     if resume:
         _check_resumable(out_dir, data=str(data), names=names, seeds=seeds, d=d, t=t)
     ctx = init_distributed(d.device)
-    stores = _SharedStore(device=ctx.device, batch_size=t.batch_size, workers=d.workers,
+    stores = _SharedStore(device=ctx.device, batch_size=t.batch_size, workers=d.num_workers,
                            progress=not d.quiet, runtime=t.runtime, disk=feature_cache(t))
     main_n, main_split = splits[-1]
     results: dict[str, Any] = {

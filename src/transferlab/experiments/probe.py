@@ -72,6 +72,8 @@ class ProbeOptions:
     batch_size: int = opt(32, "images per forward batch")
     tolerance: float = opt(0.01, "recommendation: a stage within this of the best val accuracy counts as "
                                  "the plateau")
+    feature_cache: str = opt("auto", "on-disk feature cache shared with train/compare (pooled per-stage features "
+                                     "are kept there): auto ($TRANSFERLAB_CACHE/features), off, or a folder")
 
 
 # ----------------------------------------------------------------------------- the rule
@@ -230,6 +232,42 @@ def pooled_stage_features(featurizer: nn.Sequential, dataset: Dataset, *, batch_
     return StageFeatures(features=feats, labels=y_all, forward_s=seconds, images=images)
 
 
+def _cached_stage_features(bb: Any, src: ImageSource, idx: np.ndarray, *, pre: Any, norm: Any, tf: Any,
+                           o: ProbeOptions, d: DataOptions, device: torch.device,
+                           progress: str | None) -> StageFeatures:
+    """:func:`pooled_stage_features`, kept in the feature cache of train/compare (keyed like theirs, plus
+    ``pooled``: probe-layers needs every stage's pooled output, which train's boundary entries do not hold)."""
+    from transferlab.engine.feature_cache import FeatureCache
+    from transferlab.experiments.train import item_keys
+
+    labels = src.labels[idx].astype(np.int64)
+    cache = None if o.feature_cache == "off" else FeatureCache(
+        None if o.feature_cache == "auto" else Path(o.feature_cache))
+    key = None
+    if cache is not None and bb.weights.pretrained and bb.weights.sha256:
+        fp = {"backbone": bb.name, "weights_sha256": bb.weights.sha256, "preprocessing": pre.to_dict(),
+              "normalization": norm.to_dict(), "pooled": "global average of every stage's output"}
+        key = cache.key(fingerprint=fp, boundary=len(bb.stage_names), items=item_keys(src, idx))
+        widths_file = cache.root / f"{key}.widths.json"
+        hit = cache.load(key) if widths_file.is_file() else None
+        if hit is not None:
+            bounds = np.cumsum([0, *json.loads(widths_file.read_text())])
+            cols = hit.numpy()
+            log.info("%s %d px: pooled stage features of %d images from the feature cache (no forward pass)",
+                     bb.name, pre.input_size, len(idx))
+            return StageFeatures(features=[cols[:, a:b] for a, b in zip(bounds[:-1], bounds[1:])], labels=labels,
+                                 forward_s=[0.0] * len(bb.stage_names), images=0)
+    ds = ImageDataset(src, idx, tf, draft_size=pre.resize_size)
+    feats = pooled_stage_features(bb.featurizer, ds, batch_size=o.batch_size, device=device, workers=d.num_workers,
+                                  progress=progress)
+    if key is not None and cache is not None and len(idx):
+        atomic_write_text(cache.root / f"{key}.widths.json", json.dumps([f.shape[1] for f in feats.features]))
+        writer = cache.writer(key, n=len(idx), shape=(sum(f.shape[1] for f in feats.features),))
+        writer.write(torch.from_numpy(np.concatenate(feats.features, axis=1)))
+        writer.commit()
+    return feats
+
+
 def probe_stages(train: StageFeatures, val: StageFeatures, test: StageFeatures, *, names: Sequence[str],
                  num_classes: int, classifier: str = "logreg", seed: int = 0) -> list[dict[str, Any]]:
     """Fit one linear probe per stage; accuracy on val (train-only fit, which chose C) and on test
@@ -300,10 +338,8 @@ def probe_layers(data: str, *, out: str | os.PathLike[str], options: ProbeOption
         feats = {}
         t0 = time.perf_counter()
         for part in ("train", "val", "test"):
-            ds = ImageDataset(src, getattr(sp, part), tf, draft_size=pre.resize_size)
-            feats[part] = pooled_stage_features(bb.featurizer, ds, batch_size=o.batch_size, device=ctx.device,
-                                                workers=d.workers,
-                                                progress=None if d.quiet else f"{size}px {part}")
+            feats[part] = _cached_stage_features(bb, src, getattr(sp, part), pre=pre, norm=norm, tf=tf, o=o, d=d,
+                                                 device=ctx.device, progress=None if d.quiet else f"{size}px {part}")
             images += feats[part].images
         extract_s = time.perf_counter() - t0
         rows = probe_stages(feats["train"], feats["val"], feats["test"], names=names,

@@ -212,7 +212,7 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
         class_weights = tuple(float(x) for x in counts.sum() / (len(counts) * np.maximum(counts, 1)))
     if store is None:
         store = ActivationStore(
-            model, device=ctx.device, batch_size=max(t.batch_size, 64), num_workers=d.workers,
+            model, device=ctx.device, batch_size=max(t.batch_size, 64), num_workers=d.num_workers,
             progress=not d.quiet and ctx.is_main, disk=feature_cache(t),
             fingerprint=cache_fingerprint(backbone, norm) if plan.pretrained else None, runtime=t.runtime,
         )
@@ -225,7 +225,7 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
         model, ctx=ctx,
         options=EngineOptions(batch_size=t.batch_size, seed=d.seed, patience=t.patience,
                               label_smoothing=t.label_smoothing, class_weights=class_weights,
-                              balanced_sampler=t.balanced_sampler, precision=t.precision, num_workers=d.workers,
+                              balanced_sampler=t.balanced_sampler, precision=t.precision, num_workers=d.num_workers,
                               cache=t.cache, quiet=d.quiet, monitor=t.monitor),
         store=_adopt(store, model),
         cacheable_train=(d.augment == "none" or t.views > 0) and d.batch_augment == "none",

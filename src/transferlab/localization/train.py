@@ -281,7 +281,7 @@ def run_localization(data: str, *, data_options: DataOptions, train_options: Tra
     task = LocalizationTask(box_loss=lo.box_loss, box_weight=lo.box_weight, num_classes=head.num_classes)
     engine = Engine(model, ctx=ctx, task=task, cacheable_train=lo.box_augment == "none" or lo.views > 0,
                     options=EngineOptions(batch_size=t.batch_size, seed=d.seed, patience=t.patience,
-                                          precision=t.precision, num_workers=d.workers, cache=t.cache, quiet=d.quiet))
+                                          precision=t.precision, num_workers=d.num_workers, cache=t.cache, quiet=d.quiet))
     fit = engine.fit(plan, train=train_in, val=val_in, run_dir=run_dir)
     boundary = plan.lowest_trainable_stage(kept) if plan.pretrained else 0
     val_out, test_out = engine.predict(val_in, boundary=boundary), engine.predict(test_in, boundary=boundary)
