@@ -46,6 +46,7 @@ from transferlab.errors import ConfigError
 from transferlab.experiments.artifacts import save_model
 from transferlab.options import DataOptions, TrainOptions, options_from_kwargs
 from transferlab.strategies import HeadConfig, Plan, PlanOptions, TransferModel, build_plan, fit_linear_probe, load_plan
+from transferlab.strategies.plans import FEATURE_BASELINES
 from transferlab.zoo import Backbone, create_backbone
 
 log = logging.getLogger("transferlab")
@@ -143,6 +144,11 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
     else:
         split = make_split(source, fractions=parse_fractions(d.split, option="--split"), seed=d.split_seed,
                            train_per_class=d.train_per_class)
+    if t.strategy in FEATURE_BASELINES:  # no network: hand-crafted features and a classifier
+        from transferlab.experiments.baselines import run_hog_svm
+
+        return run_hog_svm(data, source=source, split=split, data_options=d, train_options=t,
+                           run_dir=run_dir if ctx.is_main else None, save_predictions=save_predictions)
     torch.manual_seed(d.seed)
     backbone = create_backbone(t.backbone, pretrained=False)  # random init: the scratch baseline's
     stage_names = backbone.stage_names
@@ -158,6 +164,8 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
     plan.validate(kept)
     if plan.pretrained:
         backbone = create_backbone(t.backbone, pretrained=True, weights=t.weights)
+    if t.input_size is not None:
+        backbone.preprocessing = backbone.preprocessing.with_input_size(t.input_size)
     model = TransferModel(backbone=backbone, num_classes=len(source.classes), head=head_config(t), cut=t.cut)
     pre = model.preprocessing
     norm = compute_norm_stats(d.normalize, source=source, indices=split.train, preprocessing=pre)
