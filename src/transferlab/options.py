@@ -132,6 +132,8 @@ class TrainOptions:
     dropout: float = opt(0.2, "dropout before/within the new head", lo=0, hi=1, hi_open=True)
     pool: str = opt("avg", "how the cut's feature map becomes a vector", choices=("avg", "flatten"))
     cut: int | None = opt(None, "keep the featurizer up to stage K (1-based; default: all stages)", lo=1)
+    input_size: int | None = opt(None, "input resolution in px (default: the backbone's; hog-svm: min(128, the "
+                                       "images' shorter side)); e.g. scratch on small_cnn at the data's resolution", lo=8, hi=4096)
     epochs: int = opt(30, "epochs of the head phase (feature-extraction, first phase of others; on cached "
                           "features an epoch takes well under a second)", lo=0)
     finetune_epochs: int = opt(8, "epochs of a phase that trains featurizer stages", lo=0)

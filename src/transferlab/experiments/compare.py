@@ -91,9 +91,9 @@ def variant_options(name: str, train: TrainOptions) -> TrainOptions:
     """
     strategy, _, pairs = name.partition(":")
     out = with_overrides(train, pairs, context=f"--strategies entry {name!r}")
-    if out.strategy != train.strategy or out.backbone != train.backbone:
+    if out.strategy != train.strategy or (out.backbone != train.backbone and strategy.strip() != "scratch"):
         raise ConfigError(f"--strategies entry {name!r}: strategy and backbone are set for the whole compare, "
-                          "not per entry")
+                          "not per entry (except a scratch baseline's architecture, e.g. scratch:backbone=small_cnn)")
     return replace(out, strategy=strategy.strip())
 
 
@@ -188,7 +188,8 @@ def _finished_record(run_dir: Path, *, seed: int) -> dict[str, Any] | None:
 
 
 def _record(m: dict[str, Any], *, seed: int, run_dir: Path) -> dict[str, Any]:
-    return {"seed": seed, "status": "ok", "run_dir": str(run_dir), "test_accuracy": m["test"]["accuracy"],
+    return {"seed": seed, "status": "ok", "backbone": m["backbone"], "run_dir": str(run_dir),
+            "test_accuracy": m["test"]["accuracy"],
             "macro_f1": m["test"]["macro_f1"], "top5": m["test"]["top5"], "test_loss": m["test"]["loss"],
             "val_accuracy": m["val"]["accuracy"], "best_epoch": m["best_epoch"], "timing": m["timing"]}
 
@@ -200,17 +201,31 @@ class _SharedStore:
                  runtime: str = "auto", disk: FeatureCache | None = None) -> None:
         # the model is adopted by each run (run_training(store=...) sets store.model and the disk fingerprint),
         # so pretrained entries go to and come from the same on-disk feature cache as `transferlab train`
-        self.store = ActivationStore(None, device=device, batch_size=max(batch_size, 64),  # type: ignore[arg-type]
-                                     num_workers=workers, progress=progress, runtime=runtime, disk=disk)
+        self._args = dict(device=device, batch_size=max(batch_size, 64), num_workers=workers, progress=progress,
+                          runtime=runtime, disk=disk)
+        self.store = ActivationStore(None, **self._args)  # type: ignore[arg-type]
+        self._main: tuple[str, int | None] | None = None
+        self._others: dict[tuple[str, int | None], ActivationStore] = {}
+
+    def for_options(self, t: TrainOptions) -> ActivationStore:
+        """The store of the compare's backbone and resolution; an entry with another architecture or
+        input size (e.g. ``scratch:backbone=small_cnn``) gets its own: its images are preprocessed differently."""
+        key = (t.backbone, t.input_size)
+        if self._main is None:
+            self._main = key
+        if key == self._main:
+            return self.store
+        return self._others.setdefault(key, ActivationStore(None, **self._args))  # type: ignore[arg-type]
 
     def new_training_set(self, *, keep_eval: bool) -> None:
-        for key in list(self.store._cache):
-            if key[0].startswith("train") or not keep_eval:
-                del self.store._cache[key]
+        for store in (self.store, *self._others.values()):
+            for key in list(store._cache):
+                if key[0].startswith("train") or not keep_eval:
+                    del store._cache[key]
 
     @property
     def forward_images(self) -> int:
-        return self.store.forward_images
+        return self.store.forward_images + sum(s.forward_images for s in self._others.values())
 
 
 def compare(
@@ -258,11 +273,11 @@ def compare(
     for n, v in (("val_subset", val_subset), ("test_subset", test_subset)):
         if v is not None and v < 1:
             raise ConfigError(f"{n} must be >= 1, got {v}")
-    stage_names = create_backbone(t.backbone, pretrained=False).stage_names
     for name in names:
         tn = variant_options(name, t)
+        stage_names = create_backbone(tn.backbone, pretrained=False).stage_names
         if tn.cut is not None and not 1 <= tn.cut <= len(stage_names):
-            raise ConfigError(f"--cut must be between 1 and {len(stage_names)} for {t.backbone}, got {tn.cut}")
+            raise ConfigError(f"--cut must be between 1 and {len(stage_names)} for {tn.backbone}, got {tn.cut}")
         kept = stage_names[: tn.cut] if tn.cut else stage_names
         build_plan(tn.strategy, stage_names=kept, options=plan_options(tn)).validate(kept)
 
@@ -321,7 +336,7 @@ def compare(
                 run_dir = out_dir / "runs" / (f"n{n}" if len(splits) > 1 else "") / name.replace(":", "+") / f"seed{seed}"
                 if bar is not None:
                     bar.set_postfix_str(f"{name} seed {seed}" + (f" n={n}" if n is not None else ""))
-                store = stores.store
+                store = stores.for_options(variant_options(name, t))
                 before = dict(store._cache)
                 t0 = time.perf_counter()
                 done = _finished_record(run_dir, seed=seed) if resume else None
@@ -349,7 +364,8 @@ def compare(
                     log.error("%s seed %d failed: %s", name, seed, message)
                     run_dir.mkdir(parents=True, exist_ok=True)
                     atomic_write_text(run_dir / "error.txt", traceback.format_exc())
-                    runs.append({"seed": seed, "status": "failed", "run_dir": str(run_dir), "error": message})
+                    runs.append({"seed": seed, "status": "failed", "backbone": variant_options(name, t).backbone,
+                                 "run_dir": str(run_dir), "error": message})
                 wall += time.perf_counter() - t0
                 per_strategy[name] = {"strategy": strategy_of(name), **_summary(runs, wall)}
                 if n == main_n:

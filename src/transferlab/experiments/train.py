@@ -49,6 +49,7 @@ from transferlab.experiments.rundir import claim_run_dir
 from transferlab.experiments.schema import read_config_json
 from transferlab.options import DataOptions, TrainOptions, options_from_kwargs
 from transferlab.strategies import HeadConfig, Plan, PlanOptions, TransferModel, build_plan, fit_linear_probe, load_plan
+from transferlab.strategies.plans import FEATURE_BASELINES
 from transferlab.zoo import Backbone, create_backbone
 
 log = logging.getLogger("transferlab")
@@ -152,6 +153,11 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
     else:
         split = make_split(source, fractions=parse_fractions(d.split, option="--split"), seed=d.split_seed,
                            train_per_class=d.train_per_class)
+    if t.strategy in FEATURE_BASELINES:  # no network: hand-crafted features and a classifier
+        from transferlab.experiments.baselines import run_hog_svm
+
+        return run_hog_svm(data, source=source, split=split, data_options=d, train_options=t,
+                           run_dir=run_dir if ctx.is_main else None, save_predictions=save_predictions)
     if t.ensemble and t.cv is None and t.strategy != "auto":
         raise ConfigError("--ensemble averages the K fold models of cross-validation: give --cv K (or --strategy auto)")
     if (t.strategy == "auto" or t.cv is not None) and not t.plan:  # experiments.auto: CV on cached features
@@ -179,6 +185,8 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
     plan.validate(kept)
     if plan.pretrained:
         backbone = create_backbone(t.backbone, pretrained=True, weights=t.weights)
+    if t.input_size is not None:
+        backbone.preprocessing = backbone.preprocessing.with_input_size(t.input_size)
     model = TransferModel(backbone=backbone, num_classes=len(source.classes), head=head_config(t), cut=t.cut)
     pre = model.preprocessing
     norm = compute_norm_stats(d.normalize, source=source, indices=split.train, preprocessing=pre)

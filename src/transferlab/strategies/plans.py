@@ -28,7 +28,10 @@ STRATEGIES = (
     "chain-thaw",
     "gradual-unfreeze",
     "scratch",
+    "hog-svm",
 )
+#: Strategies without a network: hand-crafted features and a classifier (``transferlab.strategies.hog_svm``).
+FEATURE_BASELINES = ("hog-svm",)
 
 
 @dataclass(frozen=True)
@@ -208,6 +211,8 @@ def build_plan(strategy: str, *, stage_names: list[str], options: PlanOptions) -
 
     if strategy == "linear-probe":
         return Plan(strategy=strategy, phases=())
+    if strategy in FEATURE_BASELINES:  # no network, no pretrained knowledge: fit in closed form
+        return Plan(strategy=strategy, phases=(), pretrained=False)
     if strategy == "feature-extraction":
         return Plan(strategy=strategy, phases=(head,))
     if strategy == "fine-tune":
