@@ -97,6 +97,11 @@ class TrainOptions:
     feature_cache: str = opt("auto", "on-disk cache of pretrained activations: auto ($TRANSFERLAB_CACHE/"
                              "features), off, or a folder")
     feature_cache_gb: float = opt(20.0, "size limit of the on-disk feature cache (least recently used go first)")
+    unlabeled: str | None = opt(None, "folder of unlabelled images that linear-probe / feature-extraction also "
+                                      "learn from (pseudo-labels on cached features, see --unlabeled-method)")
+    unlabeled_method: str = opt("self-training", "how unlabelled images get labels: scikit-learn's "
+                                "SelfTrainingClassifier or LabelSpreading", choices=("self-training", "label-spreading"))
+    unlabeled_threshold: float = opt(0.75, "pseudo-labels below this confidence are not used")
 
 
 def _base_type(tp: Any) -> tuple[type, bool]:
