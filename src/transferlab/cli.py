@@ -498,6 +498,76 @@ def add_cache_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_cache)
 
 
+# ----------------------------------------------------------------------------- better data, more data
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from transferlab.audit import AUDIT_HTML, AUDIT_JSON, AuditOptions, parse_drop, run_audit, write_clean
+    from transferlab.data import open_dataset
+    from transferlab.experiments.train import setup_logging
+
+    drop = parse_drop(args.drop) if args.drop else None
+    if args.write_clean and drop is None:
+        raise TransferlabError("--write-clean CSV needs --drop KINDS (e.g. --drop label,duplicate)")
+    options = options_from_args(AuditOptions, args)
+    setup_logging(quiet=options.quiet)
+    source = open_dataset(args.data, quiet=options.quiet)
+    res = run_audit(args.data, out=args.out, options=options, source=source)
+    if args.write_clean and drop is not None:
+        write_clean(res, source, args.write_clean, drop=drop)
+    if args.json:
+        _print_json({k: v for k, v in res.items() if k != "findings"})
+    else:
+        counts = ", ".join(f"{n} {k}" for k, n in res["counts"].items())
+        print(f"{res['data']}: {res['n_images']} images; {counts} ({res['timing']['total_s']:.0f}s) -> "
+              f"{Path(args.out) / AUDIT_JSON}, {Path(args.out) / AUDIT_HTML}")
+    return 0
+
+
+def cmd_suggest_labels(args: argparse.Namespace) -> int:
+    from transferlab.unlabeled.suggest import suggest_labels
+
+    from transferlab.experiments.train import setup_logging
+
+    setup_logging(quiet=args.quiet)
+    rows = suggest_labels(args.model, unlabeled=args.unlabeled, n=args.n, strategy=args.strategy,
+                          out=args.out, labeled=args.labeled)
+    if args.json:
+        _print_json(rows)
+    else:
+        print(f"{len(rows)} images to label next ({args.strategy}) -> {args.out}")
+    return 0
+
+
+def add_data_commands(sub: Any) -> None:
+    """``audit`` and ``suggest-labels`` subcommands (better data, more data)."""
+    from transferlab.audit import KINDS, AuditOptions
+    from transferlab.unlabeled.select import STRATEGIES as SELECT
+
+    p = sub.add_parser("audit", help="find label issues, duplicates, cross-split leakage, outliers and poor images")
+    p.add_argument("data", metavar="DATA", help="image folder, dataset layout or CSV")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (audit.json, audit.html)")
+    p.add_argument("--write-clean", metavar="CSV", help="write a path,label CSV without the --drop findings "
+                                                       "(train reads it; no image file is touched)")
+    p.add_argument("--drop", metavar="KINDS", help=f"finding kinds left out of --write-clean: {','.join(KINDS)}")
+    p.add_argument("--json", action="store_true", help="print audit.json without the findings list")
+    add_options(p, AuditOptions)
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("suggest-labels", help="rank unlabelled images by what a trained run would learn most from")
+    p.add_argument("--model", required=True, metavar="RUN_DIR", help="a trained run directory")
+    p.add_argument("--unlabeled", required=True, metavar="DIR", help="folder of unlabelled images (searched recursively)")
+    p.add_argument("--n", type=int, default=50, help="how many images to suggest (default: 50)")
+    p.add_argument("--strategy", default="margin", choices=SELECT,
+                   help="margin / entropy: least certain first; kcenter: k-center greedy on the run's "
+                        "embeddings, farthest from the labelled set first (default: margin)")
+    p.add_argument("--labeled", metavar="DATA", help="kcenter: the labelled data set (same classes as the run) whose "
+                                                    "images count as covered (default: the run's split_train.txt)")
+    p.add_argument("--out", default="suggested.csv", metavar="CSV", help="CSV to write (default: suggested.csv)")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.set_defaults(func=cmd_suggest_labels)
+
+
 # ----------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -565,6 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_localize_commands(sub)
     add_layer_commands(sub)
     add_cache_commands(sub)
+    add_data_commands(sub)
     return parser
 
 

@@ -187,6 +187,11 @@ class TrainOptions:
                              "features), off, or a folder")
     feature_cache_gb: float = opt(20.0, "size limit of the on-disk feature cache (least recently used go first)",
                                   lo=0)
+    unlabeled: str | None = opt(None, "folder of unlabelled images that linear-probe / feature-extraction also "
+                                      "learn from (pseudo-labels on cached features, see --unlabeled-method)")
+    unlabeled_method: str = opt("self-training", "how unlabelled images get labels: scikit-learn's "
+                                "SelfTrainingClassifier or LabelSpreading", choices=("self-training", "label-spreading"))
+    unlabeled_threshold: float = opt(0.75, "pseudo-labels below this confidence are not used", lo=0, hi=1)
 
     def __post_init__(self) -> None:
         check_options(self)

@@ -228,6 +228,19 @@ class _SharedStore:
         return self.store.forward_images + sum(s.forward_images for s in self._others.values())
 
 
+def _leakage_once(data: str, src: ImageSource, split: Split, d: DataOptions, t: TrainOptions) -> dict[str, Any] | None:
+    """The cross-split near-duplicate check, once per compare: it embeds image files (an in-memory set
+    such as the demo's only from cached features)."""
+    from transferlab.audit.leakage import check_split_leakage
+    from transferlab.experiments.train import feature_cache
+
+    opt = "" if d.split == DataOptions.split else f" --split {d.split}"
+    opt += "" if d.split_seed == 0 else f" --split-seed {d.split_seed}"
+    return check_split_leakage(src, split, data=data, backbone=t.backbone, weights=t.weights,
+                               cache=feature_cache(t), compute=not src.in_memory, device=d.device,
+                               workers=d.workers, split_option=opt)
+
+
 def compare(
     data: str,
     *,
@@ -294,6 +307,7 @@ def compare(
     test = base.test if test_subset is None else stratified_subset(src, base.test, test_subset,
                                                                      seed=d.split_seed + 2)
     splits: list[tuple[int | None, Split]] = []
+    leakage = _leakage_once(str(data), src, Split(train=base.train, val=val, test=test), d, t)
     for n in sizes or [None]:
         train = base.train if n is None else make_split(
             src, fractions=parse_fractions(d.split, option="--split"), seed=d.split_seed, train_per_class=n).train
@@ -312,7 +326,7 @@ def compare(
         "split": {"fractions": d.split, "split_seed": d.split_seed, "train_per_class": main_n,
                   "val_subset": val_subset, "test_subset": test_subset, "sizes": main_split.sizes(),
                   "classes": list(src.classes)},
-        "data_options": asdict(d), "train_options": asdict(t),
+        "data_options": asdict(d), "train_options": asdict(t), "leakage": leakage,
         "sharing": {"rule": "every run shares the preprocessed images (boundary 0); pretrained runs also "
                             "share activations up to their lowest trainable stage", "forward_images": 0},
     }

@@ -146,6 +146,7 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
 
     if source is None:
         source = open_dataset(data, quiet=d.quiet)
+    own_split = split is None  # compare passes its split and checks it for leakage once
     if split is not None:
         pass
     elif resume and run_dir is not None and (run_dir / "split_train.txt").is_file():
@@ -213,6 +214,12 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
         )
 
     train_in, val_in, test_in = inputs("train", split.train, training=True), inputs("val", split.val), inputs("test", split.test)
+    unl_in = None
+    if t.unlabeled:
+        from transferlab.unlabeled.train import open_for_run, unlabeled_inputs
+
+        unl_in = unlabeled_inputs(open_for_run(t.unlabeled, strategy=plan.strategy, source=source, split=split),
+                                  transform=eval_tf, draft_size=pre.resize_size)
     config = _config(data, d, t, plan)
     class_weights = None
     if t.class_weights == "auto":
@@ -247,11 +254,27 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
             atomic_write_text(run_dir / CONFIG, json.dumps(config, indent=2))
     n_kept = len(kept)
     extra: dict[str, Any] = {}
+    if ctx.is_main and own_split and not resume:
+        extra["leakage"] = leakage_check(str(data), source, split, d, t, plan)
+    if unl_in is not None and plan.strategy == "feature-extraction":
+        from transferlab.unlabeled.train import add_pseudo_labelled
+
+        train_in, extra["unlabeled"] = add_pseudo_labelled(
+            store, model, train_in, unl_in, boundary=n_kept, method=t.unlabeled_method,
+            threshold=t.unlabeled_threshold, seed=d.seed, folder=t.unlabeled)
     if plan.strategy == "linear-probe" and not plan.phases:
         if d.augment != "none" and t.views == 0 and ctx.is_main:
             log.info("linear-probe fits on the features of the clean training images: --augment %s applies to "
                      "phases trained by backprop (--views K gives the probe K augmented copies)", d.augment)
         probe = _linear_probe(engine, train_in, val_in, t, n_kept, len(source.classes), d.seed)
+        if unl_in is not None:
+            from transferlab.unlabeled.train import pooled, probe_with_unlabeled
+
+            xs = [pooled(engine.store, model, s, n_kept) for s in (train_in, val_in, unl_in)]
+            probe, extra["unlabeled"] = probe_with_unlabeled(
+                probe, xs[0], train_in.labels.numpy(), xs[1], val_in.labels.numpy(), xs[2],
+                num_classes=len(source.classes), classifier=t.classifier, method=t.unlabeled_method,
+                threshold=t.unlabeled_threshold, seed=d.seed, folder=t.unlabeled)
         extra["probe"] = {"classifier": probe.classifier, "C": probe.C, "refit_on": "train+val",
                           "val_accuracy_by_C": {str(k): v for k, v in probe.grid.items()}}
         history: list[dict[str, Any]] = []
@@ -310,6 +333,21 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
     log.info("%s on %s: test accuracy %.4f, macro F1 %.4f (%.1fs)", plan.strategy, t.backbone,
              metrics["test"]["accuracy"], metrics["test"]["macro_f1"], metrics["timing"]["total_s"])
     return Run(run_dir=run_dir, metrics=metrics, history=history, config=config, classes=classes, model=model)
+
+
+def leakage_check(data: str, source: ImageSource, split: Split, d: DataOptions, t: TrainOptions,
+                  plan: Plan) -> dict[str, Any] | None:
+    """The one-line cross-split near-duplicate warning (free when the run computes these features anyway)."""
+    from transferlab.audit.leakage import check_split_leakage, features_come_free
+
+    free = features_come_free(strategy=plan.strategy, pretrained=plan.pretrained, cut=t.cut, normalize=d.normalize,
+                              runtime=t.runtime, first_phase_head_only=bool(plan.phases)
+                              and tuple(plan.phases[0].trainable) == ("head",))
+    opt = "" if d.split == DataOptions.split else f" --split {d.split}"
+    opt += "" if d.split_seed == 0 else f" --split-seed {d.split_seed}"
+    return check_split_leakage(source, split, data=data, backbone=t.backbone, weights=t.weights,
+                               cache=feature_cache(t), compute=free, device=d.device, workers=d.workers,
+                               split_option=opt)
 
 
 def _refit(engine: Engine, plan: Plan, fit: Any, initial: dict[str, torch.Tensor], train_in: SplitInputs,

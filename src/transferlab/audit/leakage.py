@@ -1,0 +1,80 @@
+"""The one-line cross-split near-duplicate warning of ``train`` and ``compare``.
+
+It embeds the split with the audit's pretrained features (the same feature-cache entries that
+``train --strategy linear-probe/feature-extraction`` and ``audit`` use), calibrates the threshold as
+``audit`` does, and counts the val/test images with a near-copy in an earlier split.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from transferlab.audit.duplicates import cross_split_pairs, normalize_rows
+from transferlab.audit.features import SPLIT_ORDER, Embedder, embed_split
+from transferlab.data import ImageSource, Split
+from transferlab.engine.feature_cache import FeatureCache
+
+log = logging.getLogger("transferlab")
+
+
+def features_come_free(*, strategy: str, first_phase_head_only: bool, pretrained: bool, cut: int | None,
+                       normalize: str, runtime: str) -> bool:
+    """Whether a run computes (and disk-caches) the audit's embeddings anyway, so the check costs nothing.
+
+    Example:
+        >>> features_come_free(strategy="linear-probe", first_phase_head_only=False, pretrained=True, cut=None,
+        ...                    normalize="pretrained", runtime="torch")
+        True
+    """
+    return (pretrained and cut is None and normalize == "pretrained" and runtime == "torch"
+            and (strategy == "linear-probe" or first_phase_head_only))
+
+
+def check_split_leakage(source: ImageSource, split: Split, *, data: str, backbone: str, weights: str | None,
+                        cache: FeatureCache | None, compute: bool, device: str = "auto", workers: int = 0,
+                        split_option: str = "") -> dict[str, Any] | None:
+    """Count val/test images with a near-duplicate in an earlier split; warn in one line when there are any.
+
+    Without ``compute`` the check runs only from cached features (no forward pass) and says so when it
+    cannot. Returns ``{"count", "threshold", "pairs"}`` or None when it did not run.
+
+    Example:
+        >>> check_split_leakage(src, split, data="flowers17/", backbone="efficientnet_lite0", weights=None,
+        ...                     cache=FeatureCache(), compute=True)["count"]  # doctest: +SKIP
+        0
+    """
+    from transferlab.audit.run import calibrated_threshold
+
+    from transferlab.errors import WeightsNotFoundError
+
+    how = f"`transferlab audit {data}{split_option} --out audit` shows them"
+    if cache is None:
+        log.info("cross-split near-duplicates: not checked (--feature-cache off; %s)", how.replace("shows them", "checks"))
+        return None
+    try:
+        embedder = Embedder.create(backbone, source=source, norm_indices=split.train, weights=weights, cache=cache,
+                                   device=device, workers=workers)
+    except WeightsNotFoundError:
+        log.info("cross-split near-duplicates: not checked (no pretrained weights for %s here)", backbone)
+        return None
+    if not compute:
+        keys = [embedder.store.disk_key(embedder.inputs(n, source, getattr(split, n)), embedder.boundary)
+                for n in SPLIT_ORDER]
+        if any(k is None or not (cache.root / f"{k}.npy").is_file() for k in keys):
+            log.info("cross-split near-duplicates: not checked (no cached features of this split; %s)",
+                     how.replace("shows them", "checks"))
+            return None
+    x, rows_idx, names = embed_split(embedder, source, split)
+    xn = normalize_rows(x)
+    ids = [source.identity(int(i)) for i in rows_idx]
+    thr = calibrated_threshold(embedder, source, rows_idx, xn, ids, sample=60, seed=0)["value"]
+    pairs = cross_split_pairs(xn, names, threshold=thr, hashes=ids)
+    if pairs:
+        where = {s: sum(1 for p, _ in pairs if names[p.i] == s) for s in ("val", "test")}
+        log.warning("warning: %d images of val/test have a near-duplicate in an earlier split (val %d, test %d; "
+                    "cosine >= %.3f): test accuracy may be optimistic; %s", len(pairs), where["val"],
+                    where["test"], thr, how)
+    return {"count": len(pairs), "threshold": thr,
+            "pairs": [[ids[p.i], ids[p.j], round(p.score, 4)] for p, _ in pairs[:100]]}
+

@@ -1,0 +1,251 @@
+"""``transferlab audit``: label issues, duplicates, leakage, outliers, image quality, class balance.
+
+Example:
+    >>> from transferlab.audit import AuditOptions, run_audit
+    >>> res = run_audit("flowers17/", out="audit", options=AuditOptions())  # doctest: +SKIP
+    >>> res["counts"]["label"]  # doctest: +SKIP
+    12
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transferlab.audit.duplicates import (
+    COPY_KINDS,
+    Pair,
+    calibrate_threshold,
+    cross_split_pairs,
+    exact_pairs,
+    near_copy,
+    near_pairs,
+    nearest_other,
+    normalize_rows,
+)
+from transferlab.audit.features import Embedder, embed_split
+from transferlab.audit.labels import find_label_issues
+from transferlab.audit.outliers import find_outliers
+from transferlab.audit.quality import measure_source, quality_issues
+from transferlab.data import ImageSource, Split, atomic_write_text, make_split, open_dataset, parse_fractions
+from transferlab.engine.feature_cache import FeatureCache
+from transferlab.errors import ConfigError, DataError
+from transferlab.options import opt
+
+log = logging.getLogger("transferlab")
+AUDIT_JSON = "audit.json"
+AUDIT_HTML = "audit.html"
+KINDS = ("label", "duplicate", "near_duplicate", "leakage", "outlier", "quality")
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    """What ``transferlab audit`` measures and how."""
+
+    backbone: str = opt("efficientnet_lite0", "backbone whose pooled pretrained features are the embeddings")
+    weights: str | None = opt(None, "explicit weights file (.pth/.safetensors) for the backbone")
+    split: str = opt("0.5,0.25,0.25", "train,val,test fractions of the split `train` would use (for leakage)")
+    split_seed: int = opt(0, "seed of that split")
+    folds: int = opt(5, "K of the K-fold out-of-fold probabilities")
+    C: float = opt(10.0, "inverse regularisation of the out-of-fold logistic regression (L2-normalised features)",
+                   flag="--C")
+    near_threshold: float | None = opt(None, "cosine similarity above which two images are near-duplicates "
+                                             "(default: calibrated on the data)")
+    calibration_images: int = opt(60, "images copied (downscaled, re-encoded, cropped) to calibrate the threshold")
+    outlier_k: int = opt(10, "neighbours of the kNN outlier score")
+    seed: int = opt(0, "seed of the folds and the calibration sample")
+    device: str = opt("auto", "auto, cpu or cuda[:N]")
+    workers: int = opt(0, "DataLoader worker processes for image decoding")
+    feature_cache: str = opt("auto", "on-disk cache of pretrained activations: auto, off, or a folder")
+    feature_cache_gb: float = opt(20.0, "size limit of the on-disk feature cache")
+    quiet: bool = opt(False, "no progress bars")
+
+
+def feature_cache_of(setting: str, gb: float) -> FeatureCache | None:
+    if setting == "off":
+        return None
+    return FeatureCache(None if setting == "auto" else Path(setting), max_bytes=int(gb * (1 << 30)))
+
+
+def _split_of(source: ImageSource, o: AuditOptions) -> Split:
+    return make_split(source, fractions=parse_fractions(o.split, option="--split"), seed=o.split_seed)
+
+
+def calibrated_threshold(embedder: Embedder, source: ImageSource, rows_idx: np.ndarray, xn: np.ndarray,
+                         hashes: list[str], *, sample: int, seed: int) -> dict[str, Any]:
+    """Embed near-copies of ``sample`` images and place the threshold (see ``duplicates``)."""
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(rows_idx), size=min(sample, len(rows_idx)), replace=False))
+    copy_sims = []
+    for k, kind in enumerate(COPY_KINDS):
+        rows = pick[k :: len(COPY_KINDS)]
+        if not len(rows):
+            continue
+        inp = embedder.inputs(f"audit-copies-{kind}", source, rows_idx[rows],
+                              view=lambda im, kind=kind: near_copy(im, kind), tag=f"#audit-copy-{kind}")
+        copies = normalize_rows(embedder.embed_inputs(inp))
+        copy_sims.append((copies * xn[rows]).sum(1))
+    sims = np.concatenate(copy_sims)
+    groups = {h: g for g, h in enumerate(dict.fromkeys(hashes))}
+    _, nn = nearest_other(xn, exclude=np.asarray([groups[h] for h in hashes]))
+    value = calibrate_threshold(sims, nn)
+    return {"value": value, "copies": len(sims), "copies_min": round(float(sims.min()), 4),
+            "copies_q02": round(float(np.quantile(sims, 0.02)), 4),
+            "data_nn_median": round(float(np.median(nn[np.isfinite(nn)])), 4) if np.isfinite(nn).any() else None,
+            "rule": "max(2nd percentile of known-copy similarity, median nearest-neighbour similarity)"}
+
+
+def _pair_finding(kind: str, p: Pair, ids: list[str], names: np.ndarray, **extra: Any) -> dict[str, Any]:
+    return {"kind": kind, "path": ids[p.i], "score": round(p.score, 4), "other": ids[p.j],
+            "split": str(names[p.i]), "other_split": str(names[p.j]), **extra}
+
+
+def _label_findings(x: np.ndarray, y: np.ndarray, ids: list[str], names: np.ndarray, classes: list[str],
+                    o: AuditOptions) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    li = find_label_issues(x, y, num_classes=len(classes), folds=o.folds, C=o.C, seed=o.seed)
+    out = []
+    for r, sev, sug in zip(li.indices, li.severity, li.suggested):
+        top = np.argsort(-li.probs[r])[:3]
+        out.append({"kind": "label", "path": ids[r], "score": round(float(sev), 4), "given": classes[y[r]],
+                    "suggested": classes[int(sug)], "split": str(names[r]),
+                    "probabilities": {classes[c]: round(float(li.probs[r, c]), 4) for c in top}})
+    oof_acc = float((li.probs.argmax(1) == y).mean())
+    return out, {"folds": li.folds, "C": o.C, "out_of_fold_accuracy": round(oof_acc, 4)}
+
+
+def _balance(source: ImageSource, split: Split) -> dict[str, Any]:
+    per_split = {name: {c: int(n) for c, n in zip(source.classes, source.class_counts(getattr(split, name)))}
+                 for name in ("train", "val", "test")}
+    total = source.class_counts()
+    return {"per_class": {c: int(n) for c, n in zip(source.classes, total)}, "per_split": per_split,
+            "imbalance_ratio": round(float(total.max() / max(total.min(), 1)), 3)}
+
+
+def audit_source(source: ImageSource, *, options: AuditOptions, split: Split | None = None) -> dict[str, Any]:
+    """Every check on an opened source; returns the ``audit.json`` document."""
+    o = options
+    if len(source.classes) < 2:
+        raise DataError(f"{source.root}: only one class ({', '.join(source.classes) or 'none'}); "
+                        "audit needs at least 2 classes")
+    t0 = time.perf_counter()
+    split = split if split is not None else _split_of(source, o)
+    cache = feature_cache_of(o.feature_cache, o.feature_cache_gb)
+    embedder = Embedder.create(o.backbone, source=source, norm_indices=split.train, weights=o.weights, cache=cache,
+                               device=o.device, workers=o.workers, progress=not o.quiet)
+    x, rows_idx, names = embed_split(embedder, source, split)
+    t_embed = time.perf_counter() - t0
+    ids = [source.identity(int(i)) for i in rows_idx]
+    y = source.labels[rows_idx]
+    stats, pixels_cached = measure_source(source, rows_idx, cache=cache)
+    if pixels_cached:
+        log.info("pixel hashes and quality measurements of %d images from the feature cache (no decoding)", len(stats))
+    hashes = [s.hash for s in stats]
+    t_pixels = time.perf_counter() - t0 - t_embed
+    xn = normalize_rows(x)
+    if o.near_threshold is not None:
+        if not 0.0 < o.near_threshold <= 1.0:
+            raise ConfigError(f"--near-threshold must be in (0, 1], got {o.near_threshold}")
+        thr: dict[str, Any] = {"value": float(o.near_threshold), "rule": "given by --near-threshold"}
+    else:
+        thr = calibrated_threshold(embedder, source, rows_idx, xn, hashes, sample=o.calibration_images, seed=o.seed)
+    findings, label_info = _label_findings(x, y, ids, names, list(source.classes), o)
+    findings += [_pair_finding("duplicate", p, ids, names) for p in exact_pairs(hashes)]
+    findings += [_pair_finding("near_duplicate", p, ids, names)
+                 for p in near_pairs(xn, threshold=thr["value"], hashes=hashes)]
+    findings += [_pair_finding("leakage", p, ids, names, match="exact" if p.exact else "near", matches=n)
+                 for p, n in cross_split_pairs(xn, names, threshold=thr["value"], hashes=hashes)]
+    flagged, knn, own = find_outliers(xn, y, k=o.outlier_k)
+    findings += [{"kind": "outlier", "path": ids[r], "score": round(float(s), 4), "class": source.classes[y[r]],
+                  "centroid_distance": round(float(d), 4), "split": str(names[r])}
+                 for r, s, d in zip(flagged, knn, own)]
+    colour_set = np.mean([not s.grayscale for s in stats]) >= 0.5
+    for r, s in enumerate(stats):
+        for issue, score, what in quality_issues(s, colour_set=bool(colour_set)):
+            findings.append({"kind": "quality", "path": ids[r], "score": score, "issue": issue, "measured": what,
+                             "split": str(names[r])})
+    findings.sort(key=lambda f: (KINDS.index(f["kind"]), -f["score"]))
+    counts = {k: sum(1 for f in findings if f["kind"] == k) for k in KINDS}
+    disk = embedder.store.disk
+    return {
+        "data": source.root, "n_images": len(source), "classes": list(source.classes), "backbone": o.backbone,
+        "split": {"fractions": o.split, "split_seed": o.split_seed, "sizes": split.sizes()},
+        "near_duplicate_threshold": thr, "labels": label_info, "counts": counts, "balance": _balance(source, split),
+        "feature_cache": None if disk is None else {"root": str(disk.root), "hits": disk.hits, "misses": disk.misses},
+        "forward_images": embedder.store.forward_images,
+        "pixels_from_cache": pixels_cached,
+        "timing": {"embed_s": round(t_embed, 2), "pixels_s": round(t_pixels, 2),
+                   "total_s": round(time.perf_counter() - t0, 2)},
+        "options": asdict(o), "findings": findings,
+    }
+
+
+def run_audit(data: str, *, out: str | os.PathLike[str], options: AuditOptions | None = None,
+              source: ImageSource | None = None) -> dict[str, Any]:
+    """Audit DATA and write ``out/audit.json`` and ``out/audit.html``; returns the JSON document."""
+    from transferlab.audit.html import write_html
+
+    o = options or AuditOptions()
+    src = source if source is not None else open_dataset(data, quiet=o.quiet)
+    res = audit_source(src, options=o)
+    res["data"] = str(data)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / AUDIT_JSON, json.dumps(res, indent=2))
+    write_html(res, src, out_dir / AUDIT_HTML)
+    c = res["counts"]
+    log.info("audit of %s (%d images): %s; near-duplicate threshold %.4f; features: %d images through the "
+             "backbone (%s)", data, res["n_images"], ", ".join(f"{c[k]} {k}" for k in KINDS),
+             res["near_duplicate_threshold"]["value"], res["forward_images"],
+             "feature cache " + ("hit" if res["forward_images"] == 0 else "filled") if res["feature_cache"] else "no cache")
+    return res
+
+
+def parse_drop(text: str) -> set[str]:
+    """``--drop label,duplicate`` as a set of kinds; an unknown kind is an error.
+
+    Example:
+        >>> sorted(parse_drop("label, near_duplicate"))
+        ['label', 'near_duplicate']
+    """
+    kinds = {k.strip() for k in text.split(",") if k.strip()}
+    unknown = sorted(kinds - set(KINDS))
+    if unknown or not kinds:
+        raise ConfigError(f"--drop expects kinds from {', '.join(KINDS)}, got {text!r}")
+    return kinds
+
+
+def write_clean(audit: dict[str, Any], source: ImageSource, path: str | os.PathLike[str], *,
+                drop: set[str]) -> dict[str, int]:
+    """A ``path,label`` CSV of ``source`` without the images of the ``drop`` kinds of findings.
+
+    Pair findings drop their ``path`` (the later image of the pair) and keep ``other``. The user's
+    files are never touched: the CSV lists absolute paths. Returns ``{"kept", "dropped"}``.
+    """
+    import csv
+    import io
+
+    if source.in_memory:
+        raise ConfigError(f"--write-clean needs image files; {source.name} is an in-memory data set")
+    dropped = {f["path"] for f in audit["findings"] if f["kind"] in drop}
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "label"])
+    keep = np.asarray([source.identity(i) not in dropped for i in range(len(source))], dtype=bool)
+    for i in np.flatnonzero(keep):
+        w.writerow([source.identity(int(i)), source.classes[source.labels[i]]])
+    kept = int(keep.sum())
+    emptied = [c for c, n in zip(source.classes, source.class_counts(np.flatnonzero(keep))) if n == 0]
+    if emptied:
+        raise DataError(f"--drop {','.join(sorted(drop))} would remove every image of class(es) {emptied}; "
+                        "expected at least one image per class left")
+    atomic_write_text(Path(path), buf.getvalue())
+    log.info("%s: %d images kept, %d dropped (%s); no file of %s was moved or changed", path, kept,
+             len(source) - kept, ",".join(sorted(drop)), source.root)
+    return {"kept": kept, "dropped": len(source) - kept}
