@@ -402,7 +402,7 @@ def run_auto(data: str, *, source: ImageSource, split: Split, data_options: Data
                          view, b, est, reserve, budget.left())
                 continue
             x, seconds, dims, cuts = pooled_features(b, dataset=dataset, items=items, master=master, norm=norm,
-                                                     flip=view == "flip", cache=cache, workers=d.workers,
+                                                     flip=view == "flip", cache=cache, workers=d.num_workers,
                                                      runtime=runtime, cut=search.cut)
             hit = seconds is None
             if seconds is not None:

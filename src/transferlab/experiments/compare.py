@@ -238,7 +238,7 @@ def _leakage_once(data: str, src: ImageSource, split: Split, d: DataOptions, t: 
     opt += "" if d.split_seed == 0 else f" --split-seed {d.split_seed}"
     return check_split_leakage(src, split, data=data, backbone=t.backbone, weights=t.weights,
                                cache=feature_cache(t), compute=not src.in_memory, device=d.device,
-                               workers=d.workers, split_option=opt)
+                               workers=d.num_workers, split_option=opt)
 
 
 def compare(

@@ -346,7 +346,7 @@ def leakage_check(data: str, source: ImageSource, split: Split, d: DataOptions, 
     opt = "" if d.split == DataOptions.split else f" --split {d.split}"
     opt += "" if d.split_seed == 0 else f" --split-seed {d.split_seed}"
     return check_split_leakage(source, split, data=data, backbone=t.backbone, weights=t.weights,
-                               cache=feature_cache(t), compute=free, device=d.device, workers=d.workers,
+                               cache=feature_cache(t), compute=free, device=d.device, workers=d.num_workers,
                                split_option=opt)
 
 
