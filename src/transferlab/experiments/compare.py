@@ -41,7 +41,7 @@ from transferlab.engine import ActivationStore, init_distributed
 from transferlab.errors import ConfigError, DataError
 from transferlab.experiments.train import plan_options, run_training, setup_logging, versions
 from transferlab.options import DataOptions, TrainOptions, with_overrides
-from transferlab.strategies import build_plan
+from transferlab.strategies import build_plan, check_cut
 from transferlab.strategies.plans import STRATEGIES
 from transferlab.zoo import create_backbone
 
@@ -149,7 +149,8 @@ def machine_info() -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(), "versions": versions()}
 
 
-def _summary(runs: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
+def summarize_runs(runs: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
+    """Mean ± std of test accuracy and macro F1 over the ok runs of one strategy, with the runs."""
     ok = [r for r in runs if r["status"] == "ok"]
     acc = np.array([r["test_accuracy"] for r in ok], dtype=float)
     f1 = np.array([r["macro_f1"] for r in ok], dtype=float)
@@ -160,6 +161,9 @@ def _summary(runs: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
     return {"test_accuracy_mean": stat(acc, np.mean), "test_accuracy_std": stat(acc, np.std),
             "macro_f1_mean": stat(f1, np.mean), "macro_f1_std": stat(f1, np.std),
             "wall_s": round(wall_s, 3), "n_ok": len(ok), "n_failed": len(runs) - len(ok), "runs": runs}
+
+
+_summary = summarize_runs
 
 
 def _run_record(run: Any, *, seed: int, run_dir: Path) -> dict[str, Any]:
@@ -227,9 +231,7 @@ def compare(
     stage_names = create_backbone(t.backbone, pretrained=False).stage_names
     for name in names:
         tn = variant_options(name, t)
-        if tn.cut is not None and not 1 <= tn.cut <= len(stage_names):
-            raise ConfigError(f"--cut must be between 1 and {len(stage_names)} for {t.backbone}, got {tn.cut}")
-        kept = stage_names[: tn.cut] if tn.cut else stage_names
+        kept = check_cut(tn.cut, stage_names=stage_names, backbone=t.backbone)
         build_plan(tn.strategy, stage_names=kept, options=plan_options(tn)).validate(kept)
 
     setup_logging(quiet=d.quiet)
