@@ -16,7 +16,7 @@ from transferlab.localization import LocalizeOptions, load_localizer, localize
 from transferlab.localization.model import LocalizationModel, LocHeadConfig
 from transferlab.zoo import create_backbone
 
-FAST = dict(backbone="mobilenet_v2", cut=3, batch_size=8, quiet=True, device="cpu", pool="avg")
+FAST = dict(backbone="mobilenet_v2", cut=3, batch_size=8, quiet=True, device="cpu", pool="avg", box_augment="none")
 
 
 def test_box_head_swaps_the_output_layer_and_keeps_the_stages():
@@ -85,7 +85,7 @@ def test_train_writes_a_run_that_predicts_and_evaluates(tiny_pets: Path, tmp_pat
 
 def test_class_box_head_reports_accuracy_and_fixed_views_are_cached(tiny_pets: Path, tmp_path: Path):
     run = localize(str(tiny_pets), out=tmp_path / "cb", strategy="feature-extraction", epochs=2, head="class+box",
-                   box_loss="giou", box_weight=2.0, box_augment="flip-scale", views=2, **FAST)
+                   box_loss="giou", box_weight=2.0, **{**FAST, "box_augment": "flip-scale", "views": 2})
     test = run.metrics["test"]
     assert {"accuracy", "mean_iou"} <= set(test)
     assert all(h["cached_inputs"] for h in run.history)  # fixed views keep the frozen prefix cacheable
@@ -94,7 +94,8 @@ def test_class_box_head_reports_accuracy_and_fixed_views_are_cached(tiny_pets: P
 
 def test_bad_options_are_one_line_errors(tiny_pets: Path, tmp_path: Path):
     with pytest.raises(ConfigError, match="--views must be 0, or > 0 together with --augment"):
-        LocalizeOptions(views=2)
+        LocalizeOptions(box_augment="none", views=2)
+    assert LocalizeOptions().views == 7 and LocalizeOptions(box_augment="none").views == 0  # the defaults
     with pytest.raises(ConfigError, match="linear-probe fits a classifier"):
         localize(str(tiny_pets), out=tmp_path / "lp", strategy="linear-probe", **FAST)
     with pytest.raises(ConfigError, match="expected a localization model"):
@@ -110,7 +111,7 @@ def test_train_task_localize_is_the_localize_command_and_exports(tiny_pets: Path
     from transferlab.export import export_onnx, open_predictor
 
     flags = ["--backbone", "mobilenet_v2", "--cut", "3", "--batch-size", "8", "--quiet", "--device", "cpu",
-             "--pool", "avg", "--strategy", "feature-extraction", "--epochs", "2"]
+             "--pool", "avg", "--strategy", "feature-extraction", "--epochs", "2", "--augment", "none"]
     assert main(["train", str(tiny_pets), "--task", "localize", "--out", str(tmp_path / "a"), *flags]) == 0
     assert main(["localize", "train", str(tiny_pets), "--out", str(tmp_path / "b"), *flags]) == 0
     capsys.readouterr()
