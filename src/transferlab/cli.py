@@ -78,7 +78,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     elif args.model:
         from transferlab.experiments.inference import predict_images
 
-        results = predict_images(args.images, model_dir=args.model, top=args.top, tta=args.tta)
+        results = predict_images(args.images, model_dir=args.model, top=args.top, draw=args.draw, tta=args.tta)
     else:
         if args.tta != "none":
             raise TransferlabError("--tta needs --model RUN_DIR (a trained run), not --backbone")
@@ -92,32 +92,52 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(results)
     else:
-        for r in results:
+        _print_predictions(results)
+        if getattr(args, "draw", None):
+            print(f"drawn: {args.draw}")
+    return 0
+
+
+def _print_predictions(results: list[dict[str, Any]]) -> None:
+    for r in results:
+        if "top" in r:
             print(r["image"])
             for t in r["top"]:
                 print(f"  {t['probability']:6.1%}  {t['label']}")
-    return 0
+        elif "labels" in r:  # multi-label
+            print(f"{r['image']}: {', '.join(r['labels']) or '(no label above its threshold)'}")
+            for label, p in sorted(r["probabilities"].items(), key=lambda kv: -kv[1]):
+                print(f"  {p:6.1%}  {label}")
+        else:  # a box
+            extra = (f"  {r['class']} {r['probability']:.1%}" if "class" in r else "") + (
+                f"  IoU {r['iou']:.3f} with {r['true_box']}" if "iou" in r else "")
+            print(f"{r['image']}: box {r['box']}{extra}")
 
 
 # ----------------------------------------------------------------------------- train / evaluate
 
 def cmd_train(args: argparse.Namespace) -> int:
     from transferlab.experiments.train import resume_training, run_training
+    from transferlab.tasks import get_task
 
+    spec = get_task(args.task)
     if args.resume:
         run = resume_training(args.resume, quiet=args.quiet)
+        spec = get_task(run.task)
     else:
         if not args.data or not args.out:
             raise TransferlabError("train needs DATA and --out RUN_DIR (or --resume RUN_DIR)")
         run = run_training(args.data, data_options=options_from_args(DataOptions, args),
-                           train_options=options_from_args(TrainOptions, args), out=args.out,
-                           overwrite=args.overwrite)
-    test = run.metrics["test"]
+                           train_options=options_from_args(getattr(spec, "train_options_class", TrainOptions), args),
+                           out=args.out, overwrite=args.overwrite, task=spec.name,
+                           task_options=options_from_args(spec.options_class, args) if spec.options_class else None)
+    m = run.metrics
     if args.json:
-        _print_json({k: run.metrics[k] for k in ("strategy", "backbone", "test", "timing", "best_epoch")})
+        _print_json({k: m[k] for k in ("task", "strategy", "backbone", "test", "timing", "best_epoch", "boxes")
+                     if k in m})
     else:
-        print(f"{run.metrics['strategy']} / {run.metrics['backbone']}: test accuracy {test['accuracy']:.4f}, "
-              f"macro F1 {test['macro_f1']:.4f}, {run.metrics['timing']['total_s']:.0f}s -> {run.run_dir}")
+        print(f"{m['strategy']} / {m['backbone']}: {spec.summary_line(m)}, {m['timing']['total_s']:.0f}s "
+              f"-> {run.run_dir}")
     return 0
 
 
@@ -125,14 +145,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from transferlab.experiments.inference import evaluate_run
 
     m = evaluate_run(args.run_dir, args.data, subset=args.subset, device=args.device, quiet=args.quiet,
-                     tta=args.tta)
+                     task=getattr(args, "expect_task", None), tta=getattr(args, "tta", "none"))
     if args.json:
         _print_json(m)
-    else:
-        tta = f", TTA {m['tta']}" if m["tta"] != "none" else ""
+    elif "accuracy" in m and "mean_iou" not in m:
+        tta = f", TTA {m['tta']}" if m.get("tta", "none") != "none" else ""
         print(f"{m['subset']} of {m['data']}: n={m['n']} accuracy {m['accuracy']:.4f} top5 {m['top5']:.4f} "
               f"macro F1 {m['macro_f1']:.4f} ECE {m['ece']:.4f} ({m['ms_per_image']:.1f} ms/image{tta})")
+    else:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float))
+        print(f"{m['subset']} of {m['data']}: n={m['n']} {shown}")
     return 0
+
+
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("--subset", default="all", choices=("all", "train", "val", "test"),
+                   help="all items of DATA (for boxes: every boxed image), or one of the run's own split lists "
+                        "(default: all)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
 
 def cmd_augment_preview(args: argparse.Namespace) -> int:
@@ -370,66 +404,53 @@ def add_deploy_commands(sub: Any) -> None:
 # ----------------------------------------------------------------------------- localize
 
 def cmd_localize_train(args: argparse.Namespace) -> int:
-    from transferlab.localization.train import LocalizeOptions, run_localization
-
-    run = run_localization(args.data, data_options=options_from_args(DataOptions, args),
-                           train_options=options_from_args(TrainOptions, args),
-                           loc_options=options_from_args(LocalizeOptions, args), out=args.out)
-    m = run.metrics
-    if args.json:
-        _print_json({k: m[k] for k in ("strategy", "backbone", "head", "test", "timing", "best_epoch", "boxes")})
-    else:
-        t = m["test"]
-        print(f"{m['strategy']} / {m['backbone']} ({m['head']}): test mean IoU {t['mean_iou']:.4f}, "
-              f"acc@0.5 {t['acc_at_0.5']:.4f}, acc@0.75 {t['acc_at_0.75']:.4f}"
-              + (f", accuracy {t['accuracy']:.4f}" if "accuracy" in t else "")
-              + f", {m['timing']['total_s']:.0f}s -> {run.run_dir}")
-    return 0
+    args.task, args.resume = "localize", None
+    return cmd_train(args)
 
 
-def cmd_localize_predict(args: argparse.Namespace) -> int:
-    from transferlab.localization.inference import predict_boxes
+def cmd_localize_predict_any(args: argparse.Namespace) -> int:
+    from transferlab.experiments.inference import predict_images
 
-    results = predict_boxes(args.images, model_dir=args.model, draw=args.draw)
+    results = predict_images(args.images, model_dir=args.model, draw=args.draw, task="localization")
     if args.json:
         _print_json(results)
     else:
-        for r in results:
-            extra = (f"  {r['class']} {r['probability']:.1%}" if "class" in r else "") + (
-                f"  IoU {r['iou']:.3f} with {r['true_box']}" if "iou" in r else "")
-            print(f"{r['image']}: box {r['box']}{extra}")
+        _print_predictions(results)
         if args.draw:
             print(f"drawn: {args.draw}")
     return 0
 
 
-def cmd_localize_evaluate(args: argparse.Namespace) -> int:
-    from transferlab.localization.inference import evaluate_localizer
+def add_task_options(p: argparse.ArgumentParser, task: str) -> None:
+    """The data, train and task option flags of ``task`` (with the task's defaults)."""
+    from transferlab.tasks import canonical, get_task
 
-    m = evaluate_localizer(args.run_dir, args.data, subset=args.subset, device=args.device, quiet=args.quiet)
-    if args.json:
-        _print_json(m)
-    else:
-        print(f"{m['subset']} of {m['data']}: n={m['n']} mean IoU {m['mean_iou']:.4f} acc@0.5 {m['acc_at_0.5']:.4f} "
-              f"acc@0.75 {m['acc_at_0.75']:.4f}" + (f" accuracy {m['accuracy']:.4f}" if "accuracy" in m else ""))
-    return 0
+    if canonical(task) == "classification":  # no import: `transferlab --help` stays cheap
+        add_options(p, DataOptions)
+        add_options(p, TrainOptions)
+        return
+    spec = get_task(task)
+    data_skip = tuple(getattr(spec, "data_skip", ()))
+    if getattr(spec, "default_split", None):
+        p.add_argument("--split", default=spec.default_split, help=f"train,val,test fractions of the annotated "
+                       f"images, stratified (default: {spec.default_split})")
+        data_skip += ("split",)
+    add_options(p, spec.options_class)
+    add_options(p, DataOptions, skip=data_skip)
+    add_options(p, getattr(spec, "train_options_class", TrainOptions), skip=tuple(getattr(spec, "train_skip", ())))
 
 
 def add_localize_commands(sub: Any) -> None:
     """``localize train|predict|evaluate``: a box regressor (or class+box) head on the same backbones."""
-    from transferlab.localization.train import DATA_SKIP, LOC_SPLIT, TRAIN_SKIP, LocalizeOptions, LocTrainOptions
-
-    loc = sub.add_parser("localize", help="object localization: swap the head for a box regressor (VOC boxes)")
+    loc = sub.add_parser("localize", help="object localization: swap the head for a box regressor (VOC boxes); "
+                                          "`localize train` is `train --task localize`")
     lsub = loc.add_subparsers(dest="localize_command", required=True, metavar="ACTION")
-    p = lsub.add_parser("train", help="train a box head with a strategy on the boxed images of a pets layout")
+    p = lsub.add_parser("train", help="train a box head with a strategy on the boxed images of a pets layout "
+                                      "(= train --task localize)")
     p.add_argument("data", metavar="DATA", help="Oxford-IIIT Pet layout with annotations/xmls/NAME.xml")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
-    p.add_argument("--split", default=LOC_SPLIT, help=f"train,val,test fractions of the boxed images, stratified "
-                   f"(default: {LOC_SPLIT})")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    add_options(p, LocalizeOptions)
-    add_options(p, DataOptions, skip=DATA_SKIP)
-    add_options(p, LocTrainOptions, skip=TRAIN_SKIP)
+    add_task_options(p, "localize")
     p.set_defaults(func=cmd_localize_train)
 
     p = lsub.add_parser("predict", help="print (and draw) the predicted box of each image")
@@ -438,17 +459,11 @@ def add_localize_commands(sub: Any) -> None:
     p.add_argument("--draw", metavar="OUT.png", help="draw predicted (red) and, where a VOC file is found, true "
                    "(green) boxes")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_localize_predict)
+    p.set_defaults(func=cmd_localize_predict_any)
 
-    p = lsub.add_parser("evaluate", help="mean IoU and accuracy at IoU 0.5 / 0.75 of a run on DATA")
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("data", metavar="DATA")
-    p.add_argument("--subset", default="all", choices=("all", "train", "val", "test"),
-                   help="every boxed image of DATA, or one of the run's own split lists (default: all)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_localize_evaluate)
+    p = lsub.add_parser("evaluate", help="mean IoU and accuracy at IoU 0.5 / 0.75 of a run on DATA (= evaluate)")
+    add_evaluate_arguments(p)
+    p.set_defaults(func=cmd_evaluate, expect_task="localization")
 
 
 # ----------------------------------------------------------------------------- cache
@@ -570,7 +585,33 @@ def add_data_commands(sub: Any) -> None:
 
 # ----------------------------------------------------------------------------- parser
 
-def build_parser() -> argparse.ArgumentParser:
+#: subcommands whose options live in modules that load torch: built only when invoked (cheap --help)
+HEAVY_COMMANDS = {"localize": "object localization: swap the head for a box regressor (VOC boxes)",
+                  "probe-layers": "linear-probe accuracy of every featurizer stage (which layers transfer)",
+                  "transferability": "Yosinski et al. (2014) BnB/AnB experiment: which layers are general"}
+
+
+def _command_and_task(argv: Sequence[str] | None) -> tuple[str | None, str]:
+    """The subcommand named in ``argv`` (None: not known) and ``train --task``'s value (default classify)."""
+    args = list(argv or [])
+    command = next((a for a in args if not a.startswith("-")), None)
+    task = "classify"
+    for i, a in enumerate(args):
+        if a == "--task" and i + 1 < len(args):
+            task = args[i + 1]
+        elif a.startswith("--task="):
+            task = a.split("=", 1)[1]
+    return command, task
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole CLI; with ``argv``, only the invoked subcommand loads heavy modules for its options."""
+    from transferlab.tasks import TASK_CHOICES
+
+    command, task = _command_and_task(argv) if argv is not None else (None, "classify")
+    full = argv is None
+    if task not in TASK_CHOICES:
+        task = "classify"  # argparse reports the bad --task value below
     parser = argparse.ArgumentParser(
         prog="transferlab",
         description="Transfer learning on small image datasets: pretrained backbones, every classic "
@@ -593,29 +634,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="run --model with PyTorch or with ONNX Runtime on its exported model.onnx (default: torch)")
     add_tta_option(p)
+    p.add_argument("--draw", metavar="OUT.png", help="localization runs: draw predicted (red) and, where a VOC file "
+                   "is found, true (green) boxes")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("train", help="train a strategy on a dataset into a run directory")
+    p = sub.add_parser("train", help="train a strategy for a task (classify, multilabel, localize) into a run "
+                                     "directory")
     p.add_argument("data", nargs="?", metavar="DATA", help="image folder, dataset layout, CSV or 'fashion-mnist'")
+    p.add_argument("--task", default="classify", choices=TASK_CHOICES,
+                   help="what to learn: classify (one class per image), multilabel (a path,labels CSV, labels "
+                        "separated by ';') or localize (one box per image, VOC annotations); the flags below "
+                        "follow the task (default: classify)")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory to write")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
     p.add_argument("--overwrite", action="store_true",
                    help="empty a run directory that already holds a run (else it is refused)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    add_options(p, DataOptions)
-    add_options(p, TrainOptions)
+    add_task_options(p, task if command == "train" else "classify")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="evaluate a trained run on a dataset with the same classes")
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("data", metavar="DATA")
-    p.add_argument("--subset", default="all", choices=("all", "train", "val", "test"),
-                   help="all images of DATA, or one of the run's own split lists (default: all)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quiet", action="store_true")
+    p = sub.add_parser("evaluate", help="evaluate a trained run (any task) on a dataset with the same classes")
+    add_evaluate_arguments(p)
     add_tta_option(p)
-    p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("augment-preview", help="draw a grid of augmented training samples")
@@ -632,8 +673,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
     add_evidence_commands(sub)
     add_deploy_commands(sub)
-    add_localize_commands(sub)
-    add_layer_commands(sub)
+    if full or command == "localize":
+        add_localize_commands(sub)
+    if full or command in ("probe-layers", "transferability"):
+        add_layer_commands(sub)
+    for name, text in HEAVY_COMMANDS.items():
+        if name not in sub.choices:
+            sub.add_parser(name, help=text)
     add_cache_commands(sub)
     add_data_commands(sub)
     return parser
@@ -685,7 +731,7 @@ _OS_HINTS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The one error policy: user errors and bad files print one line and exit 2 (``-v``: the traceback)."""
-    parser = build_parser()
+    parser = build_parser(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.verbose:
         logging.basicConfig(level=logging.DEBUG)

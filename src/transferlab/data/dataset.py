@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,6 +51,11 @@ class ImageDataset(Dataset):
         image = self.source.load(i, draft_size=self.draft_size)
         return self.transform(image), int(self.source.labels[i])
 
+    def transformed(self, k: int, transform: Callable[[Image.Image], torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """Item ``k`` through another ``transform`` (what :class:`FixedViews` draws its views with)."""
+        i = int(self.indices[k])
+        return transform(self.source.load(i, draft_size=self.draft_size)), int(self.source.labels[i])
+
     @property
     def labels(self) -> np.ndarray:
         """Labels of the items, in dataset order (for samplers and class weights)."""
@@ -57,12 +63,14 @@ class ImageDataset(Dataset):
 
 
 class FixedViews(Dataset):
-    """Each image of ``base`` followed by ``views`` seeded augmented copies of it.
+    """Each item of ``base`` followed by ``views`` seeded augmented copies of it (any task's dataset).
 
-    Item ``k`` is view ``k % (views + 1)`` of image ``k // (views + 1)``: view 0 is ``base``'s own
-    (eval) output, view ``v > 0`` the augmenting ``transform`` under a seed fixed by
-    ``(seed, image, v)``. The views never change, so their frozen-prefix activations can be cached:
-    augmentation in feature space at the cost of ``views + 1`` forward passes, once.
+    Item ``k`` is view ``k % (views + 1)`` of item ``k // (views + 1)``: view 0 is ``base``'s own
+    (eval) output, view ``v > 0`` is ``base.transformed(item, transform)`` under a seed fixed by
+    ``(seed, item, v)``. The views never change, so their frozen-prefix activations can be cached:
+    augmentation in feature space at the cost of ``views + 1`` forward passes, once. ``base`` is an
+    :class:`ImageDataset` or a task's dataset with the same ``transformed`` method (boxes move with
+    the image: :meth:`targets` runs the geometry once to collect them).
 
     Example:
         >>> ds = FixedViews(ImageDataset(src, split.train, eval_tf), train_tf, views=2)  # doctest: +SKIP
@@ -70,8 +78,7 @@ class FixedViews(Dataset):
         True
     """
 
-    def __init__(self, base: ImageDataset, transform: Callable[[Image.Image], torch.Tensor], *, views: int,
-                 seed: int = 0) -> None:
+    def __init__(self, base: Any, transform: Callable[..., Any], *, views: int, seed: int = 0) -> None:
         if views < 1:
             raise ValueError(f"FixedViews: views must be >= 1, got {views}")
         self.base = base
@@ -82,17 +89,20 @@ class FixedViews(Dataset):
     def __len__(self) -> int:
         return len(self.base) * (self.views + 1)
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, Any]:
         item, view = divmod(int(k), self.views + 1)
         if view == 0:
             return self.base[item]
-        i = int(self.base.indices[item])
-        image = self.base.source.load(i, draft_size=self.base.draft_size)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed * 1_000_003 + item * 101 + view)
-            return self.transform(image), int(self.base.source.labels[i])
+            return self.base.transformed(item, self.transform)
 
     @property
     def labels(self) -> np.ndarray:
         """Labels of the items (each image's label ``views + 1`` times)."""
         return np.repeat(self.base.labels, self.views + 1)
+
+    def targets(self) -> torch.Tensor:
+        """The target of every view, in item order (decodes and transforms every view once)."""
+        rows = [torch.as_tensor(self[k][1]) for k in range(len(self))]
+        return torch.stack(rows) if rows else torch.empty(0)

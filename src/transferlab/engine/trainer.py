@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import math
-import pickle
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -18,22 +15,30 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset, WeightedRandomSampler
 
-from transferlab.data import atomic_write_bytes, atomic_write_text
 from transferlab.engine.activations import ActivationStore, SplitInputs
 from transferlab.engine.distributed import DistContext
+from transferlab.engine.hooks import (
+    CHECKPOINT,
+    MONITORS,
+    BestWeights,
+    Callbacks,
+    Checkpoint,
+    EarlyStopping,
+    FitState,
+    HookBase,
+    load_checkpoint,
+    save_checkpoint,
+)
 from transferlab.engine.schedules import make_scheduler
 from transferlab.engine.tasks import ClassificationTask, Task
-from transferlab.errors import BadFileError, ConfigError, TrainingError, first_line
+from transferlab.errors import ConfigError, TrainingError
 from transferlab.strategies.model import TransferModel
 from transferlab.strategies.plans import Phase, Plan
 
 log = logging.getLogger("transferlab.engine")
 
-CHECKPOINT = "checkpoint.pt"
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
-
-MONITORS = ("val_loss", "val_accuracy")
 
 
 @dataclass(frozen=True)
@@ -69,11 +74,13 @@ class EngineOptions:
 @dataclass
 class FitResult:
     history: list[dict[str, Any]]
-    best_epoch: int
+    best_epoch: int | None  # 1-based; None when no epoch ran
     best_val_loss: float
     train_s: float
     extract_s: float
     phases_run: list[str] = field(default_factory=list)
+    restored: dict[str, Any] | None = None  # the monitor kept an earlier epoch than the last (with the numbers)
+    early_stops: list[dict[str, Any]] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- trainable sets
@@ -115,10 +122,35 @@ def param_groups(groups: list[tuple[str, list[nn.Parameter]]], phase: Phase) -> 
     ]
 
 
+def decay_split(groups: list[dict[str, Any]], weight_decay: float) -> list[dict[str, Any]]:
+    """Each group twice: matrices and kernels with ``weight_decay``, biases and norm weights (1-D) without.
+
+    timm's ``param_groups_weight_decay`` and nanoGPT's rule: decaying a bias or a BatchNorm scale only
+    pulls it towards 0, it does not regularise. The no-decay copy has ``no_decay: True``.
+
+    Example:
+        >>> lin = nn.Linear(3, 2)
+        >>> [(len(g["params"]), g["weight_decay"]) for g in decay_split([{"params": list(lin.parameters()),
+        ...                                                               "lr": 0.1, "name": "head"}], 0.01)]
+        [(1, 0.01), (1, 0.0)]
+    """
+    out = []
+    for g in groups:
+        decay = [p for p in g["params"] if p.ndim > 1]
+        flat = [p for p in g["params"] if p.ndim <= 1]
+        if decay:
+            out.append({**g, "params": decay, "weight_decay": weight_decay})
+        if flat:
+            out.append({**g, "params": flat, "weight_decay": 0.0, "no_decay": True})
+    return out
+
+
 def build_optimizer(groups: list[dict[str, Any]], phase: Phase) -> torch.optim.Optimizer:
+    """AdamW (or SGD with momentum) over ``groups``; weight decay on weight matrices only (:func:`decay_split`)."""
+    split = decay_split(groups, phase.weight_decay)
     if phase.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=phase.lr, momentum=phase.momentum, weight_decay=phase.weight_decay)
-    return torch.optim.AdamW(groups, lr=phase.lr, weight_decay=phase.weight_decay)
+        return torch.optim.SGD(split, lr=phase.lr, momentum=phase.momentum, weight_decay=phase.weight_decay)
+    return torch.optim.AdamW(split, lr=phase.lr, weight_decay=phase.weight_decay)
 
 
 def set_modes(model: TransferModel, phase: Phase) -> None:
@@ -131,27 +163,6 @@ def set_modes(model: TransferModel, phase: Phase) -> None:
             for m in module.modules():
                 if isinstance(m, BN_TYPES):
                     m.eval()
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint's state (``weights_only``: never unpickles code); a damaged file is a BadFileError."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        raise BadFileError(path, f"not a readable checkpoint ({first_line(exc)})",
-                           "delete it to restart the run, or train again with --overwrite") from None
-    if not isinstance(state, dict):
-        raise BadFileError(path, f"holds a {type(state).__name__}, not a checkpoint dict",
-                           "delete it to restart the run, or train again with --overwrite")
-    return state
 
 
 class _Suffix(nn.Module):
@@ -281,7 +292,7 @@ class Engine:
     # ---- fit
     def fit(self, plan: Plan, *, train: SplitInputs, val: SplitInputs, run_dir: Path | None,
             resume: bool = False, replay: Sequence[int] | None = None) -> FitResult:
-        """Run ``plan``; early stopping on ``val`` loss, the best epoch's weights restored at the end.
+        """Run ``plan`` phase by phase; the hooks stop early, keep the best epoch and checkpoint.
 
         ``replay``: epochs to run in each phase (each phase's schedule still spans its planned
         epochs), without early stopping or restoring: the refit on train+val of a finished run.
@@ -291,136 +302,137 @@ class Engine:
             raise ValueError(f"replay: expected {len(plan.phases)} epoch counts (one per phase), got {len(replay)}")
         plan.validate(model.stage_names)
         self.store.pristine_upto = plan.lowest_trainable_stage(model.stage_names) if plan.pretrained else 0
-        ckpt_path = run_dir / CHECKPOINT if run_dir else None
-        history: list[dict[str, Any]] = []
-        best: dict[str, Any] = {"loss": math.inf, "epoch": -1, "state": None}
-        start_phase, start_epoch, phase_best, bad_epochs, global_epoch = 0, 0, math.inf, 0, 0
-        resume_state: dict[str, Any] | None = None
-        train_s = 0.0
-        if resume and ckpt_path is not None and ckpt_path.is_file():
-            ck = load_checkpoint(ckpt_path)
-            model.load_state_dict(ck["model"])
-            history = json.loads(ck["history"])
-            best = {"loss": ck["best_loss"], "epoch": ck["best_epoch"], "state": ck["best_state"],
-                    "score": tuple(ck.get("best_score", (ck["best_loss"],)))}
-            start_phase, start_epoch = ck["phase"], ck["phase_epoch"]
-            phase_best, bad_epochs, global_epoch = ck["phase_best"], ck["bad_epochs"], ck["global_epoch"]
-            train_s = ck["train_s"]
-            resume_state = ck
-            log.info("resuming at phase %d (%s), epoch %d", start_phase,
-                     plan.phases[min(start_phase, len(plan.phases) - 1)].name, start_epoch)
+        fit = FitState(model=model, plan=plan, replay=replay, is_main=self.ctx.is_main)
+        best = BestWeights(monitor=self.opt.monitor, score_name=self.task.score_name, restore=replay is None)
+        stopping = EarlyStopping(patience=self.opt.patience, enabled=replay is None)
+        hooks: list[HookBase] = [best, stopping]
+        checkpoint = Checkpoint(run_dir, hooks=list(hooks)) if run_dir is not None else None
+        if checkpoint is not None:
+            hooks.append(checkpoint)
+        after_barrier = Callbacks(self.callbacks)
+        resume_state = checkpoint.resume(fit) if resume and checkpoint is not None else None
+        start_phase, start_epoch = fit.phase_index, fit.phase_epoch
+        if resume_state is not None:
+            log.info("resuming at phase %d (%s), epoch %d", start_phase + 1,
+                     plan.phases[min(start_phase, len(plan.phases) - 1)].name, start_epoch + 1)
             # caches above any stage trained by a finished phase would be recomputed anyway:
             # the store is empty in a new process.
-        n_stages = len(model.stage_names)
-        low = self.store.pristine_upto
-        if plan.pretrained and 0 < low and any(min(stage_index(model, g) for g in p.trainable) > low
-                                               for p in plan.phases):
-            # one pass through the frozen prefix: the lowest boundary first, the others chain from it
-            self._activations(train, low, allow=self.cacheable_train)
-            self._activations(val, low, allow=True)
+        self._warm_caches(plan, train, val)
         phases_run: list[str] = []
         for pi, phase in enumerate(plan.phases):
             if pi < start_phase or (replay is not None and replay[pi] == 0):
                 continue
-            groups = configure_trainable(model, phase)
-            start = min(stage_index(model, g) for g in phase.trainable)
-            train_acts = self._activations(train, start, allow=self.cacheable_train or not phase.augment)
-            augmented = phase.augment and self.opt.cache and not self.cacheable_train  # uncached because this phase augments
-            if train_acts is None and augmented and start > 0 and self.ctx.is_main:
-                log.info("phase %s: training inputs not cached (augmentation is on): the frozen "
-                         "prefix runs every step", phase.name)
-            val_acts = self._activations(val, start, allow=True)
-            loader = self._train_loader(train, train_acts, seed=self.opt.seed + 1000 * pi)
-            runner: nn.Module = _Suffix(model, start)
-            if self.ctx.distributed:
-                runner = DistributedDataParallel(runner, device_ids=None if self.ctx.device.type == "cpu"
-                                                 else [self.ctx.device.index])
-            optimizer = build_optimizer(param_groups(groups, phase), phase)
-            scheduler = make_scheduler(optimizer, phase, total_steps=phase.epochs * len(loader))
-            first_epoch = 0
-            if resume_state is not None and pi == start_phase and start_epoch > 0:
+            resumed = resume_state is not None and pi == start_phase
+            phases_run.append(phase.name)
+            self._run_phase(fit, pi, phase, train=train, val=val, hooks=hooks, after_barrier=after_barrier,
+                            resume_state=resume_state if resumed else None,
+                            first_epoch=start_epoch if resumed else 0)
+            resume_state = None
+            trained = [stage_index(model, g) for g in phase.trainable if g != "head"]
+            if trained:
+                self.store.invalidate_above(min(trained))
+        for hook in hooks:
+            hook.after_fit(fit)
+        if best.restore and best.best["state"] is not None:
+            # stages below the plan's lowest trainable stage never change: their caches stay valid
+            self.store.invalidate_above(plan.lowest_trainable_stage(model.stage_names))
+        return FitResult(history=fit.history, best_epoch=best.best_epoch, best_val_loss=best.best_val_loss,
+                         train_s=fit.train_s, extract_s=self.extract_s, phases_run=phases_run,
+                         restored=best.restored, early_stops=list(stopping.stopped))
+
+    def _warm_caches(self, plan: Plan, train: SplitInputs, val: SplitInputs) -> None:
+        """One pass through the frozen prefix: the lowest boundary first, the others chain from it."""
+        low = self.store.pristine_upto
+        if plan.pretrained and 0 < low and any(min(stage_index(self.model, g) for g in p.trainable) > low
+                                               for p in plan.phases):
+            self._activations(train, low, allow=self.cacheable_train)
+            self._activations(val, low, allow=True)
+
+    def _run_phase(self, fit: FitState, pi: int, phase: Phase, *, train: SplitInputs, val: SplitInputs,
+                   hooks: Sequence[HookBase], after_barrier: HookBase, resume_state: dict[str, Any] | None,
+                   first_epoch: int) -> None:
+        """Epochs of one phase: train, validate, record, then the hooks."""
+        model = self.model
+        groups = configure_trainable(model, phase)
+        start = min(stage_index(model, g) for g in phase.trainable)
+        train_acts = self._activations(train, start, allow=self.cacheable_train or not phase.augment)
+        augmented = phase.augment and self.opt.cache and not self.cacheable_train  # uncached because this phase augments
+        if train_acts is None and augmented and start > 0 and self.ctx.is_main:
+            log.info("phase %s: training inputs not cached (augmentation is on): the frozen "
+                     "prefix runs every step", phase.name)
+        val_acts = self._activations(val, start, allow=True)
+        loader = self._train_loader(train, train_acts, seed=self.opt.seed + 1000 * pi)
+        runner: nn.Module = _Suffix(model, start)
+        if self.ctx.distributed:
+            runner = DistributedDataParallel(runner, device_ids=None if self.ctx.device.type == "cpu"
+                                             else [self.ctx.device.index])
+        optimizer = build_optimizer(param_groups(groups, phase), phase)
+        scheduler = make_scheduler(optimizer, phase, total_steps=phase.epochs * len(loader))
+        if resume_state is not None:
+            if first_epoch > 0:
                 optimizer.load_state_dict(resume_state["optimizer"])
                 if resume_state.get("scaler"):
                     self.scaler.load_state_dict(resume_state["scaler"])
                 scheduler.load_state_dict(resume_state["scheduler"])
-                first_epoch = start_epoch
-            if resume_state is not None and pi == start_phase:
-                # after this phase's caches are built, exactly where the interrupted run stood
-                torch.set_rng_state(resume_state["rng"])
-            elif pi > start_phase or resume_state is None:
-                phase_best, bad_epochs = math.inf, 0
-            resume_state = None
-            phases_run.append(phase.name)
-            for epoch in range(first_epoch, phase.epochs if replay is None else replay[pi]):
-                t0 = time.perf_counter()
-                set_modes(model, phase)
-                if isinstance(loader.sampler, DistributedSampler):
-                    loader.sampler.set_epoch(epoch)
-                tr_loss, tr_acc = self._train_epoch(runner, loader, optimizer, scheduler,
-                                                    prefix_stop=start if train_acts is None else 0,
-                                                    mix=phase.augment and (train_acts is None or start == 0),
-                                                    desc=f"{phase.name} {epoch + 1}/{phase.epochs}",
-                                                    where=(phase.name, epoch))
-                val_logits = self._val_logits(val, val_acts, start)
-                val_loss, val_acc = self.task.evaluate(val_logits, val.labels)
-                if not math.isfinite(val_loss):
-                    raise TrainingError(
-                        f"loss became {val_loss} in phase {phase.name!r}, epoch {epoch + 1} (validation); training "
-                        "stopped, the last good checkpoint is kept (lower --lr or check the data)"
-                    )
-                seconds = time.perf_counter() - t0
-                train_s += seconds
-                record = {
-                    "epoch": global_epoch, "phase": phase.name, "phase_index": pi, "phase_epoch": epoch,
-                    "train_loss": tr_loss, "train_accuracy": tr_acc, "val_loss": val_loss,
-                    "val_accuracy": val_acc, "lr": [g["lr"] for g in optimizer.param_groups],
-                    "lr_groups": [g["name"] for g in optimizer.param_groups],
-                    "trainable": list(phase.trainable), "cached_inputs": train_acts is not None,
-                    "seconds": round(seconds, 3),
-                }
-                history.append(record)
-                if self.ctx.is_main and not self.opt.quiet:
-                    log.info("%s epoch %d/%d: train loss %.4f acc %.3f | val loss %.4f acc %.3f (%.1fs)",
-                             phase.name, epoch + 1, phase.epochs, tr_loss, tr_acc, val_loss, val_acc, seconds)
-                score = (val_loss,) if self.opt.monitor == "val_loss" else (-val_acc, val_loss)
-                if best["epoch"] < 0 or score < best.get("score", (best["loss"],)):
-                    best = {"loss": val_loss, "score": score, "epoch": global_epoch,
-                            "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-                if val_loss < phase_best - 1e-6:
-                    phase_best, bad_epochs = val_loss, 0
-                else:
-                    bad_epochs += 1
-                global_epoch += 1
-                stop = bad_epochs >= self.opt.patience and replay is None
-                done = stop or epoch + 1 == phase.epochs
-                if ckpt_path is not None and self.ctx.is_main:
-                    save_checkpoint(ckpt_path, {
-                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "history": json.dumps(history),
-                        "best_loss": best["loss"], "best_epoch": best["epoch"], "best_state": best["state"],
-                        "best_score": list(best["score"]),
-                        "phase": pi + 1 if done else pi, "phase_epoch": 0 if done else epoch + 1,
-                        "phase_best": phase_best, "bad_epochs": bad_epochs, "global_epoch": global_epoch,
-                        "train_s": train_s, "rng": torch.get_rng_state(), "scaler": self.scaler.state_dict(),
-                    })
-                    atomic_write_text(run_dir / "history.jsonl",
-                                      "".join(json.dumps(h) + "\n" for h in history))
-                self.ctx.barrier()
-                for callback in self.callbacks:  # after the checkpoint: a callback may end the process
-                    callback(record)
-                if stop:
-                    log.info("phase %s: early stop after epoch %d (val loss did not improve for %d epochs)",
-                             phase.name, epoch + 1, self.opt.patience)
-                    break
-            trained = [stage_index(model, g) for g in phase.trainable if g != "head"]
-            if trained:
-                self.store.invalidate_above(min(trained))
-        if best["state"] is not None and replay is None:
-            model.load_state_dict(best["state"])
-            # stages below the plan's lowest trainable stage never change: their caches stay valid
-            self.store.invalidate_above(plan.lowest_trainable_stage(model.stage_names))
-        return FitResult(history=history, best_epoch=best["epoch"], best_val_loss=best["loss"],
-                         train_s=train_s, extract_s=self.extract_s, phases_run=phases_run)
+            # after this phase's caches are built, exactly where the interrupted run stood
+            torch.set_rng_state(resume_state["rng"])
+        fit.optimizer, fit.scheduler, fit.scaler = optimizer, scheduler, self.scaler
+        fit.phase_index, fit.phase_name, fit.stop = pi, phase.name, False
+        fit.phase_epochs = phase.epochs if fit.replay is None else fit.replay[pi]
+        for hook in hooks:
+            hook.before_phase(fit, resumed=resume_state is not None and first_epoch > 0)
+        for epoch in range(first_epoch, fit.phase_epochs):
+            t0 = time.perf_counter()
+            set_modes(model, phase)
+            if isinstance(loader.sampler, DistributedSampler):
+                loader.sampler.set_epoch(epoch)
+            tr_loss, tr_score = self._train_epoch(runner, loader, optimizer, scheduler,
+                                                  prefix_stop=start if train_acts is None else 0,
+                                                  mix=phase.augment and (train_acts is None or start == 0),
+                                                  desc=f"{phase.name} {epoch + 1}/{phase.epochs}",
+                                                  where=(phase.name, epoch))
+            val_loss, val_score = self.task.evaluate(self._val_logits(val, val_acts, start), val.labels)
+            if not math.isfinite(val_loss):
+                raise TrainingError(
+                    f"loss became {val_loss} in phase {phase.name!r}, epoch {epoch + 1} (validation); training "
+                    "stopped, the last good checkpoint is kept (lower --lr or check the data)"
+                )
+            seconds = time.perf_counter() - t0
+            fit.train_s += seconds
+            fit.global_epoch += 1
+            fit.phase_epoch = epoch + 1
+            record = self._record(fit, phase, pi, optimizer, tr_loss=tr_loss, tr_score=tr_score,
+                                  val_loss=val_loss, val_score=val_score, cached=train_acts is not None,
+                                  seconds=seconds)
+            fit.history.append(record)
+            if self.ctx.is_main and not self.opt.quiet:
+                log.info("%s epoch %d/%d: train loss %.4f %s %.3f | val loss %.4f %s %.3f (%.1fs)",
+                         phase.name, epoch + 1, phase.epochs, tr_loss, self._short, tr_score, val_loss,
+                         self._short, val_score, seconds)
+            for hook in hooks:
+                hook.after_epoch(fit, record)
+            self.ctx.barrier()
+            after_barrier.after_epoch(fit, record)  # after the checkpoint: a callback may end the process
+            if fit.stop:
+                break
+
+    @property
+    def _short(self) -> str:
+        return "acc" if self.task.score_name == "accuracy" else self.task.score_name
+
+    def _record(self, fit: FitState, phase: Phase, pi: int, optimizer: torch.optim.Optimizer, *, tr_loss: float,
+                tr_score: float, val_loss: float, val_score: float, cached: bool, seconds: float) -> dict[str, Any]:
+        """One epoch of ``history.jsonl``, epochs from 1; the task's score is ``train_/val_<score_name>``
+        (``accuracy`` for classification, ``mean_iou`` for boxes ...)."""
+        name = self.task.score_name
+        groups = list({g["name"]: g for g in reversed(optimizer.param_groups)}.values())[::-1]  # one per group
+        return {
+            "epoch": fit.global_epoch, "phase": phase.name, "phase_index": pi, "phase_epoch": fit.phase_epoch,
+            "train_loss": tr_loss, f"train_{name}": tr_score, "val_loss": val_loss, f"val_{name}": val_score,
+            **({} if name == "accuracy" else {"score_name": name}),
+            "lr": [g["lr"] for g in groups], "lr_groups": [g["name"] for g in groups],
+            "trainable": list(phase.trainable), "cached_inputs": cached, "seconds": round(seconds, 3),
+        }
 
     def _val_logits(self, val: SplitInputs, val_acts: torch.Tensor | None, start: int) -> torch.Tensor:
         if val_acts is not None:

@@ -44,7 +44,7 @@ from transferlab.experiments.inference import measure_tta
 from transferlab.experiments.rundir import claim_run_dir
 from transferlab.experiments.train import feature_cache, plan_options, run_training, setup_logging, versions
 from transferlab.options import DataOptions, TrainOptions, with_overrides
-from transferlab.strategies import build_plan
+from transferlab.strategies import build_plan, check_cut
 from transferlab.strategies.plans import STRATEGIES
 from transferlab.tta import check_tta
 from transferlab.zoo import create_backbone
@@ -153,7 +153,8 @@ def machine_info() -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(), "versions": versions()}
 
 
-def _summary(runs: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
+def summarize_runs(runs: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
+    """Mean ± std of test accuracy and macro F1 over the ok runs of one strategy, with the runs."""
     ok = [r for r in runs if r["status"] == "ok"]
     acc = np.array([r["test_accuracy"] for r in ok], dtype=float)
     f1 = np.array([r["macro_f1"] for r in ok], dtype=float)
@@ -169,6 +170,9 @@ def _summary(runs: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
         out["tta"] = {"mode": tta[0]["mode"], **{f"{k}_mean": stat(np.array([x[k] for x in tta]), np.mean)
                                                  for k in ("accuracy", "accuracy_plain", "cost_ratio")}}
     return out
+
+
+_summary = summarize_runs
 
 
 def _run_record(run: Any, *, seed: int, run_dir: Path) -> dict[str, Any]:
@@ -289,9 +293,7 @@ def compare(
     for name in names:
         tn = variant_options(name, t)
         stage_names = create_backbone(tn.backbone, pretrained=False).stage_names
-        if tn.cut is not None and not 1 <= tn.cut <= len(stage_names):
-            raise ConfigError(f"--cut must be between 1 and {len(stage_names)} for {tn.backbone}, got {tn.cut}")
-        kept = stage_names[: tn.cut] if tn.cut else stage_names
+        kept = check_cut(tn.cut, stage_names=stage_names, backbone=tn.backbone)
         build_plan(tn.strategy, stage_names=kept, options=plan_options(tn)).validate(kept)
 
     setup_logging(quiet=d.quiet)

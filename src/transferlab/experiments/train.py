@@ -1,4 +1,9 @@
-"""``transferlab train`` / ``transferlab.train``: data + backbone + plan -> a run directory."""
+"""``transferlab train`` / ``transferlab.train``: data + task + backbone + plan -> a run directory.
+
+One pipeline and one run lifecycle for every task (``transferlab.tasks``): the task reads its
+targets, builds its head, datasets, loss and metrics; this module does the rest (split, plan,
+engine, ``config.json``, ``metrics.json``, ``model.json`` + ``model.safetensors``, resume).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +23,14 @@ import torch
 
 from transferlab.calibration import calibrate_splits, check_calibration
 from transferlab.data import (
-    FixedViews,
-    ImageDataset,
     ImageSource,
     NormStats,
     Split,
     atomic_write_text,
     batch_augmentation,
-    build_transform,
     compute_norm_stats,
     load_split,
     make_split,
-    open_dataset,
     parse_fractions,
     save_split,
 )
@@ -38,7 +39,6 @@ from transferlab.engine import (
     Engine,
     EngineOptions,
     SplitInputs,
-    classification_metrics,
     concat_inputs,
     init_distributed,
 )
@@ -48,9 +48,15 @@ from transferlab.experiments.artifacts import save_model
 from transferlab.experiments.rundir import claim_run_dir
 from transferlab.experiments.schema import read_config_json
 from transferlab.options import DataOptions, TrainOptions, options_from_kwargs
-from transferlab.strategies import HeadConfig, Plan, PlanOptions, TransferModel, build_plan, fit_linear_probe, load_plan
+from transferlab.strategies import Plan, PlanOptions, TransferModel, build_plan, check_cut, fit_linear_probe, load_plan
 from transferlab.strategies.plans import FEATURE_BASELINES
+from transferlab.tasks import DEFAULT_TASK, canonical, get_task
+from transferlab.tasks.base import item_keys
+from transferlab.tasks.classify import head_config
 from transferlab.zoo import Backbone, create_backbone
+
+__all__ = ["CONFIG", "METRICS", "Run", "head_config", "item_keys", "localize", "make_plan", "resume_training",
+           "run_localization", "run_training", "train"]
 
 log = logging.getLogger("transferlab")
 CONFIG = "config.json"
@@ -59,14 +65,18 @@ METRICS = "metrics.json"
 
 @dataclass
 class Run:
-    """The outcome of a training run (also on disk in ``run_dir``)."""
+    """The outcome of a training run of any task (also on disk in ``run_dir``)."""
 
     run_dir: Path | None
     metrics: dict[str, Any]
     history: list[dict[str, Any]]
     config: dict[str, Any]
     classes: list[str]
-    model: TransferModel = field(repr=False)
+    model: Any = field(repr=False)
+
+    @property
+    def task(self) -> str:
+        return str(self.metrics.get("task", DEFAULT_TASK))
 
     @property
     def test_accuracy(self) -> float:
@@ -92,14 +102,6 @@ def versions() -> dict[str, str]:
             "torchvision": torchvision.__version__, "timm": timm.__version__}
 
 
-def head_config(t: TrainOptions) -> HeadConfig:
-    try:
-        hidden = tuple(int(h) for h in t.hidden.split(",") if h.strip())
-    except ValueError:
-        raise ConfigError(f"--hidden must be comma-separated integers, got {t.hidden!r}") from None
-    return HeadConfig(kind=t.head, hidden=hidden, dropout=t.dropout, pool=t.pool)
-
-
 def plan_options(t: TrainOptions) -> PlanOptions:
     names = PlanOptions.__dataclass_fields__
     return PlanOptions(**{k: v for k, v in asdict(t).items() if k in names})
@@ -111,14 +113,34 @@ def make_plan(t: TrainOptions, stage_names: list[str]) -> Plan:
     return build_plan(t.strategy, stage_names=stage_names, options=plan_options(t))
 
 
-def _config(data: str, d: DataOptions, t: TrainOptions, plan: Plan) -> dict[str, Any]:
-    return _config_dict(data, d, t, plan=plan.to_dict())
+def _config(data: str, d: DataOptions, t: TrainOptions, plan: Plan, *, task: str = DEFAULT_TASK,
+            task_options: Any = None) -> dict[str, Any]:
+    return _config_dict(data, d, t, plan=plan.to_dict(), task=task, task_options=task_options)
 
 
-def _config_dict(data: str, d: DataOptions, t: TrainOptions, *, plan: dict[str, Any] | None) -> dict[str, Any]:
-    return {"data": str(data), "data_options": asdict(d), "train_options": asdict(t), "plan": plan,
-            "versions": versions(), "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                                                 "torch_threads": torch.get_num_threads()}}
+def _config_dict(data: str, d: DataOptions, t: TrainOptions, *, plan: dict[str, Any] | None,
+                 task: str = DEFAULT_TASK, task_options: Any = None) -> dict[str, Any]:
+    return {"task": task, "data": str(data), "data_options": asdict(d), "train_options": asdict(t),
+            **({"task_options": asdict(task_options)} if task_options is not None else {}),
+            "plan": plan, "versions": versions(),
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                        "torch_threads": torch.get_num_threads()}}
+
+
+def _for_task(task: str, t: TrainOptions) -> TrainOptions:
+    """``t`` for a task other than classification: its options that only classification has are refused,
+    and ``--strategy auto`` (the search, classification only) becomes fine-tune, said in one line."""
+    only = [flag for flag, on in (("--cv", t.cv is not None), ("--ensemble", t.ensemble),
+                                  ("--calibrate", t.calibrate != "none"), ("--unlabeled", bool(t.unlabeled)),
+                                  ("--strategy hog-svm", t.strategy in FEATURE_BASELINES)) if on]
+    if only:
+        raise ConfigError(f"{', '.join(only)}: classification only; --task {task} trains with a --strategy "
+                          f"such as fine-tune or feature-extraction")
+    if t.strategy != "auto" or t.plan:
+        return t
+    log.info("--strategy auto searches classification strategies; --task %s trains fine-tune (its measured "
+             "default)", task)
+    return replace(t, strategy="fine-tune")
 
 
 def run_training(data: str, *, data_options: DataOptions, train_options: TrainOptions,
@@ -126,27 +148,35 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
                  callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
                  source: ImageSource | None = None, split: Split | None = None,
                  store: ActivationStore | None = None, save_predictions: bool = False,
-                 overwrite: bool = False) -> Run:
-    """Train one strategy on one dataset and write the run directory (rank 0 only).
+                 overwrite: bool = False, task: str = DEFAULT_TASK, task_options: Any = None) -> Run:
+    """Train one strategy for one task on one dataset and write the run directory (rank 0 only).
 
+    The one pipeline of every task: data -> task targets -> split -> plan -> engine -> artifacts.
+    ``task`` is a registry name or alias (``classify``, ``localize``); ``task_options`` the task's
+    own options (e.g. ``LocalizeOptions``; its defaults when None).
     ``callbacks`` are called with each epoch's history record, after its checkpoint is written.
     ``source``/``split`` reuse an already opened dataset and split (``data`` is then only recorded);
     ``store`` shares cached frozen-prefix activations between runs (the caller guarantees its entries
     were computed with this run's stages below each boundary, see ``experiments.compare``);
-    ``save_predictions`` writes ``predictions_test.csv`` (identity, true, predicted, confidence).
+    ``save_predictions`` writes ``predictions_test.csv`` (classification; other tasks always do).
     The run folder is locked for the run; a non-empty one is refused unless ``resume`` or
     ``overwrite`` (see :mod:`transferlab.experiments.rundir`).
     """
     t_start = time.perf_counter()
     d, t = data_options, train_options
+    spec = get_task(task)
+    to = task_options if task_options is not None or spec.options_class is None else spec.options_class()
+    spec.check(data_options=d, train_options=t, options=to)
     ctx = init_distributed(d.device)
     setup_logging(quiet=d.quiet, is_main=ctx.is_main)
     run_dir = Path(out) if out is not None else None
     lock = claim_run_dir(run_dir, resume=resume, overwrite=overwrite) if run_dir is not None and ctx.is_main else None
 
-    if source is None:
-        source = open_dataset(data, quiet=d.quiet)
     own_split = split is None  # compare passes its split and checks it for leakage once
+    prepared = (spec.prepare(source, options=to) if source is not None
+                else spec.read(data, options=to, quiet=d.quiet))
+    skipped = list(source.skipped) if source is not None else prepared.skipped
+    source = prepared.source
     if split is not None:
         pass
     elif resume and run_dir is not None and (run_dir / "split_train.txt").is_file():
@@ -154,7 +184,11 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
     else:
         split = make_split(source, fractions=parse_fractions(d.split, option="--split"), seed=d.split_seed,
                            train_per_class=d.train_per_class)
-    if t.strategy in FEATURE_BASELINES:  # no network: hand-crafted features and a classifier
+    if ctx.is_main:
+        log.info("split: %s", ", ".join(f"{k} {v}" for k, v in split.sizes().items()))
+    if spec.name != "classification":
+        t = _for_task(spec.name, t)
+    elif t.strategy in FEATURE_BASELINES:  # no network: hand-crafted features and a classifier
         from transferlab.experiments.baselines import run_hog_svm
 
         return run_hog_svm(data, source=source, split=split, data_options=d, train_options=t,
@@ -173,45 +207,26 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
     check_calibration(t.calibrate, n_val=len(split.val), refit=t.refit)
     torch.manual_seed(d.seed)
     backbone = create_backbone(t.backbone, pretrained=False)  # random init: the scratch baseline's
-    stage_names = backbone.stage_names
-    if t.cut is not None and not 1 <= t.cut <= len(stage_names):
-        raise ConfigError(f"--cut must be between 1 and {len(stage_names)} for {t.backbone}, got {t.cut}")
+    kept = check_cut(t.cut, stage_names=backbone.stage_names, backbone=t.backbone)
     if t.runtime == "onnx" and ctx.device.type != "cpu":
         raise ConfigError(f"--runtime onnx runs on the CPU only; got --device {d.device} ({ctx.device})")
-    if t.views < 0 or (t.views > 0 and d.augment == "none"):
-        raise ConfigError(f"--views must be 0, or > 0 together with an --augment preset; got --views {t.views} "
-                          f"with --augment {d.augment}")
-    kept = stage_names[: t.cut] if t.cut else stage_names
     plan = make_plan(t, kept)
     plan.validate(kept)
     if plan.pretrained:
         backbone = create_backbone(t.backbone, pretrained=True, weights=t.weights)
     if t.input_size is not None:
         backbone.preprocessing = backbone.preprocessing.with_input_size(t.input_size)
-    model = TransferModel(backbone=backbone, num_classes=len(source.classes), head=head_config(t), cut=t.cut)
+    classes = list(source.classes)
+    model = spec.build_model(backbone, train_options=t, options=to, num_classes=len(classes))
     pre = model.preprocessing
     norm = compute_norm_stats(d.normalize, source=source, indices=split.train, preprocessing=pre)
-    eval_tf = build_transform(pre, norm=norm)
-    train_tf = build_transform(pre, norm=norm, train=True, augment=d.augment)
+    eval_tf, train_tf = spec.transforms(pre, norm, data_options=d, options=to)
 
     def inputs(name: str, idx: np.ndarray, *, training: bool = False) -> SplitInputs:
-        ev = ImageDataset(source, idx, eval_tf, draft_size=pre.resize_size)
-        if training and t.views > 0:  # fixed augmented views: deterministic, so cacheable
-            fixed = FixedViews(ev, train_tf, views=t.views, seed=d.split_seed)
-            tag = f"#{d.augment}-view"
-            return SplitInputs(
-                name=f"{name}+views{t.views}", labels=torch.as_tensor(fixed.labels, dtype=torch.long),
-                eval_dataset=fixed, train_dataset=fixed,
-                items=[k + (f"{tag}{v}-seed{d.split_seed}" if v else "") for k in item_keys(source, idx)
-                       for v in range(t.views + 1)],
-            )
-        return SplitInputs(
-            name=name,
-            labels=torch.as_tensor(source.labels[idx], dtype=torch.long),
-            eval_dataset=ev,
-            train_dataset=ImageDataset(source, idx, train_tf, draft_size=pre.resize_size) if training else None,
-            items=item_keys(source, idx),
-        )
+        got = spec.inputs(prepared, idx, training=training, eval_tf=eval_tf, train_tf=train_tf, preprocessing=pre,
+                          data_options=d, train_options=t, options=to)
+        return SplitInputs(name=name + got.name_suffix, labels=got.labels, eval_dataset=got.eval_dataset,
+                           train_dataset=got.train_dataset, items=got.items)
 
     train_in, val_in, test_in = inputs("train", split.train, training=True), inputs("val", split.val), inputs("test", split.test)
     unl_in = None
@@ -220,10 +235,10 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
 
         unl_in = unlabeled_inputs(open_for_run(t.unlabeled, strategy=plan.strategy, source=source, split=split),
                                   transform=eval_tf, draft_size=pre.resize_size)
-    config = _config(data, d, t, plan)
+    config = _config(data, d, t, plan, task=spec.name, task_options=to)
     class_weights = None
     if t.class_weights == "auto":
-        counts = np.bincount(source.labels[split.train], minlength=len(source.classes)).astype(float)
+        counts = np.bincount(source.labels[split.train], minlength=len(classes)).astype(float)
         class_weights = tuple(float(x) for x in counts.sum() / (len(counts) * np.maximum(counts, 1)))
     if store is None:
         store = ActivationStore(
@@ -236,6 +251,8 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
     else:  # a shared store (compare) keys its disk entries with this run's weights and normalisation
         store.fingerprint = cache_fingerprint(backbone, norm) if plan.pretrained else None
     store.pristine_upto = len(kept)  # before any phase runs, nothing has trained
+    objective = spec.objective(train_options=t, class_weights=class_weights, options=to, device=ctx.device,
+                               num_classes=len(classes))
     engine = Engine(
         model, ctx=ctx,
         options=EngineOptions(batch_size=t.batch_size, seed=d.seed, patience=t.patience,
@@ -243,10 +260,10 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
                               balanced_sampler=t.balanced_sampler, precision=t.precision, num_workers=d.num_workers,
                               cache=t.cache, quiet=d.quiet, monitor=t.monitor),
         store=_adopt(store, model),
-        cacheable_train=(d.augment == "none" or t.views > 0) and d.batch_augment == "none",
+        cacheable_train=spec.cacheable_train(data_options=d, train_options=t, options=to),
         batch_augment=batch_augmentation(None if d.batch_augment == "none" else d.batch_augment,
-                                         num_classes=len(source.classes)),
-        callbacks=callbacks,
+                                         num_classes=len(classes)),
+        callbacks=callbacks, task=objective,
     )
     if run_dir is not None and ctx.is_main:  # everything is validated: the run is about to happen
         save_split(split, source, run_dir)
@@ -266,48 +283,53 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
         if d.augment != "none" and t.views == 0 and ctx.is_main:
             log.info("linear-probe fits on the features of the clean training images: --augment %s applies to "
                      "phases trained by backprop (--views K gives the probe K augmented copies)", d.augment)
-        probe = _linear_probe(engine, train_in, val_in, t, n_kept, len(source.classes), d.seed)
+        probe = _linear_probe(engine, train_in, val_in, t, n_kept, len(classes), d.seed)
         if unl_in is not None:
             from transferlab.unlabeled.train import pooled, probe_with_unlabeled
 
             xs = [pooled(engine.store, model, s, n_kept) for s in (train_in, val_in, unl_in)]
             probe, extra["unlabeled"] = probe_with_unlabeled(
                 probe, xs[0], train_in.labels.numpy(), xs[1], val_in.labels.numpy(), xs[2],
-                num_classes=len(source.classes), classifier=t.classifier, method=t.unlabeled_method,
+                num_classes=len(classes), classifier=t.classifier, method=t.unlabeled_method,
                 threshold=t.unlabeled_threshold, seed=d.seed, folder=t.unlabeled)
         extra["probe"] = {"classifier": probe.classifier, "C": probe.C, "refit_on": "train+val",
                           "val_accuracy_by_C": {str(k): v for k, v in probe.grid.items()}}
         history: list[dict[str, Any]] = []
-        best_epoch, train_s = -1, time.perf_counter() - t_start
+        best_epoch, train_s = None, time.perf_counter() - t_start
         boundary = n_kept
         _set_linear_head(engine.model, probe.selection_weight, probe.selection_bias)
-        val_logits = engine.predict(val_in, boundary=boundary)  # the train-only fit that val selected
+        val_out = engine.predict(val_in, boundary=boundary)  # the train-only fit that val selected
         _set_linear_head(engine.model, probe.weight, probe.bias)  # final: refit on train+val
     else:
         initial = {k: v.detach().clone() for k, v in model.state_dict().items()} if t.refit else None
         fit = engine.fit(plan, train=train_in, val=val_in, run_dir=run_dir, resume=resume)
         history, best_epoch, train_s = fit.history, fit.best_epoch, fit.train_s
+        extra["early_stops"] = fit.early_stops
+        if fit.restored is not None:
+            extra["restored"] = fit.restored
         boundary = plan.lowest_trainable_stage(kept) if plan.pretrained else 0
-        val_logits = engine.predict(val_in, boundary=boundary)  # the held-out selection run's
+        val_out = engine.predict(val_in, boundary=boundary)  # the held-out selection run's
         if initial is not None:
             extra["refit"] = _refit(engine, plan, fit, initial, train_in, inputs("val", split.val, training=True),
                                     val_in, seed=d.seed)
             train_s += extra["refit"]["train_s"]
-    test_logits = engine.predict(test_in, boundary=boundary)
-    classes = list(source.classes)
-    temperature, calibration = calibrate_splits(t.calibrate, val=(val_logits, val_in.labels),
-                                                test=(test_logits, test_in.labels))
+    test_out = engine.predict(test_in, boundary=boundary)
+    if hasattr(spec, "after_fit"):  # e.g. multilabel thresholds chosen on val
+        spec.after_fit(model, val_out, val_in.labels)
+    temperature, calibration = (calibrate_splits(t.calibrate, val=(val_out, val_in.labels), test=(test_out, test_in.labels))
+                                if spec.name == "classification" else (None, {"val": {}, "test": {}}))
     metrics = {
+        "task": spec.name,
         "strategy": plan.strategy,
         "backbone": t.backbone,
-        "val": classification_metrics(val_logits, val_in.labels.numpy(), classes=classes,
-                                      loss=float(torch.nn.functional.cross_entropy(val_logits, val_in.labels))),
-        "test": classification_metrics(test_logits, test_in.labels.numpy(), classes=classes,
-                                       loss=float(torch.nn.functional.cross_entropy(test_logits, test_in.labels))),
+        **spec.run_metrics(prepared=prepared, options=to),
+        "val": spec.split_metrics(val_out, val_in.labels, classes=classes, objective=objective, model=model),
+        "test": spec.split_metrics(test_out, test_in.labels, classes=classes, objective=objective, model=model),
         "timing": {"total_s": round(time.perf_counter() - t_start, 3), "extract_s": round(engine.extract_s, 3),
                    "train_s": round(train_s, 3)},
         "best_epoch": best_epoch,
-        "skipped_files": [list(s) for s in source.skipped],
+        "split_sizes": split.sizes(),
+        "skipped_files": [list(s) for s in skipped],
         **extra,
     }
     for name in ("val", "test"):
@@ -316,22 +338,17 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
         log.info("temperature scaling: T = %.3f fitted on val (%d images); test ECE %.4f -> %.4f", temperature,
                  len(val_in.labels), calibration["test"]["ece_uncalibrated"], calibration["test"]["ece"])
     if run_dir is not None and ctx.is_main:
-        save_model(run_dir, model, classes=classes, norm=norm,
-                   extra={"strategy": plan.strategy, "test_accuracy": metrics["test"]["accuracy"],
+        save_model(run_dir, model, classes=classes, norm=norm, task=spec.name,
+                   extra={"strategy": plan.strategy, f"test_{spec.score_name}": spec.headline(metrics),
                           **({"temperature": temperature} if temperature is not None else {})})
         atomic_write_text(run_dir / METRICS, json.dumps(metrics, indent=2))
-        if save_predictions:
-            probs = (test_logits / (temperature or 1.0)).softmax(1)
-            conf, pred = probs.max(1)
-            rows = ["identity,true,predicted,confidence"] + [
-                f"{json.dumps(source.identity(int(i)))},{int(y)},{int(p)},{float(c):.6f}"
-                for i, y, p, c in zip(split.test, test_in.labels.tolist(), pred.tolist(), conf.tolist())]
-            atomic_write_text(run_dir / "predictions_test.csv", "\n".join(rows) + "\n")
+        spec.write_outputs(run_dir, prepared=prepared, indices=split.test, outputs=test_out / (temperature or 1.0),
+                           labels=test_in.labels, classes=classes, save_predictions=save_predictions, model=model)
     ctx.barrier()
     if lock is not None:
         lock.release()
-    log.info("%s on %s: test accuracy %.4f, macro F1 %.4f (%.1fs)", plan.strategy, t.backbone,
-             metrics["test"]["accuracy"], metrics["test"]["macro_f1"], metrics["timing"]["total_s"])
+    log.info("%s on %s: %s (%.1fs)", plan.strategy, t.backbone, spec.summary_line(metrics),
+             metrics["timing"]["total_s"])
     return Run(run_dir=run_dir, metrics=metrics, history=history, config=config, classes=classes, model=model)
 
 
@@ -353,7 +370,7 @@ def leakage_check(data: str, source: ImageSource, split: Split, d: DataOptions, 
 def _refit(engine: Engine, plan: Plan, fit: Any, initial: dict[str, torch.Tensor], train_in: SplitInputs,
            val_as_train: SplitInputs, val_in: SplitInputs, *, seed: int) -> dict[str, Any]:
     """Train ``plan`` again from ``initial`` on train+val, each phase for the epochs that led to the best one."""
-    replay = [sum(1 for h in fit.history if h["phase_index"] == pi and h["epoch"] <= fit.best_epoch)
+    replay = [sum(1 for h in fit.history if h["phase_index"] == pi and h["epoch"] <= (fit.best_epoch or 0))
               for pi in range(len(plan.phases))]
     engine.model.load_state_dict(initial)
     torch.manual_seed(seed)
@@ -361,15 +378,6 @@ def _refit(engine: Engine, plan: Plan, fit: Any, initial: dict[str, torch.Tensor
     result = engine.fit(plan, train=both, val=val_in, run_dir=None, replay=replay)
     log.info("refit on %s (%d items): %s epochs per phase", both.name, len(both), replay)
     return {"on": both.name, "items": len(both), "epochs_per_phase": replay, "train_s": round(result.train_s, 3)}
-
-
-def item_keys(source: ImageSource, indices: np.ndarray) -> list[str]:
-    """``identity|size|mtime`` of each item: a changed file changes its key."""
-    keys = []
-    for i in indices:
-        stat = source.file_stat(int(i))
-        keys.append(f"{source.identity(int(i))}|{stat[0]}|{stat[1]}" if stat else source.identity(int(i)))
-    return keys
 
 
 def cache_fingerprint(backbone: Backbone, norm: NormStats) -> dict[str, Any] | None:
@@ -421,9 +429,21 @@ def _set_linear_head(model: TransferModel, weight: torch.Tensor, bias: torch.Ten
         model.head[-1].bias.copy_(bias)
 
 
+def _task_option_objects(task: str, kwargs: dict[str, Any]) -> tuple[DataOptions, TrainOptions, Any]:
+    """Data, train and task options of ``task`` picked out of ``kwargs`` (with the task's defaults)."""
+    spec = get_task(task)
+    to = options_from_kwargs(spec.options_class, kwargs) if spec.options_class is not None else None
+    if getattr(spec, "default_split", None):
+        kwargs.setdefault("split", spec.default_split)
+    d = options_from_kwargs(DataOptions, kwargs)
+    t = options_from_kwargs(getattr(spec, "train_options_class", TrainOptions), kwargs)
+    return d, t, to
+
+
 def train(data: str, *, out: str | os.PathLike[str] | None = None, resume: bool = False, overwrite: bool = False,
-          callbacks: Sequence[Callable[[dict[str, Any]], None]] = (), **options: Any) -> Run:
-    """Python API mirroring ``transferlab train``; options are the CLI flags' names.
+          callbacks: Sequence[Callable[[dict[str, Any]], None]] = (), task: str = DEFAULT_TASK,
+          **options: Any) -> Run:
+    """Python API mirroring ``transferlab train``; options are the CLI flags' names (the task's too).
 
     Example:
         >>> import transferlab
@@ -431,30 +451,56 @@ def train(data: str, *, out: str | os.PathLike[str] | None = None, resume: bool 
         ...                         strategy="feature-extraction", out="runs/fe")  # doctest: +SKIP
         >>> run.test_accuracy  # doctest: +SKIP
         0.96
+        >>> boxes = transferlab.train("oxford-pets-3/", task="localize", out="runs/loc")  # doctest: +SKIP
     """
     kwargs = dict(options)
-    d = options_from_kwargs(DataOptions, kwargs)
-    t = options_from_kwargs(TrainOptions, kwargs)
+    d, t, to = _task_option_objects(task, kwargs)
     if kwargs:
-        raise ConfigError(f"unknown option(s) {sorted(kwargs)} for transferlab.train")
+        raise ConfigError(f"unknown option(s) {sorted(kwargs)} for transferlab.train (task {canonical(task)})")
     return run_training(data, data_options=d, train_options=t, out=out, resume=resume, callbacks=callbacks,
-                        overwrite=overwrite)
+                        overwrite=overwrite, task=task, task_options=to)
+
+
+def localize(data: str, *, out: str | os.PathLike[str] | None = None, **options: Any) -> Run:
+    """``train(data, task="localize", ...)``: the Python API of ``transferlab localize train``.
+
+    Example:
+        >>> run = localize("../shared/datasets/oxford-pets-3", backbone="efficientnet_lite0",
+        ...                strategy="fine-tune", out="runs/loc-ft")  # doctest: +SKIP
+        >>> run.metrics["test"]["mean_iou"]  # doctest: +SKIP
+        0.70
+    """
+    kwargs = dict(options)
+    d, t, to = _task_option_objects("localization", kwargs)
+    if kwargs:
+        raise ConfigError(f"unknown option(s) {sorted(kwargs)} for transferlab.localize")
+    return run_training(data, data_options=d, train_options=t, out=out, task="localization", task_options=to)
+
+
+def run_localization(data: str, *, data_options: DataOptions, train_options: TrainOptions, loc_options: Any,
+                     out: str | os.PathLike[str] | None = None) -> Run:
+    """``run_training`` for the localization task (kept for callers of the former pipeline)."""
+    return run_training(data, data_options=data_options, train_options=train_options, out=out,
+                        task="localization", task_options=loc_options)
 
 
 def resume_training(run_dir: str | os.PathLike[str], *, quiet: bool | None = None,
                     callbacks: Sequence[Callable[[dict[str, Any]], None]] = ()) -> Run:
-    """Continue an interrupted run from its last checkpoint, with the options it was started with."""
+    """Continue an interrupted run of any task from its last checkpoint, with the options it was started with."""
     cfg_path = Path(run_dir) / CONFIG
     if not cfg_path.is_file():
         raise ConfigError(f"--resume {run_dir}: no {CONFIG} there (not a transferlab run directory)")
     cfg = read_config_json(run_dir)
     try:
+        spec = get_task(cfg.get("task", DEFAULT_TASK))
         d = DataOptions(**cfg["data_options"])
         if quiet is not None:
             d = DataOptions(**{**asdict(d), "quiet": quiet})
-        t = TrainOptions(**cfg["train_options"])
+        t = getattr(spec, "train_options_class", TrainOptions)(**cfg["train_options"])
+        raw = cfg.get("task_options", cfg.get("localize_options"))
+        to = spec.options_class(**raw) if spec.options_class is not None and raw is not None else None
     except (TypeError, ConfigError) as exc:
         raise BadFileError(cfg_path, f"holds options this version cannot use ({exc})",
                            "start the run again with --overwrite") from None
     return run_training(cfg["data"], data_options=d, train_options=t, out=run_dir, resume=True,
-                        callbacks=callbacks)
+                        callbacks=callbacks, task=spec.name, task_options=to)

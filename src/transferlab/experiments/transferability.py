@@ -279,7 +279,7 @@ def train_network(model: TransferModel, plan: Plan, *, half: Half, seed: int, op
     fit = engine.fit(plan, train=half.inputs["train"], val=half.inputs["val"], run_dir=None)
     test = half.inputs["test"]
     logits = engine.predict(test, use_cache=False)
-    val = fit.history[fit.best_epoch] if fit.best_epoch >= 0 else {}
+    val = fit.history[fit.best_epoch - 1] if fit.best_epoch else {}
     return {"test_accuracy": round(float((logits.argmax(1) == test.labels).float().mean()), 6),
             "val_accuracy": round(float(val.get("val_accuracy", float("nan"))), 6),
             "best_epoch": fit.best_epoch, "train_s": round(fit.train_s, 3),

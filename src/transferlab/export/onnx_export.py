@@ -91,7 +91,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 def _check_inputs(lm: LoadedModel, run_dir: Path, images: Sequence[str | os.PathLike[str]] | None,
                   n: int) -> tuple[torch.Tensor, list[str]]:
     """Preprocessed real images: the given files, or up to ``n`` of the run's test split (classes interleaved)."""
-    tf, draft = lm.transform(), lm.preprocessing.resize_size
+    tf, draft = lm.transform(), lm.draft_size
     if images:
         names = [os.fspath(p) for p in images]
         return torch.stack([tf(load_image(p, draft_size=draft)) for p in names]), names
@@ -152,11 +152,12 @@ def export_onnx(
     tolerance: float = PARITY_TOLERANCE,
     opset: int = DEFAULT_OPSET,
 ) -> ExportResult:
-    """Write ``RUN_DIR/model.onnx`` (dynamic batch, float32 NCHW normalised input -> logits).
+    """Write ``RUN_DIR/model.onnx`` (dynamic batch, float32 NCHW normalised input -> the task's outputs).
 
     The graph is run with ONNX Runtime on real images (``check_images``, or ``n_check`` images
     of the run's test split) at the full batch and at batch 1 and compared with PyTorch; unless
-    ``max |logit diff| < tolerance`` and the top-1 classes agree, :class:`ExportError` is raised
+    ``max |output diff| < tolerance`` and the task's check passes (classification: the top-1
+    classes agree), :class:`ExportError` is raised
     and nothing is written. On success ``model.json`` gains an ``"onnx"`` entry (file, input and
     output names, opset, parity numbers, SHA-256 of the weights it was exported from).
 
@@ -182,6 +183,7 @@ def export_onnx(
         "transferlab.normalization": json.dumps(lm.norm.to_dict()),
         "transferlab.backbone": str(lm.meta["backbone"]),
         **({"transferlab.temperature": repr(lm.temperature)} if lm.temperature is not None else {}),
+        "transferlab.task": lm.task.name,
     }
     blob = _to_onnx_bytes(model, example, opset=opset, metadata=metadata)
 
@@ -196,9 +198,9 @@ def export_onnx(
     if not np.isfinite(diff) or diff >= tolerance:
         raise ExportError(f"ONNX Runtime disagrees with PyTorch: max |logit diff| {diff:.3g} >= {tolerance:g} "
                           f"on {len(x)} images; {ONNX_FILE} not written")
-    if not np.array_equal(full.argmax(1), ref.argmax(1)):
-        raise ExportError(f"ONNX Runtime and PyTorch pick different top-1 classes on the check images; "
-                          f"{ONNX_FILE} not written")
+    problem = lm.task.parity_problem(full, ref)
+    if problem is not None:
+        raise ExportError(f"{problem}; {ONNX_FILE} not written")
     batch_sizes = (1, len(x))
     path = atomic_write_bytes(run / ONNX_FILE, blob)
     result = ExportResult(path=path, max_abs_diff=diff, n_images=len(x), batch_sizes=batch_sizes, opset=opset,
@@ -208,9 +210,8 @@ def export_onnx(
         "file": ONNX_FILE, "input": INPUT_NAME, "output": OUTPUT_NAME, "opset": opset,
         "input_spec": f"float32 [batch, 3, {lm.preprocessing.input_size}, {lm.preprocessing.input_size}], "
                       "RGB in [0, 1] after resize/center-crop, normalised as in 'normalization'",
-        "output_spec": f"float32 [batch, {len(lm.classes)}] logits in the order of 'classes' "
-                       "(softmax for probabilities)" + (f"; already divided by the calibration temperature "
-                                                        f"{lm.temperature:.4f}" if lm.temperature else ""),
+        "output_spec": lm.task.onnx_output_spec(lm.meta) + (f"; already divided by the calibration temperature "
+                                                         f"{lm.temperature:.4f}" if lm.temperature else ""),
         "parity": {"max_abs_diff": diff, "tolerance": float(tolerance), "images": names,
                    "batch_sizes": list(batch_sizes)},
         "weights_sha256": file_sha256(run / MODEL_FILE),

@@ -12,31 +12,21 @@ import numpy as np
 import torch
 from PIL import Image
 
-from transferlab.data import NormStats, build_transform, load_image
+from transferlab.data import NormStats, load_image
 from transferlab.errors import BadFileError, ConfigError
 from transferlab.experiments.artifacts import MODEL_FILE, MODEL_JSON, load_model
 from transferlab.experiments.schema import read_model_json
 from transferlab.export._deps import require
 from transferlab.export.onnx_export import INPUT_NAME, ONNX_FILE, OUTPUT_NAME, file_sha256
 from transferlab.export.quantize import INT8_FILE
+from transferlab.tasks import get_task, task_of
+from transferlab.tasks.classify import softmax
 from transferlab.tta import average_views, check_tta, tta_transform
 from transferlab.zoo import Preprocessing
 
 __all__ = ["ONNX_MODELS", "RUNTIMES", "Predictor", "open_predictor", "predict_files", "softmax"]
 
 RUNTIMES: tuple[str, ...] = ("torch", "onnx")
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 (stable).
-
-    Example:
-        >>> softmax(np.array([[0.0, 0.0]])).tolist()
-        [[0.5, 0.5]]
-    """
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 class Predictor:
@@ -58,9 +48,13 @@ class Predictor:
         self.classes: list[str] = list(meta["classes"])
         self.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
         self.norm = NormStats.from_dict(meta["normalization"])
-        self.draft_size = self.preprocessing.resize_size
-        self._transform = build_transform(self.preprocessing, norm=self.norm)
+        self.task = get_task(task_of(meta))
+        # other tasks answer in pixels of the uploaded image: decode it whole
+        self.draft_size = self.preprocessing.resize_size if self.task.name == "classification" else None
+        self._transform = self.task.image_transform(self.preprocessing, self.norm)
         self.tta = check_tta(tta)
+        if self.tta != "none" and self.task.name != "classification":
+            raise ConfigError(f"--tta applies to classification models; {run_dir} is a {self.task.name} model")
         self._views = tta_transform(self.preprocessing, norm=self.norm, mode=tta)
         self._model = model
         self.model_file = MODEL_FILE  # what runs: model.safetensors, model.onnx or model.int8.onnx
@@ -78,12 +72,16 @@ class Predictor:
         with torch.inference_mode():
             return self._model(torch.from_numpy(batch)).numpy()
 
-    def predict(self, images: Sequence[Image.Image], *, top: int = 5) -> list[list[dict[str, Any]]]:
-        """Top-``top`` classes (index, label, probability) for each image, most probable first."""
+    def predict(self, images: Sequence[Image.Image], *, top: int = 5) -> list[Any]:
+        """Per image: classification, the top-``top`` classes (index, label, probability), most probable
+        first; another task, its prediction dict (localization: ``box`` in pixels of the image ...)."""
         if not images:
             return []
         if not (isinstance(top, int) and top >= 1):
             raise ConfigError(f"top: expected an integer >= 1, got {top!r}")
+        if self.task.name != "classification":
+            outputs = self.logits(np.stack([self.preprocess(im) for im in images]))
+            return self.task.format_predictions(outputs, list(images), classes=self.classes, top=top, meta=self.meta)
         views = [self._views(im).numpy() for im in images]  # V x 3 x S x S each (V = 1 without TTA)
         logits = torch.from_numpy(self.logits(np.concatenate(views)))
         probs = average_views(logits, len(views[0])).exp().numpy()
@@ -177,5 +175,10 @@ def predict_files(images: Sequence[str | os.PathLike[str]], *, model_dir: str | 
         [{'image': 'rose.jpg', 'top': [{'index': 7, 'label': '08_tulip', 'probability': 0.93}]}]
     """
     p = open_predictor(model_dir, runtime=runtime, tta=tta)
-    return [{"image": str(path), "top": p.predict([load_image(path, draft_size=p.draft_size)], top=top)[0]}
-            for path in images]
+    out = []
+    for path in images:
+        image = load_image(path, draft_size=p.draft_size)
+        r = p.predict([image], top=top)[0]
+        out.append({"image": str(path), "top": r} if isinstance(r, list) else
+                   {"image": str(path), **r, "width": image.width, "height": image.height})
+    return out

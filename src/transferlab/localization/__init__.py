@@ -1,24 +1,36 @@
-"""Object localization by swapping the head: the pretrained featurizer regresses a box.
+"""Object localization building blocks: VOC boxes, box-aware transforms, box metrics, the box head.
+
+The task itself (targets, head, loss, metrics, predictions) is :mod:`transferlab.tasks.localize`
+and runs through the one pipeline (``transferlab train --task localize``, alias ``transferlab
+localize train``). The run-level names below are kept and load on first use.
 
 Example:
     >>> from transferlab.localization import localize  # doctest: +SKIP
     >>> run = localize("../shared/datasets/oxford-pets-3", strategy="fine-tune", out="runs/loc")  # doctest: +SKIP
 """
 
-from transferlab.localization.inference import evaluate_localizer, find_voc, predict_boxes
+from __future__ import annotations
+
+from transferlab._lazy import lazy_attributes
+
 from transferlab.localization.metrics import box_metrics, paired_giou, paired_iou, valid_boxes
 from transferlab.localization.model import BoxHead, LocalizationModel, LocHeadConfig
 from transferlab.localization.task import LocalizationTask
-from transferlab.localization.train import (
-    LOC_SPLIT,
-    LocalizationRun,
-    LocalizeOptions,
-    load_localizer,
-    localize,
-    run_localization,
-)
 from transferlab.localization.transforms import BOX_AUGMENTS, RandomCropContaining, box_transform
-from transferlab.localization.voc import BoxSet, clip_box, load_source_boxes, read_voc
+from transferlab.localization.voc import BoxSet, clip_box, find_voc, load_source_boxes, read_voc
+
+_LAZY = {
+    "LOC_SPLIT": "transferlab.tasks.localize",
+    "LocalizeOptions": "transferlab.tasks.localize",
+    "LocTrainOptions": "transferlab.tasks.localize",
+    "localize": "transferlab.experiments.train",
+    "run_localization": "transferlab.experiments.train",
+    "LocalizationRun": "transferlab.experiments.train",
+    "load_localizer": "transferlab.experiments.artifacts",
+    "predict_boxes": "transferlab.experiments.inference",
+    "evaluate_localizer": "transferlab.experiments.inference",
+}
+_RENAMED = {"LocalizationRun": "Run"}
 
 __all__ = [
     "BOX_AUGMENTS",
@@ -26,6 +38,7 @@ __all__ = [
     "BoxHead",
     "BoxSet",
     "LocHeadConfig",
+    "LocTrainOptions",
     "LocalizationModel",
     "LocalizationRun",
     "LocalizationTask",
@@ -41,7 +54,11 @@ __all__ = [
     "localize",
     "paired_giou",
     "paired_iou",
+    "predict_boxes",
     "read_voc",
     "run_localization",
     "valid_boxes",
 ]
+
+
+__getattr__ = lazy_attributes(__name__, _LAZY, renamed=_RENAMED)

@@ -1,23 +1,19 @@
-"""Pictures of a localization run: images with predicted (red) and true (green) boxes, learning curves."""
+"""Pictures of a localization run: images with predicted (red) and true (green) boxes."""
 
 from __future__ import annotations
 
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from transferlab.report.figures import PHASE_COLOURS, phase_spans  # noqa: E402
-
-__all__ = ["PRED_COLOUR", "TRUE_COLOUR", "Tile", "draw_boxes", "localization_curves", "png_bytes", "prediction_grid"]
+__all__ = ["PRED_COLOUR", "TRUE_COLOUR", "Tile", "draw_boxes", "png_bytes", "prediction_grid"]
 
 PRED_COLOUR = (230, 30, 30)
 TRUE_COLOUR = (20, 200, 40)
@@ -88,36 +84,3 @@ def png_bytes(image: Image.Image | Figure) -> bytes:
     else:
         image.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
-
-
-def localization_curves(history: list[dict[str, Any]], *, title: str = "") -> Figure:
-    """Loss and mean IoU per epoch (train solid, val dashed), phases shaded.
-
-    The engine's history keeps the task's score under ``train_accuracy`` / ``val_accuracy``; for
-    localization that score is the mean IoU.
-
-    Example:
-        >>> fig = localization_curves([{"epoch": 0, "phase": "head", "train_loss": 1.0, "val_loss": 0.9,
-        ...                             "train_accuracy": 0.5, "val_accuracy": 0.6}])
-        >>> len(fig.axes)
-        2
-    """
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
-    ep = [h["epoch"] + 1 for h in history]
-    for ax, (key, label) in zip(axes, (("loss", "loss"), ("accuracy", "mean IoU"))):
-        for i, (name, a, b) in enumerate(phase_spans(history)):
-            ax.axvspan(a + 0.5, b + 1.5, color=PHASE_COLOURS[i % len(PHASE_COLOURS)], zorder=0)
-            ax.text((a + b) / 2 + 1, 1.0, name, transform=ax.get_xaxis_transform(), ha="center", va="bottom",
-                    fontsize=7, color="#555")
-        ax.plot(ep, [h[f"train_{key}"] for h in history], "-o", ms=3, label=f"train {label}")
-        ax.plot(ep, [h[f"val_{key}"] for h in history], "--s", ms=3, label=f"val {label}")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if key == "accuracy":
-            ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=7, loc="best")
-    if title:
-        fig.suptitle(title, fontsize=9, y=0.995)
-    fig.tight_layout()
-    return fig

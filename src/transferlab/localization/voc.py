@@ -20,7 +20,7 @@ from PIL import Image
 from transferlab.data import ImageSource
 from transferlab.errors import DataError
 
-__all__ = ["BoxSet", "VocAnnotation", "clip_box", "load_source_boxes", "read_voc", "xml_dir_of"]
+__all__ = ["BoxSet", "VocAnnotation", "clip_box", "find_voc", "load_source_boxes", "read_voc", "xml_dir_of"]
 
 log = logging.getLogger("transferlab")
 
@@ -221,3 +221,12 @@ def load_source_boxes(source: ImageSource, *, xml_dir: str | os.PathLike[str] | 
     log.info("%s: %d images with a head box, %d without a box (not used), %d XML skipped, %d boxes clipped",
              source.name, len(out), out.without_box, len(out.skipped), len(out.clipped))
     return out
+
+
+def find_voc(image: str | os.PathLike[str]) -> Path | None:
+    """The VOC file of an image if there is one: ``../annotations/xmls/STEM.xml`` (pets layout) or ``STEM.xml``."""
+    p = Path(image)
+    for cand in (p.parent.parent / "annotations" / "xmls" / f"{p.stem}.xml", p.with_suffix(".xml")):
+        if cand.is_file():
+            return cand
+    return None

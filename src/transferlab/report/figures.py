@@ -26,8 +26,8 @@ def phase_spans(history: list[dict[str, Any]]) -> list[tuple[str, int, int]]:
     """(phase name, first epoch, last epoch) of consecutive epochs in the same phase.
 
     Example:
-        >>> phase_spans([{"epoch": 0, "phase": "a"}, {"epoch": 1, "phase": "a"}, {"epoch": 2, "phase": "b"}])
-        [('a', 0, 1), ('b', 2, 2)]
+        >>> phase_spans([{"epoch": 1, "phase": "a"}, {"epoch": 2, "phase": "a"}, {"epoch": 3, "phase": "b"}])
+        [('a', 1, 2), ('b', 3, 3)]
     """
     spans: list[tuple[str, int, int]] = []
     for h in history:
@@ -62,22 +62,26 @@ def _label_levels(spans: list[tuple[str, int, int]], *, chars_per_epoch: float) 
 
 def _shade(ax: Any, history: list[dict[str, Any]]) -> None:
     spans = phase_spans(history)
-    epochs = max((b for _, _, b in spans), default=0) + 1
+    epochs = max((b for _, _, b in spans), default=0)
     # an axis of a 10-inch figure's half holds about 60 characters of 7-point text
     levels = _label_levels(spans, chars_per_epoch=60 / max(epochs, 1))
     for i, ((name, a, b), level) in enumerate(zip(spans, levels)):
-        ax.axvspan(a + 0.5, b + 1.5, color=PHASE_COLOURS[i % len(PHASE_COLOURS)], zorder=0)
-        ax.text((a + b) / 2 + 1, 1.0 + 0.08 * level, name, transform=ax.get_xaxis_transform(), ha="center",
+        ax.axvspan(a - 0.5, b + 0.5, color=PHASE_COLOURS[i % len(PHASE_COLOURS)], zorder=0)
+        ax.text((a + b) / 2, 1.0 + 0.08 * level, name, transform=ax.get_xaxis_transform(), ha="center",
                 va="bottom", fontsize=7, color="#555")
 
 
 def learning_curves(histories: dict[str, list[dict[str, Any]]]) -> Figure:
-    """One row per strategy: loss and accuracy (train solid, val dashed) per epoch, phases shaded."""
+    """One row per run: loss and the task's score (train solid, val dashed) per epoch (from 1), phases shaded.
+
+    The score is ``score_name`` of the history records (accuracy when absent; mean IoU for boxes ...).
+    """
     rows = max(1, len(histories))
     fig, axes = plt.subplots(rows, 2, figsize=(10, 2.6 * rows), squeeze=False)
     for r, (name, hist) in enumerate(histories.items()):
-        ep = [h["epoch"] + 1 for h in hist]
-        for c, (key, label) in enumerate((("loss", "loss"), ("accuracy", "accuracy"))):
+        ep = [h["epoch"] for h in hist]
+        score = hist[0].get("score_name", "accuracy") if hist else "accuracy"
+        for c, (key, label) in enumerate((("loss", "loss"), (score, score.replace("_", " ")))):
             ax = axes[r][c]
             _shade(ax, hist)
             ax.plot(ep, [h[f"train_{key}"] for h in hist], "-o", ms=3, label=f"train {label}")
@@ -85,7 +89,7 @@ def learning_curves(histories: dict[str, list[dict[str, Any]]]) -> Figure:
             ax.set_ylabel(f"{name}\n{label}" if c == 0 else label)
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            if key == "accuracy":
+            if key != "loss":
                 ax.set_ylim(-0.02, 1.02)
             ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
@@ -112,7 +116,7 @@ def three_benefits(scratch: list[dict[str, Any]], transfer: dict[str, list[dict[
     fig, ax = plt.subplots(figsize=(8, 4.5))
     curves = {"scratch": scratch, **transfer}
     for i, (name, hist) in enumerate(curves.items()):
-        ep = np.array([h["epoch"] for h in hist]) + 1
+        ep = np.array([h["epoch"] for h in hist])
         acc = [h["val_accuracy"] for h in hist]
         (line,) = ax.plot(ep, acc, "-o", ms=3, lw=2.5 if name == "scratch" else 1.8, label=name)
         f = curve_facts(hist)

@@ -30,6 +30,7 @@ from transferlab.report import figures
 REPORT = "report.html"
 FIGURES = "figures"
 PREDICTIONS = "predictions_test.csv"
+PREDICTIONS_PNG = "predictions_test.png"
 MAX_MISCLASSIFIED = 24
 
 
@@ -46,7 +47,7 @@ def _history(run_dir: Path) -> list[dict[str, Any]]:
 
 def _single_run_results(run_dir: Path) -> dict[str, Any]:
     """A single run directory seen as a compare of one strategy and one seed."""
-    from transferlab.experiments.compare import _summary
+    from transferlab.experiments.compare import summarize_runs
 
     m = _read_json(run_dir / "metrics.json")
     cfg = _read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
@@ -56,8 +57,44 @@ def _single_run_results(run_dir: Path) -> dict[str, Any]:
            "timing": m["timing"]}
     machine = {**cfg.get("machine", {}), "versions": cfg.get("versions", {})}
     return {"status": "done", "data": cfg.get("data"), "backbone": m["backbone"], "seeds": 1,
-            "strategies": {m["strategy"]: _summary([rec], m["timing"]["total_s"])}, "machine": machine,
-            "split": {"classes": None}, "wall_s": m["timing"]["total_s"]}
+            "strategies": {m["strategy"]: summarize_runs([rec], m["timing"]["total_s"])}, "machine": machine,
+            "split": {"classes": None, "sizes": m.get("split_sizes")}, "wall_s": m["timing"]["total_s"],
+            "restored": m.get("restored")}
+
+
+def _restored_note(restored: dict[str, Any] | None) -> str:
+    """One paragraph when best-weights restore kept an earlier epoch than the last (with the numbers)."""
+    if not restored or not restored.get("message"):
+        return ""
+    return f'<p class="warn">Restored weights: {html.escape(restored["message"])}.</p>'
+
+
+def _task_run_report(root: Path, m: dict[str, Any]) -> Path:
+    """report.html of a single run of a task other than classification: metrics, predictions, curves."""
+    fig_dir = root / FIGURES
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    title = f"transferlab {m['task']} run: {m['strategy']} / {m['backbone']}"
+    scalar = [k for k, v in m["test"].items() if isinstance(v, (int, float))]
+    rows = [[html.escape(k), *(f"{m[s].get(k, float('nan')):.4f}" if isinstance(m[s].get(k), float)
+                               else html.escape(str(m[s].get(k, ""))) for s in ("val", "test"))] for k in scalar]
+    parts = [f"<h1>{html.escape(title)}</h1>", _restored_note(m.get("restored")),
+             "<h2>Metrics</h2>", _table(["metric", "val", "test"], rows, cls="results")]
+    if m.get("split_sizes"):
+        parts.append(f"<p>Split sizes: {html.escape(json.dumps(m['split_sizes']))}.</p>")
+    if (root / PREDICTIONS_PNG).is_file():
+        data = (root / PREDICTIONS_PNG).read_bytes()
+        parts += ["<h2>Test images: predicted (red) and true (green)</h2>",
+                  f'<img alt="predictions" src="data:image/png;base64,{base64.b64encode(data).decode()}">']
+    hist = _history(root)
+    if hist:
+        parts += ["<h2>Learning curves</h2>", _png(figures.learning_curves({m["strategy"]: hist}), "learning_curves",
+                                                   fig_dir)]
+    t = m["timing"]
+    parts.append(f"<p>Time: {t['total_s']:.1f} s in all, {t['extract_s']:.1f} s feature extraction, "
+                 f"{t['train_s']:.1f} s training; best epoch {m.get('best_epoch')}.</p>")
+    page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>\n")
+    return atomic_write_text(root / REPORT, page)
 
 
 def _png(fig: Figure, name: str, fig_dir: Path) -> str:
@@ -123,6 +160,9 @@ def build_report(path: str | os.PathLike[str], *, source: ImageSource | None = N
         results = _read_json(root / RESULTS)
         title = f"transferlab compare: {results.get('data')} / {results.get('backbone')}"
     elif (root / "metrics.json").is_file():
+        single = _read_json(root / "metrics.json")
+        if single.get("task", "classification") != "classification":
+            return _task_run_report(root, single)
         results = _single_run_results(root)
         title = f"transferlab run: {root}"
     else:
@@ -130,7 +170,7 @@ def build_report(path: str | os.PathLike[str], *, source: ImageSource | None = N
     fig_dir = root / FIGURES
     fig_dir.mkdir(parents=True, exist_ok=True)
     strategies: dict[str, Any] = results["strategies"]
-    parts: list[str] = [f"<h1>{html.escape(title)}</h1>"]
+    parts: list[str] = [f"<h1>{html.escape(title)}</h1>", _restored_note(results.get("restored"))]
     if results.get("status") != "done":
         parts.append('<p class="warn">The compare did not finish: these are the runs written so far.</p>')
 
@@ -249,6 +289,12 @@ def report_summary(path: str | os.PathLike[str]) -> list[str]:
     from transferlab.experiments.compare import RESULTS
 
     root = Path(path)
+    if not (root / RESULTS).is_file():
+        m = _read_json(root / "metrics.json")
+        if m.get("task", "classification") != "classification":
+            from transferlab.tasks import get_task
+
+            return [f"{m['strategy']:<20}{get_task(m['task']).summary_line(m)}"]
     results = _read_json(root / RESULTS) if (root / RESULTS).is_file() else _single_run_results(root)
     return [f"{name:<20}{_fmt(s['test_accuracy_mean'], s['test_accuracy_std'])}"
             for name, s in results["strategies"].items()]

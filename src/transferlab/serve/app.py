@@ -34,7 +34,7 @@ def _metrics_summary(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     m = json.loads(path.read_text())
-    out: dict[str, Any] = {k: m[k] for k in ("strategy", "backbone", "best_epoch") if k in m}
+    out: dict[str, Any] = {k: m[k] for k in ("task", "strategy", "backbone", "best_epoch") if k in m}
     for split in ("test", "val"):
         if isinstance(m.get(split), dict):
             out[split] = {k: v for k, v in m[split].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -122,6 +122,7 @@ def create_app(run_dir: str | os.PathLike[str], *, runtime: str = "torch", threa
         "backbone": pred.meta.get("backbone"),
         "cut": pred.meta.get("cut"),
         "strategy": pred.meta.get("strategy"),
+        "task": pred.task.name,
         "classes": pred.classes,
         "num_classes": len(pred.classes),
         "runtime": pred.runtime,
@@ -268,7 +269,8 @@ def create_app(run_dir: str | os.PathLike[str], *, runtime: str = "torch", threa
             raise ApiError("busy", f"inference did not finish within {limits.timeout_s:g} s; retry later") from None
         stats["status_200"] += 1
         return {"runtime": pred.runtime, "elapsed_ms": round((time.perf_counter() - t0) * 1000, 2),
-                "predictions": [{"file": name, "width": im.width, "height": im.height, "top": t}
+                "predictions": [{"file": name, "width": im.width, "height": im.height,
+                                 **({"top": t} if isinstance(t, list) else t)}
                                 for (name, _), im, t in zip(uploads, images, tops)]}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

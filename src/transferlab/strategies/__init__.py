@@ -1,7 +1,12 @@
-"""Strategies: the new head on a cut featurizer, and plans of phases for every classic strategy."""
+"""Strategies: the new head on a cut featurizer, and plans of phases for every classic strategy.
 
-from transferlab.strategies.linear_probe import ProbeResult, fit_linear_probe
-from transferlab.strategies.model import HeadConfig, TransferModel, build_head
+``plans`` is pure Python (the CLI reads its choices); the model and the linear probe load torch and
+scikit-learn on first access.
+"""
+
+from __future__ import annotations
+
+from transferlab._lazy import lazy_attributes
 from transferlab.strategies.plans import (
     STRATEGIES,
     Phase,
@@ -10,6 +15,15 @@ from transferlab.strategies.plans import (
     build_plan,
     load_plan,
 )
+
+_LAZY = {
+    "ProbeResult": "transferlab.strategies.linear_probe",
+    "fit_linear_probe": "transferlab.strategies.linear_probe",
+    "HeadConfig": "transferlab.strategies.model",
+    "TransferModel": "transferlab.strategies.model",
+    "build_head": "transferlab.strategies.model",
+    "check_cut": "transferlab.strategies.model",
+}
 
 __all__ = [
     "STRATEGIES",
@@ -21,6 +35,10 @@ __all__ = [
     "TransferModel",
     "build_head",
     "build_plan",
+    "check_cut",
     "fit_linear_probe",
     "load_plan",
 ]
+
+
+__getattr__ = lazy_attributes(__name__, _LAZY)

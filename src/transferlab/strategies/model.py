@@ -49,6 +49,22 @@ class HeadConfig:
                    pool=d["pool"])
 
 
+def check_cut(cut: int | None, *, stage_names: list[str], backbone: str) -> list[str]:
+    """The stages kept by ``--cut`` (all when None); a cut outside ``1..len(stage_names)`` is a one-line error.
+
+    Example:
+        >>> check_cut(2, stage_names=["a", "b", "c"], backbone="x")
+        ['a', 'b']
+    """
+    n = len(stage_names)
+    if cut is None:
+        return list(stage_names)
+    if not 1 <= cut <= n:
+        raise ConfigError(f"--cut must be between 1 and {n} (stages of {backbone}: {', '.join(stage_names)}), "
+                          f"got {cut}")
+    return list(stage_names[:cut])
+
+
 def build_head(cfg: HeadConfig, *, in_features: int, num_classes: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     width = in_features
@@ -87,13 +103,7 @@ class TransferModel(nn.Module):
         super().__init__()
         if num_classes < 2:
             raise ConfigError(f"need at least 2 classes, got {num_classes}")
-        n = backbone.num_stages
-        cut = n if cut is None else cut
-        if not 1 <= cut <= n:
-            raise ConfigError(
-                f"--cut must be between 1 and {n} (stages of {backbone.name}: "
-                f"{', '.join(backbone.stage_names)}), got {cut}"
-            )
+        cut = len(check_cut(cut, stage_names=backbone.stage_names, backbone=backbone.name))
         shapes = backbone.stage_shapes()
         kept = list(backbone.featurizer.named_children())[:cut]
         self.stages = nn.Sequential(OrderedDict(kept))

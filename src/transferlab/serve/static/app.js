@@ -1,4 +1,4 @@
-// transferlab web page: upload images to POST /predict and draw the top-k classes as bars.
+// transferlab web page: upload images to POST /predict and draw the top-k classes as bars (or the box).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -39,7 +39,31 @@ async function loadModel() {
   }
 }
 
+function renderBox(card, file, url, prediction) {
+  // a localization model: the image with the predicted box drawn over it (pixels of the upload)
+  const [x0, y0, x1, y1] = prediction.box;
+  const pct = (v, total) => `${(100 * v / total).toFixed(2)}%`;
+  const frame = el("div", { class: "frame" });
+  frame.style.position = "relative";
+  frame.appendChild(el("img", { src: url, alt: file.name }));
+  const box = el("div", { class: "box", "data-box": prediction.box.join(",") });
+  Object.assign(box.style, { position: "absolute", border: "2px solid #e61e1e", left: pct(x0, prediction.width),
+    top: pct(y0, prediction.height), width: pct(x1 - x0, prediction.width), height: pct(y1 - y0, prediction.height) });
+  frame.appendChild(box);
+  card.appendChild(frame);
+  const what = prediction.class ? ` \u2014 ${prediction.class} ${(100 * prediction.probability).toFixed(1)}%` : "";
+  card.appendChild(el("h3", {}, `${file.name}: box ${prediction.box.map((v) => v.toFixed(0)).join(", ")}${what}`));
+  return card;
+}
+
 function renderResult(file, url, prediction) {
+  if (prediction.box) {
+    return renderBox(el("div", { class: "result", "data-file": file.name }), file, url, prediction);
+  }
+  if (prediction.labels) {  // multi-label: every label's probability, those above their threshold first
+    const ranked = Object.entries(prediction.probabilities).sort((a, b) => b[1] - a[1]);
+    prediction = { ...prediction, top: ranked.map(([label, probability]) => ({ label, probability })) };
+  }
   const card = el("div", { class: "result", "data-file": file.name, "data-top1": prediction.top[0].label });
   card.appendChild(el("img", { src: url, alt: file.name }));
   card.appendChild(el("h3", {}, `${file.name} (${prediction.width}\u00d7${prediction.height})`));
