@@ -588,7 +588,9 @@ def add_data_commands(sub: Any) -> None:
 #: subcommands whose options live in modules that load torch: built only when invoked (cheap --help)
 HEAVY_COMMANDS = {"localize": "object localization: swap the head for a box regressor (VOC boxes)",
                   "probe-layers": "linear-probe accuracy of every featurizer stage (which layers transfer)",
-                  "transferability": "Yosinski et al. (2014) BnB/AnB experiment: which layers are general"}
+                  "transferability": "Yosinski et al. (2014) BnB/AnB experiment: which layers are general",
+                  "audit": "find label issues, duplicates, cross-split leakage, outliers and poor images",
+                  "suggest-labels": "rank unlabelled images by what a trained run would learn most from"}
 
 
 def _command_and_task(argv: Sequence[str] | None) -> tuple[str | None, str]:
@@ -677,11 +679,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         add_localize_commands(sub)
     if full or command in ("probe-layers", "transferability"):
         add_layer_commands(sub)
+    if full or command in ("audit", "suggest-labels"):
+        add_data_commands(sub)
     for name, text in HEAVY_COMMANDS.items():
         if name not in sub.choices:
             sub.add_parser(name, help=text)
     add_cache_commands(sub)
-    add_data_commands(sub)
     return parser
 
 
