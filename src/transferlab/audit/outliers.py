@@ -8,6 +8,8 @@ the upper Tukey fence (Q3 + 3 IQR) of their distributions over the data set. Sco
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 
 import numpy as np
@@ -32,7 +34,7 @@ def find_outliers(xn: np.ndarray, y: np.ndarray, *, k: int = 10) -> tuple[np.nda
     from cleanlab.outlier import OutOfDistribution
 
     k = int(min(k, len(xn) - 1))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # cleanlab prints a progress note
         warnings.simplefilter("ignore")
         ood = OutOfDistribution(params={"k": k})
         knn = 1.0 - np.asarray(ood.fit_score(features=xn), dtype=np.float64)  # higher: more isolated
