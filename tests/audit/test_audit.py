@@ -1,6 +1,6 @@
 """``transferlab audit``, the leakage warning, ``suggest-labels`` and ``train --unlabeled`` on tiny images.
 
-One module-scoped folder of 3 classes x 10 smooth random pictures (64 px) with planted copies: an
+One module-scoped folder of 3 classes x 10 random grating pictures (96 px) with planted copies: an
 exact copy (same pixels, another file name), a downscaled + JPEG near-copy, both in the same class,
 and exact copies of 4 more images (some of which land in another split). The audit and one
 linear-probe run on it are shared by the tests (efficientnet_lite0's offline weights, ~40 images).
@@ -31,11 +31,15 @@ COLOURS = [(220, 40, 40), (40, 200, 60), (40, 60, 220)]
 
 
 def picture(rng: np.random.Generator, colour: tuple[int, int, int]) -> Image.Image:
-    """A smooth random picture (4x4 random grid, upsampled) with a class-coloured square."""
-    grid = Image.fromarray(rng.integers(0, 255, size=(4, 4, 3), dtype=np.uint8)).resize((64, 64), Image.BICUBIC)
-    arr = np.asarray(grid).copy()
-    x, y = rng.integers(0, 32, size=2)
-    arr[y : y + 20, x : x + 20] = colour
+    """A 96 px picture of random gratings (orientation, frequency, phase per channel) with a class-coloured square."""
+    yy, xx = np.mgrid[0:96, 0:96] / 96.0
+    chans = []
+    for _ in range(3):
+        theta, freq, phase = rng.uniform(0, np.pi), rng.uniform(1.5, 9.0), rng.uniform(0, 2 * np.pi)
+        chans.append(127.5 + 127.5 * np.sin(2 * np.pi * freq * (xx * np.cos(theta) + yy * np.sin(theta)) + phase))
+    arr = np.stack(chans, axis=2).astype(np.uint8)
+    x, y = rng.integers(0, 64, size=2)
+    arr[y : y + 28, x : x + 28] = colour
     return Image.fromarray(arr)
 
 

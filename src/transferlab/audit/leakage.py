@@ -2,7 +2,9 @@
 
 It embeds the split with the audit's pretrained features (the same feature-cache entries that
 ``train --strategy linear-probe/feature-extraction`` and ``audit`` use), calibrates the threshold as
-``audit`` does, and counts the val/test images with a near-copy in an earlier split.
+``audit`` does, and counts the val/test images with a near-copy in an earlier split. ``train`` runs it
+after training from the cache only (no extra pass over the split; a run whose features are not
+cached says in one line that it did not check); ``compare`` embeds image files once before its runs.
 """
 
 from __future__ import annotations
@@ -16,19 +18,6 @@ from transferlab.data import ImageSource, Split
 from transferlab.engine.feature_cache import FeatureCache
 
 log = logging.getLogger("transferlab")
-
-
-def features_come_free(*, strategy: str, first_phase_head_only: bool, pretrained: bool, cut: int | None,
-                       normalize: str, runtime: str) -> bool:
-    """Whether a run computes (and disk-caches) the audit's embeddings anyway, so the check costs nothing.
-
-    Example:
-        >>> features_come_free(strategy="linear-probe", first_phase_head_only=False, pretrained=True, cut=None,
-        ...                    normalize="pretrained", runtime="torch")
-        True
-    """
-    return (pretrained and cut is None and normalize == "pretrained" and runtime == "torch"
-            and (strategy == "linear-probe" or first_phase_head_only))
 
 
 def check_split_leakage(source: ImageSource, split: Split, *, data: str, backbone: str, weights: str | None,
@@ -46,7 +35,7 @@ def check_split_leakage(source: ImageSource, split: Split, *, data: str, backbon
     """
     from transferlab.audit.run import calibrated_threshold
 
-    from transferlab.errors import WeightsNotFoundError
+    from transferlab.errors import ConfigError, WeightsNotFoundError
 
     how = f"`transferlab audit {data}{split_option} --out audit` shows them"
     if cache is None:
@@ -55,8 +44,8 @@ def check_split_leakage(source: ImageSource, split: Split, *, data: str, backbon
     try:
         embedder = Embedder.create(backbone, source=source, norm_indices=split.train, weights=weights, cache=cache,
                                    device=device, workers=workers)
-    except WeightsNotFoundError:
-        log.info("cross-split near-duplicates: not checked (no pretrained weights for %s here)", backbone)
+    except (WeightsNotFoundError, ConfigError) as exc:
+        log.info("cross-split near-duplicates: not checked (%s)", str(exc).splitlines()[0])
         return None
     if not compute:
         keys = [embedder.store.disk_key(embedder.inputs(n, source, getattr(split, n)), embedder.boundary)

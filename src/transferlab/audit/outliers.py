@@ -1,13 +1,16 @@
 """Outliers in embedding space: far from the image's own class and from the rest of the data.
 
 Two measurements per image, on L2-normalised embeddings: the k-nearest-neighbour outlier score of
-``cleanlab.outlier.OutOfDistribution`` (distance to the k most similar images of any class) and the
+``cleanlab.outlier.OutOfDistribution`` (mean distance to the k most similar images of any class, as exp(-t d)) and the
 cosine distance to the centroid of the image's own class. An image is an outlier when both lie above
-the upper Tukey fence (Q3 + 3 IQR) of their distributions over the data set. Score: the kNN one.
+the upper Tukey fence (Q3 + 3 IQR) of their distributions over the data set (the kNN one as the
+distance ``-log(score)``). Score: ``1 - score`` of the kNN one, in [0, 1].
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 
 import numpy as np
@@ -32,15 +35,17 @@ def find_outliers(xn: np.ndarray, y: np.ndarray, *, k: int = 10) -> tuple[np.nda
     from cleanlab.outlier import OutOfDistribution
 
     k = int(min(k, len(xn) - 1))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # cleanlab prints a progress note
         warnings.simplefilter("ignore")
         ood = OutOfDistribution(params={"k": k})
-        knn = 1.0 - np.asarray(ood.fit_score(features=xn), dtype=np.float64)  # higher: more isolated
+        score = np.asarray(ood.fit_score(features=xn), dtype=np.float64)  # exp(-t * mean kNN distance)
+    knn = 1.0 - score  # reported: higher is more isolated, in [0, 1]
+    knn_dist = -np.log(np.maximum(score, 1e-300))  # the fence works on the distance, not the bounded score
     centroids = np.zeros((int(y.max()) + 1, xn.shape[1]))
     for c in np.unique(y):
         m = xn[y == c].mean(0)
         centroids[c] = m / max(np.linalg.norm(m), 1e-12)
     own = 1.0 - (xn * centroids[y]).sum(1)
-    flagged = np.flatnonzero((knn > _fence(knn)) & (own > _fence(own)))
+    flagged = np.flatnonzero((knn_dist > _fence(knn_dist)) & (own > _fence(own)))
     order = flagged[np.argsort(-knn[flagged], kind="stable")]
     return order, knn[order], own[order]

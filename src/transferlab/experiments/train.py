@@ -271,8 +271,6 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
             atomic_write_text(run_dir / CONFIG, json.dumps(config, indent=2))
     n_kept = len(kept)
     extra: dict[str, Any] = {}
-    if ctx.is_main and own_split and not resume:
-        extra["leakage"] = leakage_check(str(data), source, split, d, t, plan)
     if unl_in is not None and plan.strategy == "feature-extraction":
         from transferlab.unlabeled.train import add_pseudo_labelled
 
@@ -314,6 +312,8 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
                                     val_in, seed=d.seed)
             train_s += extra["refit"]["train_s"]
     test_out = engine.predict(test_in, boundary=boundary)
+    if ctx.is_main and own_split:  # after training: from the features the run left in the cache, if any
+        extra["leakage"] = leakage_check(str(data), source, split, d, t, plan)
     if hasattr(spec, "after_fit"):  # e.g. multilabel thresholds chosen on val
         spec.after_fit(model, val_out, val_in.labels)
     temperature, calibration = (calibrate_splits(t.calibrate, val=(val_out, val_in.labels), test=(test_out, test_in.labels))
@@ -354,17 +354,15 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
 
 def leakage_check(data: str, source: ImageSource, split: Split, d: DataOptions, t: TrainOptions,
                   plan: Plan) -> dict[str, Any] | None:
-    """The one-line cross-split near-duplicate warning (free when the run computes these features anyway)."""
-    from transferlab.audit.leakage import check_split_leakage, features_come_free
+    """The one-line cross-split near-duplicate warning, from the pretrained features in the feature cache."""
+    from transferlab.audit.leakage import check_split_leakage
 
-    free = features_come_free(strategy=plan.strategy, pretrained=plan.pretrained, cut=t.cut, normalize=d.normalize,
-                              runtime=t.runtime, first_phase_head_only=bool(plan.phases)
-                              and tuple(plan.phases[0].trainable) == ("head",))
+    if not plan.pretrained:
+        return None
     opt = "" if d.split == DataOptions.split else f" --split {d.split}"
     opt += "" if d.split_seed == 0 else f" --split-seed {d.split_seed}"
     return check_split_leakage(source, split, data=data, backbone=t.backbone, weights=t.weights,
-                               cache=feature_cache(t), compute=free, device=d.device, workers=d.num_workers,
-                               split_option=opt)
+                               cache=feature_cache(t), compute=False, split_option=opt)
 
 
 def _refit(engine: Engine, plan: Plan, fit: Any, initial: dict[str, torch.Tensor], train_in: SplitInputs,

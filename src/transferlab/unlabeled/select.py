@@ -31,7 +31,7 @@ def entropy_scores(probs: np.ndarray) -> np.ndarray:
         [0.693, 0.0]
     """
     p = np.clip(probs, 1e-12, 1.0)
-    return -(probs * np.log(p)).sum(1)
+    return (-probs * np.log(p)).sum(1) + 0.0  # + 0.0: no negative zero
 
 
 def kcenter_greedy(pool: np.ndarray, labelled: np.ndarray, n: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -50,7 +50,7 @@ def pseudo_label(x: np.ndarray, y: np.ndarray, xu: np.ndarray, *, method: str, C
         >>> yu = np.arange(40) % 2
         >>> xu = rng.normal(size=(40, 3)) + 4 * np.eye(3)[yu]
         >>> pl = pseudo_label(x, y, xu, method="label-spreading")
-        >>> bool((pl.labels[pl.used] == yu[pl.used]).mean() > 0.9), pl.used.sum() > 30
+        >>> bool((pl.labels[pl.used] == yu[pl.used]).mean() > 0.9), bool(pl.used.sum() > 30)
         (True, True)
     """
     if method not in METHODS:
