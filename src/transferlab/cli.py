@@ -50,6 +50,8 @@ def add_tta_option(p: argparse.ArgumentParser) -> None:
 def cmd_models(args: argparse.Namespace) -> int:
     from transferlab.zoo import get_entry, list_backbones, weights_available
 
+    if args.describe:
+        return _describe_model(args.describe, as_json=args.json)
     rows = []
     for name in list_backbones():
         e = get_entry(name)
@@ -112,6 +114,76 @@ def _print_predictions(results: list[dict[str, Any]]) -> None:
             extra = (f"  {r['class']} {r['probability']:.1%}" if "class" in r else "") + (
                 f"  IoU {r['iou']:.3f} with {r['true_box']}" if "iou" in r else "")
             print(f"{r['image']}: box {r['box']}{extra}")
+
+
+def _describe_model(name: str, *, as_json: bool) -> int:
+    from transferlab.explain.inspect import format_layer_table, layer_table
+    from transferlab.zoo import create_backbone, get_entry
+
+    entry = get_entry(name)
+    rows = layer_table(create_backbone(name, pretrained=False).featurizer, input_size=entry.input_size)
+    if as_json:
+        _print_json({**entry.facts(), "layers": rows})
+    else:
+        print(f"{name} ({entry.paper}), input {entry.input_size} x {entry.input_size}; featurizer stages "
+              f"(the classifier head is not counted):")
+        print(format_layer_table(rows))
+    return 0
+
+
+# ----------------------------------------------------------------------------- explain / inspect
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from transferlab.explain import explain_files
+
+    results = explain_files(args.images, model_dir=args.model, method=args.method, target=args.target, out=args.out)
+    if args.json:
+        _print_json(results)
+    else:
+        for r in results:
+            print(f"{r['overlay']}: {r['method']} for {r['target']} ({r['target_probability']:.1%}); "
+                  f"predicted {r['predicted']} ({r['probability']:.1%})")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from transferlab.explain.inspect import format_layer_table, inspect
+
+    res = inspect(out=args.out, backbone=args.backbone, model=args.model, image=args.image, random=args.random,
+                  top=args.top)
+    if args.json:
+        _print_json(res)
+    else:
+        print(f"{res['name']} ({res['weights']}), input {res['input_size']} x {res['input_size']}")
+        print(format_layer_table(res["layers"]))
+        print(", ".join(res["files"]))
+    return 0
+
+
+def add_explain_commands(sub: Any) -> None:
+    """``explain`` and ``inspect`` subcommands (look inside a model)."""
+    from transferlab.explain import METHODS
+
+    p = sub.add_parser("explain", help="class-activation heatmaps (Grad-CAM family) of a trained run on images")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--model", required=True, metavar="RUN_DIR", help="a trained run directory")
+    p.add_argument("--method", choices=METHODS, default="gradcam",
+                   help="pytorch-grad-cam method (scorecam: one forward per channel, slow on a CPU) (default: gradcam)")
+    p.add_argument("--target", help="class name or index to explain (default: each image's predicted class)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for IMAGE_STEM.METHOD.png overlays")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("inspect", help="first-layer filters, most active channels per stage, layer table")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--backbone", help="a zoo backbone (its pretrained weights here)")
+    g.add_argument("--model", metavar="RUN_DIR", help="a trained run (its featurizer after training)")
+    p.add_argument("image", nargs="?", metavar="IMAGE", help="an image: draw each stage's most active channels")
+    p.add_argument("--random", action="store_true", help="--backbone with random weights (no pretrained ones here)")
+    p.add_argument("--top", type=int, default=6, help="channels per stage for IMAGE (default: 6)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for filters.png, activations.png, layers.json")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_inspect)
 
 
 # ----------------------------------------------------------------------------- train / evaluate
@@ -623,6 +695,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("models", help="list the backbone zoo and which pretrained weights are available here")
+    p.add_argument("--describe", metavar="NAME", help="layer table of one backbone: stage, output shape, "
+                                                      "parameters, multiply-adds")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_models)
 
@@ -685,6 +759,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         if name not in sub.choices:
             sub.add_parser(name, help=text)
     add_cache_commands(sub)
+    add_explain_commands(sub)
     return parser
 
 

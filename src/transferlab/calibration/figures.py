@@ -42,3 +42,19 @@ def reliability_diagram(curves: dict[str, dict[str, Any]], *, title: str = "") -
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def run_reliability(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The panels of a run's ``metrics.json``: test before and after calibration, or test alone.
+
+    Example:
+        >>> sorted(run_reliability({"test": {"ece": 0.1, "reliability": {}}}))
+        ['test']
+    """
+    test = metrics.get("test", {})
+    if "reliability" not in test:
+        return {}
+    if "reliability_uncalibrated" in test:
+        return {"test, uncalibrated": {"ece": test["ece_uncalibrated"], "reliability": test["reliability_uncalibrated"]},
+                f"test, T = {test['temperature']:.2f}": {"ece": test["ece"], "reliability": test["reliability"]}}
+    return {"test": {"ece": test["ece"], "reliability": test["reliability"]}}

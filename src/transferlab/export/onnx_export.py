@@ -156,8 +156,8 @@ def export_onnx(
 
     The graph is run with ONNX Runtime on real images (``check_images``, or ``n_check`` images
     of the run's test split) at the full batch and at batch 1 and compared with PyTorch; unless
-    ``max |output diff| < tolerance`` and the task's check passes (classification: the top-1
-    classes agree), :class:`ExportError` is raised
+    ``max |output diff| < tolerance`` (for a calibrated run: of the logits before the division by its
+    temperature) and the task's check passes (classification: the top-1 classes agree), :class:`ExportError` is raised
     and nothing is written. On success ``model.json`` gains an ``"onnx"`` entry (file, input and
     output names, opset, parity numbers, SHA-256 of the weights it was exported from).
 
@@ -194,7 +194,10 @@ def export_onnx(
         ref = model(x).numpy()
     full = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
     single = session.run([OUTPUT_NAME], {INPUT_NAME: x[:1].numpy()})[0]
-    diff = float(max(np.abs(full - ref).max(), np.abs(single - ref[:1]).max()))
+    # A calibrated graph ends in logits / T: compare at the scale of the unscaled logits (x T), so the
+    # tolerance means the same for every run.
+    scale = lm.temperature or 1.0
+    diff = float(max(np.abs(full - ref).max(), np.abs(single - ref[:1]).max())) * scale
     if not np.isfinite(diff) or diff >= tolerance:
         raise ExportError(f"ONNX Runtime disagrees with PyTorch: max |logit diff| {diff:.3g} >= {tolerance:g} "
                           f"on {len(x)} images; {ONNX_FILE} not written")

@@ -23,8 +23,10 @@ import torch
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 
+from transferlab.calibration.figures import reliability_diagram, run_reliability
 from transferlab.data import ImageDataset, ImageSource, atomic_write_bytes, atomic_write_text, load_split, open_dataset
 from transferlab.errors import ConfigError
+from transferlab.explain.gradcam import overlays_for_run
 from transferlab.report import figures
 
 REPORT = "report.html"
@@ -140,7 +142,7 @@ def _predictions(run_dir: Path, source: ImageSource) -> list[tuple[int, int, int
     split = SplitInputs(name="test", labels=torch.as_tensor(source.labels[idx], dtype=torch.long),
                         eval_dataset=ImageDataset(source, idx, lm.transform(), draft_size=lm.preprocessing.resize_size))
     engine = Engine(lm.model, ctx=init_distributed("cpu"), options=EngineOptions(quiet=True))
-    probs = engine.predict(split, boundary=0, use_cache=False).softmax(1)
+    probs = (engine.predict(split, boundary=0, use_cache=False) / (lm.temperature or 1.0)).softmax(1)
     conf, pred = probs.max(1)
     return [(int(i), int(y), int(p), float(c)) for i, y, p, c in
             zip(idx, split.labels.tolist(), pred.tolist(), conf.tolist())]
@@ -227,10 +229,16 @@ def build_report(path: str | os.PathLike[str], *, source: ImageSource | None = N
         src = _open_source(results.get("data"), source)
         preds = _predictions(run_dir, src)
         wrong = sorted((p for p in preds if p[1] != p[2]), key=lambda p: -p[3])[:MAX_MISCLASSIFIED]
+        curves = run_reliability(m)
+        if curves:
+            parts += ["<h3>Calibration (reliability diagram, 15 confidence bins)</h3>",
+                      _png(reliability_diagram(curves), "reliability", fig_dir)]
         if wrong:
-            items = [(src.load(i), classes[y], classes[p], c) for i, y, p, c in wrong]
+            heat = overlays_for_run(run_dir, [src.load(i) for i, *_ in wrong], targets=[p for _, _, p, _ in wrong])
+            items = [(h, classes[y], classes[p], c) for h, (i, y, p, c) in zip(heat, wrong)]
             parts += [f"<h3>Misclassified test images ({sum(p[1] != p[2] for p in preds)} of {len(preds)}; "
-                      f"most confident first)</h3>", _png(figures.misclassified_grid(items), "misclassified", fig_dir)]
+                      f"most confident first), with the Grad-CAM heatmap of the predicted class</h3>",
+                      _png(figures.misclassified_grid(items), "misclassified", fig_dir)]
         else:
             parts.append("<p>No misclassified test images.</p>")
 

@@ -18,6 +18,9 @@ from typing import Any
 
 from PIL import Image
 
+from transferlab.errors import ConfigError
+from transferlab.explain import METHODS as EXPLAIN_METHODS
+from transferlab.explain.service import ExplainService
 from transferlab.export._deps import require
 from transferlab.export.runtime import Predictor, open_predictor
 from transferlab.serve.limits import ACCEPTED_PART_TYPES, ERRORS, ApiError, ServeLimits, decode_request
@@ -80,7 +83,7 @@ def _openapi_upload_body(max_files: int) -> dict[str, Any]:
 def create_app(run_dir: str | os.PathLike[str], *, runtime: str = "torch", threads: int | None = None,
                limits: ServeLimits | None = None, predictor: Predictor | None = None,
                onnx_model: str = "auto", tta: str = "none") -> Any:
-    """The FastAPI app for a trained run: ``/predict``, ``/health``, ``/model``, ``/`` (web page), ``/docs``.
+    """The FastAPI app for a trained run: ``/predict``, ``/explain``, ``/health``, ``/model``, ``/`` (web page), ``/docs``.
 
     Errors are JSON ``{"error": code, "message": ...}`` with the status in
     :data:`transferlab.serve.limits.ERRORS`; a bad upload never causes a 500.
@@ -106,6 +109,7 @@ def create_app(run_dir: str | os.PathLike[str], *, runtime: str = "torch", threa
     run = Path(run_dir)
     pred = predictor or open_predictor(run, runtime=runtime, threads=threads, onnx_model=onnx_model, tta=tta)
     report_html, figures = _report_files(run)
+    explainer = ExplainService(run)
     static = {name: (resources.files("transferlab.serve") / "static" / name).read_bytes() for name in _STATIC}
     # One inference thread bounds CPU use on small machines; two decoding threads bound memory.
     pools: dict[str, ThreadPoolExecutor] = {}
@@ -272,6 +276,31 @@ def create_app(run_dir: str | os.PathLike[str], *, runtime: str = "torch", threa
                 "predictions": [{"file": name, "width": im.width, "height": im.height,
                                  **({"top": t} if isinstance(t, list) else t)}
                                 for (name, _), im, t in zip(uploads, images, tops)]}
+
+    @app.post("/explain", openapi_extra=_openapi_upload_body())
+    async def explain(request: Request, method: str = "gradcam", target: str | None = None) -> dict[str, Any]:
+        """Heatmap overlays (PNG data URLs) of the predicted class, or of ``target``, for the uploaded images;
+        the same fields, limits and errors as ``/predict``. ``method``: gradcam, gradcam++ or scorecam."""
+        t0 = time.perf_counter()
+        deadline = time.monotonic() + limits.timeout_s
+        if method not in EXPLAIN_METHODS:
+            raise ApiError("bad_parameter", f"method: expected one of {', '.join(EXPLAIN_METHODS)}, got {method!r}")
+        uploads = await _read_uploads(request, deadline)
+        loop = asyncio.get_running_loop()
+        images = await loop.run_in_executor(_pool("decode"), _decode_all, uploads)
+
+        def run() -> list[dict[str, Any]]:
+            try:
+                return explainer.explain(images, names=[n for n, _ in uploads], method=method, target=target)
+            except ConfigError as exc:
+                raise ApiError("bad_parameter", str(exc)) from None
+        try:
+            items = await asyncio.wait_for(loop.run_in_executor(_pool("infer"), run),
+                                           timeout=max(deadline - time.monotonic(), 0.001))
+        except asyncio.TimeoutError:
+            raise ApiError("busy", f"the heatmaps did not finish within {limits.timeout_s:g} s; retry later") from None
+        stats["status_200"] += 1
+        return {"method": method, "elapsed_ms": round((time.perf_counter() - t0) * 1000, 2), "explanations": items}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> Any:

@@ -3,6 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 let maxFiles = 16;
+const cardFiles = new Map(); // result card -> its uploaded File (for heatmaps requested later)
 
 function setStatus(text, isError) {
   const el = $("status");
@@ -65,7 +66,10 @@ function renderResult(file, url, prediction) {
     prediction = { ...prediction, top: ranked.map(([label, probability]) => ({ label, probability })) };
   }
   const card = el("div", { class: "result", "data-file": file.name, "data-top1": prediction.top[0].label });
-  card.appendChild(el("img", { src: url, alt: file.name }));
+  card.appendChild(el("img", { src: url, alt: file.name, class: "photo" }));
+  card.appendChild(el("img", { alt: `heatmap of ${file.name}`, class: "overlay" }));
+  card.classList.toggle("show-heatmap", $("heatmap").checked);
+  cardFiles.set(card, file);
   card.appendChild(el("h3", {}, `${file.name} (${prediction.width}\u00d7${prediction.height})`));
   const bars = el("div", { class: "bars" });
   for (const t of prediction.top) {
@@ -106,15 +110,51 @@ async function classify(fileList) {
       setStatus(`Error ${res.status} (${body.error}): ${body.message}`, true);
       return;
     }
-    body.predictions.forEach((p, i) => {
-      $("results").prepend(renderResult(chunk[i], URL.createObjectURL(chunk[i]), p));
-    });
+    const cards = body.predictions.map((p, i) => renderResult(chunk[i], URL.createObjectURL(chunk[i]), p));
+    cards.forEach((c) => $("results").prepend(c));
+    if ($("heatmap").checked) await explainCards(cards);
     done += chunk.length;
     setStatus(`Classified ${done} of ${files.length} in ${body.elapsed_ms.toFixed(0)} ms (last batch).`);
   }
 }
 
+// POST /explain for the cards without an overlay yet; the overlay replaces the photo while the toggle is on.
+async function explainCards(cards) {
+  const pending = cards.filter((c) => !c.dataset.heatmap);
+  for (let i = 0; i < pending.length; i += maxFiles) {
+    const chunk = pending.slice(i, i + maxFiles);
+    const form = new FormData();
+    for (const c of chunk) form.append("files", cardFiles.get(c), cardFiles.get(c).name);
+    let res, body;
+    try {
+      res = await fetch("/explain", { method: "POST", body: form });
+      body = await res.json();
+    } catch (err) {
+      setStatus(`Heatmap request failed: ${err}`, true);
+      return;
+    }
+    if (!res.ok) {
+      setStatus(`Heatmap error ${res.status} (${body.error}): ${body.message}`, true);
+      return;
+    }
+    body.explanations.forEach((e, k) => {
+      const card = chunk[k];
+      card.querySelector("img.overlay").src = e.overlay;
+      card.dataset.heatmap = e.target;
+      card.querySelector("h3").after(el("p", { class: "heat-note" }, `${e.method} heatmap of ${e.target}`));
+    });
+  }
+}
+
+function applyHeatmapToggle() {
+  const on = $("heatmap").checked;
+  const cards = Array.from(document.querySelectorAll("#results .result"));
+  cards.forEach((c) => c.classList.toggle("show-heatmap", on));
+  if (on) explainCards(cards);
+}
+
 function setup() {
+  $("heatmap").addEventListener("change", applyHeatmapToggle);
   const drop = $("drop");
   const input = $("file-input");
   drop.addEventListener("click", () => input.click());
