@@ -184,8 +184,12 @@ class ActivationStore:
             if rank != 0:
                 return rows
             writer = self.disk.writer(key, n=len(split), shape=self.boundary_shape(boundary))
-            writer.write(rows)
-            return writer.commit()
+            try:
+                writer.write(rows)
+                return writer.commit()
+            except BaseException:
+                writer.abort()
+                raise
         writer = self.disk.writer(key, n=len(split), shape=self.boundary_shape(boundary))
         try:
             self._from_images(split, boundary, sink=writer.write, runtime=runtime)
