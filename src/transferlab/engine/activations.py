@@ -183,17 +183,20 @@ class ActivationStore:
             log.info("%s@%d: activations from the feature cache (no forward pass)", split.name, boundary)
             return hit
         rank, size = world()
-        if size > 1 and rank != 0:  # sharded across ranks and gathered; rank 0 fills the cache entry once
-            return self._in_memory(split, boundary, runtime)
+        # under torchrun the rows are computed sharded and gathered on every rank first (all ranks take
+        # part, whatever the disk does); rank 0 then fills the cache entry once
+        rows = self._in_memory(split, boundary, runtime) if size > 1 else None
+        if rows is not None and rank != 0:
+            return rows
         try:
             writer = self.disk.writer(key, n=len(split), shape=shape)
         except OSError as exc:  # e.g. ENOSPC while reserving the entry's space: go on without the disk cache
             log.warning("%s@%d: feature cache not written (%s: %s); computing in memory", split.name, boundary,
                         self.disk.root, exc.strerror or exc)
-            return self._in_memory(split, boundary, runtime)
+            return rows if rows is not None else self._in_memory(split, boundary, runtime)
         try:
-            if size > 1:
-                writer.write(self._in_memory(split, boundary, runtime))
+            if rows is not None:
+                writer.write(rows)
             else:
                 self._from_images(split, boundary, sink=writer.write, runtime=runtime)
             return writer.commit()
@@ -201,7 +204,7 @@ class ActivationStore:
             writer.abort()
             log.warning("%s@%d: feature cache write failed (%s: %s); computing in memory", split.name, boundary,
                         self.disk.root, exc.strerror or exc)
-            return self._in_memory(split, boundary, runtime)
+            return rows if rows is not None else self._in_memory(split, boundary, runtime)
         except BaseException:
             writer.abort()
             raise
