@@ -153,3 +153,25 @@ def test_bad_cv_and_budget_input_is_one_line(tiny_folder: Path, tmp_path: Path, 
     assert main(["train", str(tiny_folder), "--out", str(tmp_path / "x"), "--quiet", *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0]
+
+
+def test_multimodel_saves_loads_and_exports_to_onnx(tiny_folder: Path, tmp_path: Path):
+    pytest.importorskip("onnxruntime")
+    from transferlab.data import NormStats
+    from transferlab.experiments.artifacts import load_model, save_model
+    from transferlab.export import export_onnx
+
+    torch.manual_seed(0)
+    a = featurizer(create_backbone("mobilenet_v2", pretrained=False), cut=2)
+    b = featurizer(create_backbone("efficientnet_lite0", pretrained=False), cut=2)
+    m = MultiModel(members=[a, b], heads=[nn.Linear(a.in_features, 3), nn.Linear(b.in_features, 3),
+                                          nn.Linear(a.in_features + b.in_features, 3)],
+                   groups=[[0], [1], [0, 1]], preprocessing=a.preprocessing, flip=True).eval()
+    pp = a.preprocessing
+    save_model(tmp_path, m, classes=["x", "y", "z"], norm=NormStats("pretrained", pp.mean, pp.std))
+    lm = load_model(tmp_path)
+    x = torch.randn(2, 3, pp.input_size, pp.input_size)
+    with torch.no_grad():
+        torch.testing.assert_close(lm.model(x), m(x))
+    r = export_onnx(tmp_path, check_images=[str(p) for p in sorted(tiny_folder.rglob("*.png"))[:2]])
+    assert r.max_abs_diff < r.tolerance

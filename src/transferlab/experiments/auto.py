@@ -53,11 +53,10 @@ from transferlab.zoo import create_backbone, get_entry, list_backbones, weights_
 log = logging.getLogger("transferlab")
 AUTO_JSON = "auto.json"
 CV_JSON = "cv.json"
-DEFAULT_TIME_BUDGET_S = 900.0
 FINETUNE_SPEEDUP = 3.0  # forward+backward of a fine-tuned image vs one forward pass (cost model)
-RESERVE_S_PER_CANDIDATE = 8.0
-#: C values tried by CV (standardised features; the probe's full grid minus its extremes, to keep K folds cheap)
-AUTO_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)  # prior for one CV candidate before any was measured
+RESERVE_S_PER_CANDIDATE = 8.0  # prior for one CV candidate before any was measured
+#: C values tried by CV (standardised features; a third of the probe's grid, to keep K folds cheap)
+AUTO_GRID = (0.01, 0.1, 1.0)
 
 
 def backbones_here() -> tuple[list[str], str]:
@@ -231,12 +230,21 @@ def _runner(net: _Pooled, size: int, runtime: str) -> Callable[[torch.Tensor], t
     return lambda x: torch.from_numpy(session.run(None, {"x": x.contiguous().numpy()})[0])
 
 
+class OverBudget(Exception):
+    """A feature pass stopped after its first batches: its measured pace would overrun the budget."""
+
+    def __init__(self, per_image: float, estimate: float) -> None:
+        super().__init__(f"estimated {estimate:.0f}s")
+        self.per_image, self.estimate = per_image, estimate
+
+
 def pooled_features(name: str, *, dataset: ImageDataset, items: list[str], master: Any, norm: NormStats,
                     flip: bool, cache: FeatureCache | None, workers: int, runtime: str = "torch",
-                    cut: int | None = None) -> tuple[np.ndarray, float | None, tuple[int, int], tuple[int, int]]:
+                    cut: int | None = None, allowed_s: float | None = None) -> tuple[np.ndarray, float | None, tuple[int, int], tuple[int, int]]:
     """Pooled features at cuts ``cut - 1`` and ``cut`` (default: the last two) for every row of ``dataset``;
     returns (features, seconds of the forward passes or None when they came from the feature cache, dims of
-    the two cuts, the two cuts)."""
+    the two cuts, the two cuts). With ``allowed_s``, the pass stops (:class:`OverBudget`) as soon as its
+    measured pace says it would take longer."""
     from transferlab.strategies.ensemble import _Adapter
 
     backbone = create_backbone(name, pretrained=True)
@@ -262,9 +270,14 @@ def pooled_features(name: str, *, dataset: ImageDataset, items: list[str], maste
                         generator=torch.Generator())
     t0 = time.perf_counter()
     try:
+        done = 0
         for x, _ in loader:
             out = run(x.flip(3) if flip else x)
             (writer.write if writer else rows.append)(out)
+            done += len(x)
+            pace = (time.perf_counter() - t0) / done
+            if allowed_s is not None and pace * len(dataset) > allowed_s:
+                raise OverBudget(pace, pace * len(dataset))
         result = writer.commit().numpy() if writer else torch.cat(rows).numpy()
     except BaseException:
         if writer:
@@ -393,7 +406,7 @@ def run_auto(data: str, *, source: ImageSource, split: Split, data_options: Data
                 continue
             est = cost.extract_s(b, images=len(rows_all))
             reserve = cost.candidate_cost() * n_cands_left()
-            if (feats or view == "flip") and not budget.fits(est, reserve=reserve):
+            if not (not feats and b == names[-1]) and not budget.fits(est, reserve=reserve):
                 skipped.append({"name": f"features:{b}:{view}", "backbone": b, "strategy": "features",
                                 "options": {"views": view}, "status": "skipped", "cv_mean": None, "cv_std": None,
                                 "seconds": 0.0, "estimated_s": round(est, 1),
@@ -401,9 +414,23 @@ def run_auto(data: str, *, source: ImageSource, split: Split, data_options: Data
                 log.info("auto: skipped %s features of %s: estimated %.0fs (+%.0fs scoring) > %.0fs left of the budget",
                          view, b, est, reserve, budget.left())
                 continue
-            x, seconds, dims, cuts = pooled_features(b, dataset=dataset, items=items, master=master, norm=norm,
-                                                     flip=view == "flip", cache=cache, workers=d.num_workers,
-                                                     runtime=runtime, cut=search.cut)
+            last_resort = not feats and b == names[-1]  # at least one backbone's features, whatever they cost
+            try:
+                x, seconds, dims, cuts = pooled_features(
+                    b, dataset=dataset, items=items, master=master, norm=norm, flip=view == "flip", cache=cache,
+                    workers=d.num_workers, runtime=runtime, cut=search.cut,
+                    allowed_s=None if last_resort else budget.left() - reserve)
+            except OverBudget as over:
+                cost.measured[b] = over.per_image
+                skipped.append({"name": f"features:{b}:{view}", "backbone": b, "strategy": "features",
+                                "options": {"views": view}, "status": "stopped", "cv_mean": None, "cv_std": None,
+                                "seconds": 0.0, "estimated_s": round(over.estimate, 1),
+                                "reason": f"measured pace {over.per_image:.3f}s/image: {over.estimate:.0f}s + "
+                                          f"{reserve:.0f}s for scoring > {budget.left():.0f}s left"})
+                log.info("auto: stopped %s features of %s after its first batches: at %.3fs/image they would take "
+                         "%.0fs (+%.0fs scoring) > %.0fs left of the budget", view, b, over.per_image, over.estimate,
+                         reserve, budget.left())
+                continue
             hit = seconds is None
             if seconds is not None:
                 cost.record(b, seconds=seconds, images=len(rows_all))
