@@ -261,10 +261,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from transferlab.experiments.compare import compare
     from transferlab.report import build_report, report_summary
 
-    compare(args.data, strategies=args.strategies, seeds=args.seeds, out=args.out,
-            train_per_class=args.train_per_class_list, data_options=options_from_args(DataOptions, args),
-            train_options=options_from_args(TrainOptions, args), resume=args.resume, overwrite=args.overwrite,
-            tta=args.tta)
+    run = compare
+    if args.backbones:
+        from functools import partial
+
+        from transferlab.experiments.backbones import compare_backbones
+
+        run = partial(compare_backbones, backbones=args.backbones)
+    run(args.data, strategies=args.strategies, seeds=args.seeds, out=args.out,
+        train_per_class=args.train_per_class_list, data_options=options_from_args(DataOptions, args),
+        train_options=options_from_args(TrainOptions, args), resume=args.resume, overwrite=args.overwrite,
+        tta=args.tta)
     path = build_report(args.out)
     if args.json:
         _print_json(json.loads((Path(args.out) / "results.json").read_text()))
@@ -285,12 +292,14 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from transferlab.experiments.recommend import recommend
 
     rec = recommend(args.data, backbone=args.backbone, sample=args.sample, split=args.split,
-                    train_per_class=args.train_per_class, seed=args.seed, weights=args.weights)
+                    train_per_class=args.train_per_class, seed=args.seed, weights=args.weights,
+                    max_latency_ms=args.max_latency_ms, max_params=args.max_params)
     if args.json:
         _print_json(rec)
         return 0
     cut = f", --cut {rec['cut']}" if rec["cut"] else ""
-    print(f"{rec['data']} ({rec['quadrant']}): --strategy {rec['strategy']} --unfreeze {rec['unfreeze']}{cut}")
+    print(f"{rec['data']} ({rec['quadrant']}): --backbone {rec['backbone']} --strategy {rec['strategy']} "
+          f"--unfreeze {rec['unfreeze']}{cut}")
     for reason in rec["reasons"]:
         print(f"  - {reason}")
     return 0
@@ -307,6 +316,9 @@ def add_evidence_commands(sub: Any) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--train-per-class", dest="train_per_class_list", metavar="N[,N...]",
                    help="training images per class; several values add a data-efficiency study")
+    p.add_argument("--backbones", metavar="A,B,...",
+                   help="cross these backbones (with weights here) x --strategies on the same split; the report "
+                        "adds accuracy vs ImageNet top-1, latency and parameters (default: --backbone only)")
     p.add_argument("--json", action="store_true", help="print results.json")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue a killed compare in --out with the same options: "
@@ -324,7 +336,13 @@ def add_evidence_commands(sub: Any) -> None:
     p = sub.add_parser("recommend", help="measure a dataset (size, balance, similarity to the source) and "
                                          "recommend a strategy")
     p.add_argument("data", metavar="DATA")
-    p.add_argument("--backbone", default="efficientnet_lite0", help="zoo backbone (default: %(default)s)")
+    p.add_argument("--backbone", default=None,
+                   help="measure with this zoo backbone (default: rank the backbones with weights here by LogME "
+                        "on the training images and take the best within the budgets)")
+    p.add_argument("--max-latency-ms", type=float, default=None,
+                   help="budget: ms of one batch-1 forward pass, CPU time on one thread of this machine "
+                        "(measured once per backbone, cached)")
+    p.add_argument("--max-params", type=float, default=None, help="budget: parameters, e.g. 5e6")
     p.add_argument("--weights", help="explicit weights file for the backbone")
     p.add_argument("--train-per-class", type=positive_int, help="training images per class you will use")
     p.add_argument("--split", default="0.5,0.25,0.25", help="train,val,test fractions (default: %(default)s)")

@@ -96,10 +96,15 @@ def bn_similarity(backbone: nn.Module, images: torch.Tensor) -> dict[str, float]
             "source_entropy": round(entropy, 4), "bn_layers": len(kls)}
 
 
-def recommend(data: str, *, backbone: str = "efficientnet_lite0", sample: int = 64, split: str = "0.5,0.25,0.25",
-              train_per_class: int | None = None, seed: int = 0, source: ImageSource | None = None,
-              weights: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+def recommend(data: str, *, backbone: str | None = "efficientnet_lite0", sample: int = 64,
+              split: str = "0.5,0.25,0.25", train_per_class: int | None = None, seed: int = 0,
+              source: ImageSource | None = None, weights: str | os.PathLike[str] | None = None,
+              max_latency_ms: float | None = None, max_params: float | None = None) -> dict[str, Any]:
     """Measure ``data`` and recommend a strategy (see the module docstring for the rules).
+
+    ``backbone=None``: first rank the backbones with weights here by LogME on the training images,
+    within the budgets ``max_latency_ms`` (batch 1, measured here) and ``max_params``, and use the best
+    (``experiments.backbones.choose_backbone``).
 
     Example:
         >>> rec = recommend("fashion-mnist", backbone="efficientnet_lite0", train_per_class=20)  # doctest: +SKIP
@@ -116,6 +121,17 @@ def recommend(data: str, *, backbone: str = "efficientnet_lite0", sample: int = 
     else:
         train_idx = make_split(src, fractions=parse_fractions(split, option="--split"), seed=seed).train
         per_class = int(src.class_counts(train_idx).min())
+    ranking: list[dict[str, Any]] | None = None
+    if backbone is None:  # LogME on the training images train would use
+        from transferlab.experiments.backbones import choose_backbone
+
+        train_idx = make_split(src, fractions=parse_fractions(split, option="--split"), seed=seed,
+                               train_per_class=train_per_class).train
+        backbone, ranking, backbone_reason = choose_backbone(src, train_idx, max_latency_ms=max_latency_ms,
+                                                             max_params=max_params)
+    elif max_latency_ms is not None or max_params is not None:
+        raise ConfigError("--max-latency-ms/--max-params choose among the backbones; they need no --backbone "
+                          f"(got --backbone {backbone})")
     idx = stratified_subset(src, np.arange(len(src)), sample, seed=seed)
     sizes = np.array([src.load(int(i)).size for i in idx])
     bb = create_backbone(backbone, pretrained=True, weights=weights)
@@ -153,7 +169,7 @@ def recommend(data: str, *, backbone: str = "efficientnet_lite0", sample: int = 
         f"layers ({'>=' if similar else '<'} {SIMILAR_AT}: {'similar' if similar else 'different'}); source "
         f"classifier entropy {sim['source_entropy']:.3f} of its maximum",
         why,
-    ]
+    ] + ([backbone_reason] if ranking is not None else [])
     entry = strategy + (f":unfreeze={unfreeze}" if unfreeze else "") + (f":cut={cut}" if cut else "")
     return {
         "data": str(data), "backbone": backbone, "strategy": strategy, "unfreeze": unfreeze, "cut": cut,
@@ -168,4 +184,5 @@ def recommend(data: str, *, backbone: str = "efficientnet_lite0", sample: int = 
             **sim,
         },
         "thresholds": {"large_per_class": LARGE_PER_CLASS, "similar_at": SIMILAR_AT},
+        "backbone_ranking": ranking,
     }

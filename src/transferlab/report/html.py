@@ -28,6 +28,7 @@ from transferlab.data import ImageDataset, ImageSource, atomic_write_bytes, atom
 from transferlab.errors import ConfigError
 from transferlab.explain.gradcam import overlays_for_run
 from transferlab.report import figures
+from transferlab.report.backbones import backbone_section, budget_section
 
 REPORT = "report.html"
 FIGURES = "figures"
@@ -190,6 +191,8 @@ def build_report(path: str | os.PathLike[str], *, source: ImageSource | None = N
         parts.append(f"<p>Split sizes: {html.escape(json.dumps(results['split']['sizes']))}; "
                      f"training images per class: {results['split'].get('train_per_class') or 'all'}.</p>")
 
+    parts += backbone_section(results, png=lambda fig, name: _png(fig, name, fig_dir), table=_table)
+
     ok_runs = {name: [r for r in s["runs"] if r["status"] == "ok"] for name, s in strategies.items()}
     histories = {name: _history(Path(rs[0]["run_dir"])) for name, rs in ok_runs.items() if rs}
     with_epochs = {k: v for k, v in histories.items() if v}
@@ -267,6 +270,7 @@ def build_report(path: str | os.PathLike[str], *, source: ImageSource | None = N
                          [[html.escape(a), f"{b:.1f}", f"{c:.1f}", f"{d:.1f}"] for a, b, c, d in time_rows])]
         if results.get("wall_s") is not None:
             parts.append(f"<p>Wall time of the whole job: {results['wall_s']:.1f} s.</p>")
+    parts += budget_section(results, table=_table)
     if results.get("sharing"):
         parts.append(f"<p>Work sharing: {html.escape(results['sharing']['rule'])}; images through the "
                      f"backbone's first stage: {results['sharing']['forward_images']}.</p>")
@@ -304,7 +308,8 @@ def report_summary(path: str | os.PathLike[str]) -> list[str]:
 
             return [f"{m['strategy']:<20}{get_task(m['task']).summary_line(m)}"]
     results = _read_json(root / RESULTS) if (root / RESULTS).is_file() else _single_run_results(root)
-    return [f"{name:<20}{_fmt(s['test_accuracy_mean'], s['test_accuracy_std'])}"
+    width = max([20] + [len(name) + 2 for name in results["strategies"]])
+    return [f"{name:<{width}}{_fmt(s['test_accuracy_mean'], s['test_accuracy_std'])}"
             for name, s in results["strategies"].items()]
 
 
