@@ -100,7 +100,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(m)
     else:
-        print(f"{m['subset']} of {m['data']}: n={m['n']} accuracy {m['accuracy']:.4f} top5 {m['top5']:.4f} "
+        top5 = f" top5 {m['top5']:.4f}" if m.get("top5") is not None else ""
+        print(f"{m['subset']} of {m['data']}: n={m['n']} accuracy {m['accuracy']:.4f}{top5} "
               f"macro F1 {m['macro_f1']:.4f}")
     return 0
 

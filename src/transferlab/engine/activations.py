@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from transferlab.engine.feature_cache import FeatureCache
+from transferlab.progress import bar
 from transferlab.strategies.model import TransferModel
 
 log = logging.getLogger("transferlab.engine")
@@ -107,6 +109,7 @@ class ActivationStore:
         self.fingerprint = fingerprint  # None: the weights are not a known pretrained file
         # boundaries <= pristine_upto only depend on weights that no phase trains: disk-cacheable
         self.pristine_upto = 0
+        self._how = "computed"  # how the last boundary was obtained (for its log line)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._cache.values())
@@ -128,23 +131,41 @@ class ActivationStore:
     def cached(self, split: SplitInputs, boundary: int) -> bool:
         return (split.name, boundary) in self._cache
 
+    def label(self, boundary: int) -> str:
+        """What boundary ``boundary`` holds, in words.
+
+        Example:
+            >>> store.label(6)  # doctest: +SKIP
+            'activations entering stage6 (the 6 stages below it frozen)'
+        """
+        names = self.model.stage_names
+        if boundary <= 0:
+            return "preprocessed images"
+        if boundary >= len(names):
+            return f"features after the last stage {names[-1]} (all {len(names)} stages frozen)"
+        return f"activations entering {names[boundary]} (the {boundary} stages below it frozen)"
+
     def get(self, split: SplitInputs, boundary: int) -> torch.Tensor | None:
         """Activations at ``boundary`` for every item of ``split`` (None if over the memory budget)."""
         key = (split.name, boundary)
         if key in self._cache:
             return self._cache[key]
         if not self.fits(split, boundary):
-            log.info("not caching %s at boundary %d: over the %d MB budget", split.name, boundary,
-                     self.max_bytes >> 20)
+            log.info("%s: %s not cached: over the %d MB budget (computed every epoch)", split.name,
+                     self.label(boundary), self.max_bytes >> 20)
             return None
         below = [b for (s, b) in self._cache if s == split.name and b <= boundary]
         if not below and split.parts and all(self.cached(p, boundary) for p in split.parts):
             out = torch.cat([self._cache[(p.name, boundary)] for p in split.parts])
             self._cache[key] = out
             return out
+        t0 = time.perf_counter()
+        self._how = "computed"
         with eval_mode(self.model), torch.inference_mode():
             if below:
                 start = max(below)
+                if start:
+                    self._how = f"computed from the cached input of {self.model.stage_names[start]}"
                 src = self._cache[(split.name, start)]
                 chunks = [
                     self.model.prefix(src[i : i + self.batch_size].to(self.device), start=start, stop=boundary).cpu()
@@ -154,6 +175,8 @@ class ActivationStore:
             else:
                 out = self._from_disk_or_images(split, boundary)
         self._cache[key] = out
+        log.info("%s: %s, %d images: %s in %.1fs, cached in memory (%.0f MB)", split.name, self.label(boundary),
+                 len(split), self._how, time.perf_counter() - t0, out.numel() * out.element_size() / 2**20)
         return out
 
     def disk_key(self, split: SplitInputs, boundary: int) -> str | None:
@@ -170,7 +193,7 @@ class ActivationStore:
             return torch.cat(chunks).contiguous() if chunks else torch.empty(0)
         hit = self.disk.load(key)
         if hit is not None:
-            log.info("%s@%d: activations from the feature cache (no forward pass)", split.name, boundary)
+            self._how = "read from the on-disk feature cache (no forward pass)"
             return hit
         writer = self.disk.writer(key, n=len(split), shape=self.boundary_shape(boundary))
         try:
@@ -202,10 +225,7 @@ class ActivationStore:
                      sink: Callable[[torch.Tensor], None] | None = None) -> list[torch.Tensor]:
         """Run the prefix over the images; rows go to ``sink`` as they come (streaming) or are returned."""
         loader: Any = self.loader(split.eval_dataset)
-        if self.progress:
-            from tqdm import tqdm
-
-            loader = tqdm(loader, desc=f"features {split.name}@{boundary}", leave=False, unit="batch")
+        loader = bar(loader, desc=f"{split.name}: {self.label(boundary)}", unit="batch", enabled=self.progress)
         run = self._onnx_prefix(boundary) if self.runtime == "onnx" else None
         chunks = []
         for x, _ in loader:

@@ -23,6 +23,7 @@ from transferlab.engine.distributed import DistContext
 from transferlab.engine.schedules import make_scheduler
 from transferlab.engine.tasks import ClassificationTask, Task
 from transferlab.errors import ConfigError, TrainingError
+from transferlab.progress import bar
 from transferlab.strategies.model import TransferModel
 from transferlab.strategies.plans import Phase, Plan
 
@@ -337,7 +338,7 @@ class Engine:
             resume_state = None
             phases_run.append(phase.name)
             for epoch in range(first_epoch, phase.epochs if replay is None else replay[pi]):
-                t0 = time.perf_counter()
+                t0, extract0 = time.perf_counter(), self.extract_s
                 set_modes(model, phase)
                 if isinstance(loader.sampler, DistributedSampler):
                     loader.sampler.set_epoch(epoch)
@@ -353,7 +354,7 @@ class Engine:
                         f"loss became {val_loss} in phase {phase.name!r}, epoch {epoch + 1} (validation); training "
                         "stopped, the last good checkpoint is kept (lower --lr or check the data)"
                     )
-                seconds = time.perf_counter() - t0
+                seconds = time.perf_counter() - t0 - (self.extract_s - extract0)  # extraction is extract_s's
                 train_s += seconds
                 record = {
                     "epoch": global_epoch, "phase": phase.name, "phase_index": pi, "phase_epoch": epoch,
@@ -416,11 +417,7 @@ class Engine:
                      scheduler: Any, *, prefix_stop: int, mix: bool, desc: str,
                      where: tuple[str, int]) -> tuple[float, float]:
         total, correct, loss_sum = 0, 0.0, 0.0
-        it = loader
-        if not self.opt.quiet and self.ctx.is_main:
-            from tqdm import tqdm
-
-            it = tqdm(loader, desc=desc, leave=False, unit="batch")
+        it = bar(loader, desc=desc, unit="batch", enabled=not self.opt.quiet and self.ctx.is_main)
         for step, (x, y) in enumerate(it):
             x = x.to(self.ctx.device)
             if x.dim() == 4:

@@ -41,6 +41,7 @@ from transferlab.engine import ActivationStore, init_distributed
 from transferlab.errors import ConfigError, DataError
 from transferlab.experiments.train import plan_options, run_training, setup_logging, versions
 from transferlab.options import DataOptions, TrainOptions, with_overrides
+from transferlab.progress import Counter
 from transferlab.strategies import build_plan
 from transferlab.strategies.plans import STRATEGIES
 from transferlab.zoo import create_backbone
@@ -152,12 +153,14 @@ def machine_info() -> dict[str, Any]:
 def _summary(runs: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
     ok = [r for r in runs if r["status"] == "ok"]
     acc = np.array([r["test_accuracy"] for r in ok], dtype=float)
+    val = np.array([r["val_accuracy"] for r in ok], dtype=float)
     f1 = np.array([r["macro_f1"] for r in ok], dtype=float)
 
     def stat(a: np.ndarray, fn: Any) -> float | None:
         return round(float(fn(a)), 6) if a.size else None
 
     return {"test_accuracy_mean": stat(acc, np.mean), "test_accuracy_std": stat(acc, np.std),
+            "val_accuracy_mean": stat(val, np.mean), "val_accuracy_std": stat(val, np.std),
             "macro_f1_mean": stat(f1, np.mean), "macro_f1_std": stat(f1, np.std),
             "wall_s": round(wall_s, 3), "n_ok": len(ok), "n_failed": len(runs) - len(ok), "runs": runs}
 
@@ -268,11 +271,7 @@ def compare(
     if len(splits) > 1:
         results["efficiency"] = {"train_per_class": [n for n, _ in splits], "strategies": {}}
     total = len(splits) * len(names) * seeds
-    bar = None
-    if not d.quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, desc="compare", unit="run")
+    bar = Counter(total=total, desc="compare", unit="run", enabled=not d.quiet)
     t_all = time.perf_counter()
     for k, (n, split) in enumerate(splits):
         if k:
@@ -283,8 +282,8 @@ def compare(
             wall = 0.0
             for seed in range(seeds):
                 run_dir = out_dir / "runs" / (f"n{n}" if len(splits) > 1 else "") / name.replace(":", "+") / f"seed{seed}"
-                if bar is not None:
-                    bar.set_postfix_str(f"{name} seed {seed}" + (f" n={n}" if n is not None else ""))
+                label = f"{name} seed {seed}" + (f" n={n}" if n is not None else "")
+                bar.describe(label)
                 store = stores.store
                 before = dict(store._cache)
                 t0 = time.perf_counter()
@@ -313,10 +312,12 @@ def compare(
                 results["sharing"]["forward_images"] = stores.forward_images
                 results["wall_s"] = round(time.perf_counter() - t_all, 3)
                 atomic_write_text(out_dir / RESULTS, json.dumps(results, indent=2))
-                if bar is not None:
-                    bar.update(1)
-    if bar is not None:
-        bar.close()
+                bar.update()
+                if runs[-1]["status"] == "ok" and not d.quiet:
+                    r = runs[-1]
+                    log.info("compare %d/%d: %s: val %.4f, test %.4f (%.1fs)", bar.done, total, label,
+                             r["val_accuracy"], r["test_accuracy"], r["timing"]["total_s"])
+    bar.close()
     results["status"] = "done"
     atomic_write_text(out_dir / RESULTS, json.dumps(results, indent=2))
     return results

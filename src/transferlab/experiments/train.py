@@ -46,7 +46,7 @@ from transferlab.errors import ConfigError
 from transferlab.experiments.artifacts import save_model
 from transferlab.options import DataOptions, TrainOptions, options_from_kwargs
 from transferlab.strategies import HeadConfig, Plan, PlanOptions, TransferModel, build_plan, fit_linear_probe, load_plan
-from transferlab.zoo import Backbone, create_backbone
+from transferlab.zoo import Backbone, check_backbone_name, create_backbone
 
 log = logging.getLogger("transferlab")
 CONFIG = "config.json"
@@ -131,6 +131,7 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
     ctx = init_distributed(d.device)
     setup_logging(quiet=d.quiet, is_main=ctx.is_main)
     run_dir = Path(out) if out is not None else None
+    check_backbone_name(t.backbone)  # a misspelt name fails before the dataset scan and before --out exists
     if run_dir is not None and ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -143,6 +144,8 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
     else:
         split = make_split(source, fractions=parse_fractions(d.split, option="--split"), seed=d.split_seed,
                            train_per_class=d.train_per_class)
+    if ctx.is_main:
+        log.info("%s", describe_split(split, source, train_per_class=d.train_per_class, resumed=resume))
     torch.manual_seed(d.seed)
     backbone = create_backbone(t.backbone, pretrained=False)  # random init: the scratch baseline's
     stage_names = backbone.stage_names
@@ -220,11 +223,11 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
         if d.augment != "none" and t.views == 0 and ctx.is_main:
             log.info("linear-probe fits on the features of the clean training images: --augment %s applies to "
                      "phases trained by backprop (--views K gives the probe K augmented copies)", d.augment)
-        probe = _linear_probe(engine, train_in, val_in, t, n_kept, len(source.classes), d.seed)
+        probe, fit_s = _linear_probe(engine, train_in, val_in, t, n_kept, len(source.classes), d.seed)
         extra["probe"] = {"classifier": probe.classifier, "C": probe.C, "refit_on": "train+val",
                           "val_accuracy_by_C": {str(k): v for k, v in probe.grid.items()}}
         history: list[dict[str, Any]] = []
-        best_epoch, train_s = -1, time.perf_counter() - t_start
+        best_epoch, train_s = -1, fit_s
         boundary = n_kept
         _set_linear_head(engine.model, probe.selection_weight, probe.selection_bias)
         val_logits = engine.predict(val_in, boundary=boundary)  # the train-only fit that val selected
@@ -248,8 +251,7 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
                                       loss=float(torch.nn.functional.cross_entropy(val_logits, val_in.labels))),
         "test": classification_metrics(test_logits, test_in.labels.numpy(), classes=classes,
                                        loss=float(torch.nn.functional.cross_entropy(test_logits, test_in.labels))),
-        "timing": {"total_s": round(time.perf_counter() - t_start, 3), "extract_s": round(engine.extract_s, 3),
-                   "train_s": round(train_s, 3)},
+        "timing": run_timing(total_s=time.perf_counter() - t_start, extract_s=engine.extract_s, train_s=train_s),
         "best_epoch": best_epoch,
         "skipped_files": [list(s) for s in source.skipped],
         **extra,
@@ -266,9 +268,39 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
                 for i, y, p, c in zip(split.test, test_in.labels.tolist(), pred.tolist(), conf.tolist())]
             atomic_write_text(run_dir / "predictions_test.csv", "\n".join(rows) + "\n")
     ctx.barrier()
-    log.info("%s on %s: test accuracy %.4f, macro F1 %.4f (%.1fs)", plan.strategy, t.backbone,
-             metrics["test"]["accuracy"], metrics["test"]["macro_f1"], metrics["timing"]["total_s"])
+    tm = metrics["timing"]
+    log.info("timings: %.1fs = extraction %.1fs + training %.1fs + other %.1fs (scan, setup, evaluation, "
+             "writing)%s", tm["total_s"], tm["extract_s"], tm["train_s"], tm["other_s"],
+             f"; run directory {run_dir}" if run_dir is not None else "")
     return Run(run_dir=run_dir, metrics=metrics, history=history, config=config, classes=classes, model=model)
+
+
+def run_timing(*, total_s: float, extract_s: float, train_s: float) -> dict[str, float]:
+    """The ``timing`` block of metrics.json: parts that add up to ``total_s``.
+
+    ``extract_s``: frozen-prefix activations computed (the cached inputs of the trainable stages);
+    ``train_s``: the epochs (or the linear probe's fit), extraction excluded; ``other_s``: the rest
+    (dataset scan, model build, normalisation, evaluation on cached inputs, writing files).
+
+    Example:
+        >>> run_timing(total_s=23.2, extract_s=9.3, train_s=13.9)
+        {'total_s': 23.2, 'extract_s': 9.3, 'train_s': 13.9, 'other_s': 0.0}
+    """
+    total, ext, trn = round(total_s, 3), round(extract_s, 3), round(train_s, 3)
+    return {"total_s": total, "extract_s": ext, "train_s": trn, "other_s": round(max(total - ext - trn, 0.0), 3)}
+
+
+def describe_split(split: Split, source: ImageSource, *, train_per_class: int | None, resumed: bool) -> str:
+    """The split sizes in one line (after ``--train-per-class`` subsampling).
+
+    Example:
+        >>> describe_split(split, source, train_per_class=10, resumed=False)  # doctest: +SKIP
+        'split: train 170 (10 per class), val 340, test 340 images'
+    """
+    sizes = split.sizes()
+    per = f" ({train_per_class} per class)" if train_per_class else ""
+    how = " (read back from the run directory)" if resumed else ""
+    return f"split: train {sizes['train']}{per}, val {sizes['val']}, test {sizes['test']} images{how}"
 
 
 def _refit(engine: Engine, plan: Plan, fit: Any, initial: dict[str, torch.Tensor], train_in: SplitInputs,
@@ -316,7 +348,8 @@ def _adopt(store: ActivationStore | None, model: TransferModel) -> ActivationSto
 
 
 def _linear_probe(engine: Engine, train_in: SplitInputs, val_in: SplitInputs, t: TrainOptions, n_kept: int,
-                  num_classes: int, seed: int) -> Any:
+                  num_classes: int, seed: int) -> tuple[Any, float]:
+    """The probe fitted on the cached features, and the seconds of the fit itself (extraction excluded)."""
     model = engine.model
 
     def feats(split: SplitInputs) -> np.ndarray:
@@ -329,11 +362,12 @@ def _linear_probe(engine: Engine, train_in: SplitInputs, val_in: SplitInputs, t:
     t0 = time.perf_counter()
     xtr, xva = feats(train_in), feats(val_in)
     engine.extract_s += time.perf_counter() - t0
+    t1 = time.perf_counter()
     probe = fit_linear_probe(xtr, train_in.labels.numpy(), xva, val_in.labels.numpy(), num_classes=num_classes,
                              classifier=t.classifier, seed=seed)
     if model.head[-1].in_features != probe.weight.shape[1]:
         raise ConfigError(f"linear-probe needs --head linear, got a {t.head} head")
-    return probe
+    return probe, time.perf_counter() - t1
 
 
 def _set_linear_head(model: TransferModel, weight: torch.Tensor, bias: torch.Tensor) -> None:
