@@ -25,6 +25,19 @@ def _print_json(obj: Any) -> None:
 def cmd_models(args: argparse.Namespace) -> int:
     from transferlab.zoo import get_entry, list_backbones, weights_available
 
+    if args.timm:
+        from transferlab.zoo.timm_open import list_timm_models
+
+        found = list_timm_models(args.timm)
+        if args.json:
+            _print_json(found)
+        else:
+            print(f"{'name':<48}{'input':>6}  weights here (Hugging Face repo)")
+            for r in found:
+                print(f"{r['name']:<48}{r['input_size']:>6}  {r['weights_here'] or 'no'} ({r['hf_hub_id'] or '-'})")
+            print(f"{len(found)} timm models match {args.timm!r}; use one as --backbone NAME "
+                  "(with --weights FILE when its weights are not here)")
+        return 0
     rows = []
     for name in list_backbones():
         e = get_entry(name)
@@ -437,6 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("models", help="list the backbone zoo and which pretrained weights are available here")
+    p.add_argument("--timm", metavar="PATTERN", help="list timm models matching PATTERN (e.g. 'vit_*', 'resnet'): "
+                                                     "any of them works as --backbone timm:NAME")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_models)
 

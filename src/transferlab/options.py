@@ -46,7 +46,8 @@ class DataOptions:
 class TrainOptions:
     """What to train and how (``transferlab train``, ``transferlab.train``)."""
 
-    backbone: str = opt("efficientnet_lite0", "backbone from the zoo (see `transferlab models`)")
+    backbone: str = opt("efficientnet_lite0", "backbone from the zoo (see `transferlab models`), or timm:NAME for "
+                                              "any timm model (`transferlab models --timm PATTERN`)")
     weights: str | None = opt(None, "explicit weights file (.pth/.safetensors) for the backbone")
     strategy: str = opt("fine-tune", "transfer strategy", choices=STRATEGIES)
     plan: str | None = opt(None, "a custom plan (YAML/JSON list of phases) instead of --strategy's")

