@@ -290,9 +290,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def add_deploy_commands(sub: Any) -> None:
     """``export`` and ``serve`` subcommands (put a trained run to work)."""
-    p = sub.add_parser("export", help="write RUN_DIR/model.onnx and check it against PyTorch with ONNX Runtime")
+    p = sub.add_parser("export", help="write RUN_DIR/model.onnx (or model.torchscript.pt) and check it against "
+                                      "PyTorch on real images")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default: onnx)")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx",
+                   help="onnx (checked with ONNX Runtime) or torchscript (traced, checked after loading it back) "
+                        "(default: onnx)")
     p.add_argument("--check-images", nargs="+", metavar="IMG",
                    help="real images for the parity check (default: images of the run's test split)")
     p.add_argument("--n-check", type=int, default=4, help="test-split images to check when none are given (default: 4)")
@@ -472,6 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="RUN_DIR", help="run directory to write")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--log", action="append", choices=("tensorboard", "mlflow", "csv"),
+                   help="experiment tracking, repeatable: TensorBoard events in RUN_DIR/tensorboard, an MLflow run "
+                        "($MLFLOW_TRACKING_URI, default sqlite:///RUN_DIR/mlflow.db), or RUN_DIR/epochs.csv")
     add_options(p, DataOptions)
     add_options(p, TrainOptions)
     p.set_defaults(func=cmd_train)
