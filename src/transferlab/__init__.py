@@ -8,7 +8,9 @@ Example:
 
 __version__ = "0.1.0"
 
+from transferlab.api import TrainedModel, load  # noqa: E402
 from transferlab.experiments.train import Run, resume_training, train  # noqa: E402
 from transferlab.zoo import create_backbone, list_backbones  # noqa: E402
 
-__all__ = ["Run", "__version__", "create_backbone", "list_backbones", "resume_training", "train"]
+__all__ = ["Run", "TrainedModel", "__version__", "create_backbone", "list_backbones", "load", "resume_training",
+           "train"]

@@ -29,12 +29,17 @@ ENV = "TRANSFERLAB_PROGRESS"
 
 
 def in_notebook() -> bool:
-    """True inside a Jupyter kernel (where tqdm.auto draws a widget)."""
+    """True inside a Jupyter kernel that can draw tqdm.auto's widget (ipywidgets installed); without
+    ipywidgets a notebook gets the per-epoch lines, as a log file does."""
+    import importlib.util
+
     shell = sys.modules.get("IPython")
     if shell is None or "ipykernel" not in sys.modules:
         return False
     ip = shell.get_ipython()  # type: ignore[attr-defined]
-    return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
+    if ip is None or type(ip).__name__ != "ZMQInteractiveShell":
+        return False
+    return importlib.util.find_spec("ipywidgets") is not None
 
 
 def bars_enabled(*, stream: TextIO | None = None) -> bool:

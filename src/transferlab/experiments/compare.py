@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from transferlab.api import CompareResults
 from transferlab.data import ImageSource, Split, atomic_write_text, make_split, open_dataset, parse_fractions
 from transferlab.engine import ActivationStore, init_distributed
 from transferlab.errors import ConfigError, DataError
@@ -320,7 +321,7 @@ def compare(
     bar.close()
     results["status"] = "done"
     atomic_write_text(out_dir / RESULTS, json.dumps(results, indent=2))
-    return results
+    return CompareResults(results)
 
 
 def best_strategy(results: dict[str, Any]) -> str | None:

@@ -68,6 +68,24 @@ class Run:
     def test_accuracy(self) -> float:
         return float(self.metrics["test"]["accuracy"])
 
+    def predict(self, images: Any, *, top: int = 5) -> list[dict[str, Any]]:
+        """Top classes of images (paths or PIL images) with the saved model (see ``transferlab.load``)."""
+        if self.run_dir is None:
+            raise ConfigError("run.predict needs the run directory: train with out=RUN_DIR")
+        from transferlab.api import load
+
+        return load(self.run_dir).predict(images, top=top)
+
+    def __repr__(self) -> str:
+        from transferlab.api import run_lines
+
+        return "\n".join(run_lines(self))
+
+    def _repr_html_(self) -> str:
+        from transferlab.api import run_html
+
+        return run_html(self)
+
 
 def setup_logging(*, quiet: bool, is_main: bool = True) -> None:
     logger = logging.getLogger("transferlab")
