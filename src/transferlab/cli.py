@@ -173,6 +173,21 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from transferlab.experiments.lr_find import FIGURE_PNG, RESULT_JSON, lr_find
+
+    res = lr_find(args.data, out=args.out, data_options=options_from_args(DataOptions, args),
+                  train_options=options_from_args(TrainOptions, args), start_lr=args.start_lr, end_lr=args.end_lr,
+                  steps=args.steps)
+    if args.json:
+        _print_json({k: v for k, v in res.items() if k != "curve"})
+    else:
+        print(f"{res['strategy']} / {res['backbone']}, phase {res['phase']} ({', '.join(res['trainable'])}): "
+              f"smoothed loss lowest at {res['min_loss_lr']:.2g}; suggested {res['flag']} {res['suggested_lr']:.2g} "
+              f"-> {Path(args.out) / FIGURE_PNG}, {Path(args.out) / RESULT_JSON}")
+    return 0
+
+
 def add_evidence_commands(sub: Any) -> None:
     """``compare``, ``report`` and ``recommend`` subcommands."""
     p = sub.add_parser("compare", help="run several strategies x seeds on one split; write results.json + report.html")
@@ -188,6 +203,18 @@ def add_evidence_commands(sub: Any) -> None:
     add_options(p, DataOptions, skip=("train_per_class",))
     add_options(p, TrainOptions, skip=("strategy", "plan"))
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("lr-find", help="learning-rate range test (Smith 2017) on the first phase's trainable "
+                                       "groups: a plot and a suggested rate")
+    p.add_argument("data", metavar="DATA", help="image folder, dataset layout, CSV or 'fashion-mnist'")
+    p.add_argument("--out", default="lr-find", metavar="DIR", help="output folder (default: %(default)s)")
+    p.add_argument("--start-lr", type=float, default=1e-6, help="first rate (default: %(default)s)")
+    p.add_argument("--end-lr", type=float, default=1.0, help="last rate (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=100, help="mini-batches (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the result (without the curve) as JSON")
+    add_options(p, DataOptions, skip=("augment", "batch_augment"))
+    add_options(p, TrainOptions)
+    p.set_defaults(func=cmd_lr_find)
 
     p = sub.add_parser("report", help="(re)build the HTML report of a compare or run directory")
     p.add_argument("run_dir", metavar="RUN_DIR")
