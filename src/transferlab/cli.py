@@ -88,15 +88,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- train / evaluate
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from transferlab.experiments.train import resume_training, run_training
+    from dataclasses import asdict
 
-    if args.resume:
-        run = resume_training(args.resume, quiet=args.quiet)
-    else:
-        if not args.data or not args.out:
-            raise TransferlabError("train needs DATA and --out RUN_DIR (or --resume RUN_DIR)")
-        run = run_training(args.data, data_options=options_from_args(DataOptions, args),
-                           train_options=options_from_args(TrainOptions, args), out=args.out)
+    from transferlab.experiments.train import resume_training, run_training
+    from transferlab.tracking import Tracking
+
+    if not args.resume and (not args.data or not args.out):
+        raise TransferlabError("train needs DATA and --out RUN_DIR (or --resume RUN_DIR)")
+    d, t = options_from_args(DataOptions, args), options_from_args(TrainOptions, args)
+    if not args.resume:
+        from transferlab.zoo import check_backbone_name
+
+        check_backbone_name(t.backbone)  # before --out is created by the trackers
+    params = {"data": args.data, "data_options": asdict(d), "train_options": asdict(t)}
+    with Tracking(args.log or [], run_dir=args.resume or args.out, params=params) as tracking:
+        if args.resume:
+            run = resume_training(args.resume, quiet=args.quiet, callbacks=tracking.callbacks)
+        else:
+            run = run_training(args.data, data_options=d, train_options=t, out=args.out,
+                               callbacks=tracking.callbacks)
+        tracking.finish(run)
     test = run.metrics["test"]
     if args.json:
         _print_json({k: run.metrics[k] for k in ("strategy", "backbone", "test", "timing", "best_epoch")})
@@ -294,6 +305,17 @@ def add_layer_commands(sub: Any) -> None:
 # ----------------------------------------------------------------------------- export / serve
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "torchscript":
+        from transferlab.export.torchscript import export_torchscript
+
+        ts = export_torchscript(args.run_dir, check_images=args.check_images, n_check=args.n_check)
+        if args.json:
+            _print_json(ts.to_dict())
+        else:
+            print(f"{ts.path}: TorchScript (traced), loaded back vs PyTorch on {ts.n_images} images (batch "
+                  f"{' and '.join(map(str, ts.batch_sizes))}): max |logit diff| {ts.max_abs_diff:.2e} < "
+                  f"{ts.tolerance:g} ({ts.seconds:.1f}s)")
+        return 0
     from transferlab.export import export_onnx
 
     r = export_onnx(args.run_dir, check_images=args.check_images, n_check=args.n_check)
