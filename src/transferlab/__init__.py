@@ -21,11 +21,14 @@ _LAZY = {
     "Run": "transferlab.experiments.train",
     "resume_training": "transferlab.experiments.train",
     "train": "transferlab.experiments.train",
+    "TrainedModel": "transferlab.api",
+    "load": "transferlab.api",
     "create_backbone": "transferlab.zoo",
     "list_backbones": "transferlab.zoo",
 }
 
-__all__ = ["Run", "__version__", "create_backbone", "list_backbones", "resume_training", "train"]
+__all__ = ["Run", "TrainedModel", "__version__", "create_backbone", "list_backbones", "load", "resume_training",
+           "train"]
 
 
 __getattr__ = lazy_attributes(__name__, _LAZY)

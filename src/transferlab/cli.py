@@ -52,6 +52,19 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     if args.describe:
         return _describe_model(args.describe, as_json=args.json)
+    if args.timm:
+        from transferlab.zoo.timm_open import list_timm_models
+
+        found = list_timm_models(args.timm)
+        if args.json:
+            _print_json(found)
+        else:
+            print(f"{'name':<48}{'input':>6}  weights here (Hugging Face repo)")
+            for r in found:
+                print(f"{r['name']:<48}{r['input_size']:>6}  {r['weights_here'] or 'no'} ({r['hf_hub_id'] or '-'})")
+            print(f"{len(found)} timm models match {args.timm!r}; use one as --backbone NAME "
+                  "(with --weights FILE when its weights are not here)")
+        return 0
     rows = []
     for name in list_backbones():
         e = get_entry(name)
@@ -189,20 +202,31 @@ def add_explain_commands(sub: Any) -> None:
 # ----------------------------------------------------------------------------- train / evaluate
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from transferlab.experiments.train import resume_training, run_training
     from transferlab.tasks import get_task
+    from transferlab.tracking import Tracking
 
+    if not args.resume and (not args.data or not args.out):
+        raise TransferlabError("train needs DATA and --out RUN_DIR (or --resume RUN_DIR)")
     spec = get_task(args.task)
-    if args.resume:
-        run = resume_training(args.resume, quiet=args.quiet)
-        spec = get_task(run.task)
-    else:
-        if not args.data or not args.out:
-            raise TransferlabError("train needs DATA and --out RUN_DIR (or --resume RUN_DIR)")
-        run = run_training(args.data, data_options=options_from_args(DataOptions, args),
-                           train_options=options_from_args(getattr(spec, "train_options_class", TrainOptions), args),
-                           out=args.out, overwrite=args.overwrite, task=spec.name,
-                           task_options=options_from_args(spec.options_class, args) if spec.options_class else None)
+    d = options_from_args(DataOptions, args)
+    t = options_from_args(getattr(spec, "train_options_class", TrainOptions), args)
+    to = options_from_args(spec.options_class, args) if spec.options_class else None
+    if not args.resume:
+        from transferlab.zoo import check_backbone_name
+
+        check_backbone_name(t.backbone)  # before any work, and before --out exists
+    params = {"data": args.data, "task": spec.name, "data_options": asdict(d), "train_options": asdict(t)}
+    with Tracking(args.log or [], run_dir=args.resume or args.out, params=params) as tracking:
+        if args.resume:
+            run = resume_training(args.resume, quiet=args.quiet, callbacks=tracking.callbacks)
+            spec = get_task(run.task)
+        else:
+            run = run_training(args.data, data_options=d, train_options=t, out=args.out, overwrite=args.overwrite,
+                               callbacks=tracking.callbacks, task=spec.name, task_options=to)
+        tracking.finish(run)
     m = run.metrics
     if args.json:
         _print_json({k: m[k] for k in ("task", "strategy", "backbone", "test", "timing", "best_epoch", "boxes")
@@ -222,7 +246,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         _print_json(m)
     elif "accuracy" in m and "mean_iou" not in m:
         tta = f", TTA {m['tta']}" if m.get("tta", "none") != "none" else ""
-        print(f"{m['subset']} of {m['data']}: n={m['n']} accuracy {m['accuracy']:.4f} top5 {m['top5']:.4f} "
+        top5 = f" top5 {m['top5']:.4f}" if m.get("top5") is not None else ""
+        print(f"{m['subset']} of {m['data']}: n={m['n']} accuracy {m['accuracy']:.4f}{top5} "
               f"macro F1 {m['macro_f1']:.4f} ECE {m['ece']:.4f} ({m['ms_per_image']:.1f} ms/image{tta})")
     else:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float))
@@ -305,6 +330,21 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from transferlab.experiments.lr_find import FIGURE_PNG, RESULT_JSON, lr_find
+
+    res = lr_find(args.data, out=args.out, data_options=options_from_args(DataOptions, args),
+                  train_options=options_from_args(TrainOptions, args), start_lr=args.start_lr, end_lr=args.end_lr,
+                  steps=args.steps)
+    if args.json:
+        _print_json({k: v for k, v in res.items() if k != "curve"})
+    else:
+        print(f"{res['strategy']} / {res['backbone']}, phase {res['phase']} ({', '.join(res['trainable'])}): "
+              f"smoothed loss lowest at {res['min_loss_lr']:.2g}; suggested {res['flag']} {res['suggested_lr']:.2g} "
+              f"-> {Path(args.out) / FIGURE_PNG}, {Path(args.out) / RESULT_JSON}")
+    return 0
+
+
 def add_evidence_commands(sub: Any) -> None:
     """``compare``, ``report`` and ``recommend`` subcommands."""
     p = sub.add_parser("compare", help="run several strategies x seeds on one split; write results.json + report.html")
@@ -328,6 +368,18 @@ def add_evidence_commands(sub: Any) -> None:
     add_options(p, DataOptions, skip=("train_per_class",))
     add_options(p, TrainOptions, skip=("strategy", "plan", "cv", "ensemble", "time_budget"))
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("lr-find", help="learning-rate range test (Smith 2017) on the first phase's trainable "
+                                       "groups: a plot and a suggested rate")
+    p.add_argument("data", metavar="DATA", help="image folder, dataset layout, CSV or 'fashion-mnist'")
+    p.add_argument("--out", default="lr-find", metavar="DIR", help="output folder (default: %(default)s)")
+    p.add_argument("--start-lr", type=float, default=1e-6, help="first rate (default: %(default)s)")
+    p.add_argument("--end-lr", type=float, default=1.0, help="last rate (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=100, help="mini-batches (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the result (without the curve) as JSON")
+    add_options(p, DataOptions, skip=("augment", "batch_augment"))
+    add_options(p, TrainOptions)
+    p.set_defaults(func=cmd_lr_find)
 
     p = sub.add_parser("report", help="(re)build the HTML report of a compare or run directory")
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -413,6 +465,17 @@ def add_layer_commands(sub: Any) -> None:
 # ----------------------------------------------------------------------------- export / serve
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "torchscript":
+        from transferlab.export.torchscript import export_torchscript
+
+        ts = export_torchscript(args.run_dir, check_images=args.check_images, n_check=args.n_check)
+        if args.json:
+            _print_json(ts.to_dict())
+        else:
+            print(f"{ts.path}: TorchScript (traced), loaded back vs PyTorch on {ts.n_images} images (batch "
+                  f"{' and '.join(map(str, ts.batch_sizes))}): max |logit diff| {ts.max_abs_diff:.2e} < "
+                  f"{ts.tolerance:g} ({ts.seconds:.1f}s)")
+        return 0
     from transferlab.export import export_onnx, quantize_int8
 
     r = export_onnx(args.run_dir, check_images=args.check_images, n_check=args.n_check)
@@ -447,9 +510,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def add_deploy_commands(sub: Any) -> None:
     """``export`` and ``serve`` subcommands (put a trained run to work)."""
-    p = sub.add_parser("export", help="write RUN_DIR/model.onnx and check it against PyTorch with ONNX Runtime")
+    p = sub.add_parser("export", help="write RUN_DIR/model.onnx (or model.torchscript.pt) and check it against "
+                                      "PyTorch on real images")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default: onnx)")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx",
+                   help="onnx (checked with ONNX Runtime) or torchscript (traced, checked after loading it back) "
+                        "(default: onnx)")
     p.add_argument("--check-images", nargs="+", metavar="IMG",
                    help="real images for the parity check (default: images of the run's test split)")
     p.add_argument("--n-check", type=int, default=4, help="test-split images to check when none are given (default: 4)")
@@ -680,7 +746,9 @@ HEAVY_COMMANDS = {"localize": "object localization: swap the head for a box regr
                   "probe-layers": "linear-probe accuracy of every featurizer stage (which layers transfer)",
                   "transferability": "Yosinski et al. (2014) BnB/AnB experiment: which layers are general",
                   "audit": "find label issues, duplicates, cross-split leakage, outliers and poor images",
-                  "suggest-labels": "rank unlabelled images by what a trained run would learn most from"}
+                  "suggest-labels": "rank unlabelled images by what a trained run would learn most from",
+                  "explain": "class-activation heatmaps (Grad-CAM family) of a trained run on images",
+                  "inspect": "first-layer filters, most active channels per stage, layer table"}
 
 
 def _command_and_task(argv: Sequence[str] | None) -> tuple[str | None, str]:
@@ -715,6 +783,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the backbone zoo and which pretrained weights are available here")
     p.add_argument("--describe", metavar="NAME", help="layer table of one backbone: stage, output shape, "
                                                       "parameters, multiply-adds")
+    p.add_argument("--timm", metavar="PATTERN", help="list timm models matching PATTERN (e.g. 'vit_*', 'resnet'): "
+                                                     "any of them works as --backbone timm:NAME")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_models)
 
@@ -745,6 +815,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="empty a run directory that already holds a run (else it is refused)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--log", action="append", choices=("tensorboard", "mlflow", "csv"),
+                   help="experiment tracking, repeatable: TensorBoard events in RUN_DIR/tensorboard, an MLflow run "
+                        "($MLFLOW_TRACKING_URI, default sqlite:///RUN_DIR/mlflow.db), or RUN_DIR/epochs.csv")
     add_task_options(p, task if command == "train" else "classify")
     p.set_defaults(func=cmd_train)
 
@@ -773,11 +846,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         add_layer_commands(sub)
     if full or command in ("audit", "suggest-labels"):
         add_data_commands(sub)
+    if full or command in ("explain", "inspect"):
+        add_explain_commands(sub)
     for name, text in HEAVY_COMMANDS.items():
         if name not in sub.choices:
             sub.add_parser(name, help=text)
     add_cache_commands(sub)
-    add_explain_commands(sub)
     return parser
 
 

@@ -119,7 +119,8 @@ def resolve_workers(value: str | int) -> int:
 class TrainOptions:
     """What to train and how (``transferlab train``, ``transferlab.train``)."""
 
-    backbone: str = opt("efficientnet_lite0", "backbone from the zoo (see `transferlab models`)")
+    backbone: str = opt("efficientnet_lite0", "backbone from the zoo (see `transferlab models`), or timm:NAME for "
+                                              "any timm model (`transferlab models --timm PATTERN`)")
     weights: str | None = opt(None, "explicit weights file (.pth/.safetensors) for the backbone")
     strategy: str = opt("auto", "transfer strategy; auto: candidates (backbones with weights here x linear probes, "
                                 "cuts, flip view, concatenated and averaged backbones) scored by --cv on cached "

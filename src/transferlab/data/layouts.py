@@ -6,7 +6,6 @@ import csv
 import logging
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,9 +73,8 @@ def open_dataset(
             src = _open_folder(path, validate=validate, quiet=quiet)
     for identity, reason in src.skipped:
         logger.warning("%s: skipped %s: %s", src.name, identity, reason)
-    logger.info("%s", src.describe())
-    if not quiet:
-        print(src.describe(), file=sys.stderr)
+    if not quiet:  # once: the "transferlab" logger prints INFO to stderr (setup_logging); --quiet silences it
+        logger.info("%s", src.describe())
     return src
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from transferlab.engine import runtimes
 from transferlab.engine.distributed import agree, all_true, gather_batches, shard_batches, world
 from transferlab.engine.feature_cache import FeatureCache
 from transferlab.engine.runtimes import RUNTIMES
+from transferlab.progress import bar
 from transferlab.strategies.model import TransferModel
 
 log = logging.getLogger("transferlab.engine")
@@ -110,6 +112,7 @@ class ActivationStore:
         self.fingerprint = fingerprint  # None: the weights are not a known pretrained file
         # boundaries <= pristine_upto only depend on weights that no phase trains: disk-cacheable
         self.pristine_upto = 0
+        self._how = "computed"  # how the last boundary was obtained (for its log line)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._cache.values())
@@ -131,23 +134,41 @@ class ActivationStore:
     def cached(self, split: SplitInputs, boundary: int) -> bool:
         return (split.name, boundary) in self._cache
 
+    def label(self, boundary: int) -> str:
+        """What boundary ``boundary`` holds, in words.
+
+        Example:
+            >>> store.label(6)  # doctest: +SKIP
+            'activations entering stage6 (the 6 stages below it frozen)'
+        """
+        names = self.model.stage_names
+        if boundary <= 0:
+            return "preprocessed images"
+        if boundary >= len(names):
+            return f"features after the last stage {names[-1]} (all {len(names)} stages frozen)"
+        return f"activations entering {names[boundary]} (the {boundary} stages below it frozen)"
+
     def get(self, split: SplitInputs, boundary: int) -> torch.Tensor | None:
         """Activations at ``boundary`` for every item of ``split`` (None if over the memory budget)."""
         key = (split.name, boundary)
         if key in self._cache:
             return self._cache[key]
         if not self.fits(split, boundary):
-            log.info("not caching %s at boundary %d: over the %d MB budget", split.name, boundary,
-                     self.max_bytes >> 20)
+            log.info("%s: %s not cached: over the %d MB budget (computed every epoch)", split.name,
+                     self.label(boundary), self.max_bytes >> 20)
             return None
         below = [b for (s, b) in self._cache if s == split.name and b <= boundary]
         if not below and split.parts and all(self.cached(p, boundary) for p in split.parts):
             out = torch.cat([self._cache[(p.name, boundary)] for p in split.parts])
             self._cache[key] = out
             return out
+        t0 = time.perf_counter()
+        self._how = "computed"
         with eval_mode(self.model), torch.inference_mode():
             if below:
                 start = max(below)
+                if start:
+                    self._how = f"computed from the cached input of {self.model.stage_names[start]}"
                 src = self._cache[(split.name, start)]
                 chunks = [
                     self.model.prefix(src[i : i + self.batch_size].to(self.device), start=start, stop=boundary).cpu()
@@ -157,6 +178,8 @@ class ActivationStore:
             else:
                 out = self._from_disk_or_images(split, boundary)
         self._cache[key] = out
+        log.info("%s: %s, %d images: %s in %.1fs, cached in memory (%.0f MB)", split.name, self.label(boundary),
+                 len(split), self._how, time.perf_counter() - t0, out.numel() * out.element_size() / 2**20)
         return out
 
     def disk_key(self, split: SplitInputs, boundary: int, *, runtime: str = "torch") -> str | None:
@@ -180,7 +203,7 @@ class ActivationStore:
         if not all_true(hit is not None):  # under torchrun: every rank reads the entry, or all compute it
             hit = None
         if hit is not None:
-            log.info("%s@%d: activations from the feature cache (no forward pass)", split.name, boundary)
+            self._how = "read from the on-disk feature cache (no forward pass)"
             return hit
         rank, size = world()
         # under torchrun the rows are computed sharded and gathered on every rank first (all ranks take
@@ -309,10 +332,7 @@ class ActivationStore:
         if size > 1:
             dataset = Subset(dataset, shard_batches(len(split), batch_size=self.batch_size, rank=rank, world_size=size))
         loader: Any = self.loader(dataset)
-        if self.progress:
-            from tqdm import tqdm
-
-            loader = tqdm(loader, desc=f"features {split.name}@{boundary}", leave=False, unit="batch")
+        loader = bar(loader, desc=f"{split.name}: {self.label(boundary)}", unit="batch", enabled=self.progress)
         run = None
         if runtime == "onnx":
             run = runtimes.onnx_prefix(self.model, boundary, digest=runtimes.prefix_digest(self.model, boundary))

@@ -32,6 +32,7 @@ from transferlab.engine.hooks import (
 from transferlab.engine.schedules import make_scheduler
 from transferlab.engine.tasks import ClassificationTask, Task
 from transferlab.errors import ConfigError, TrainingError
+from transferlab.progress import bar
 from transferlab.strategies.model import TransferModel
 from transferlab.strategies.plans import Phase, Plan
 
@@ -382,7 +383,7 @@ class Engine:
         for hook in hooks:
             hook.before_phase(fit, resumed=resume_state is not None and first_epoch > 0)
         for epoch in range(first_epoch, fit.phase_epochs):
-            t0 = time.perf_counter()
+            t0, extract0 = time.perf_counter(), self.extract_s
             set_modes(model, phase)
             if isinstance(loader.sampler, DistributedSampler):
                 loader.sampler.set_epoch(epoch)
@@ -397,7 +398,7 @@ class Engine:
                     f"loss became {val_loss} in phase {phase.name!r}, epoch {epoch + 1} (validation); training "
                     "stopped, the last good checkpoint is kept (lower --lr or check the data)"
                 )
-            seconds = time.perf_counter() - t0
+            seconds = time.perf_counter() - t0 - (self.extract_s - extract0)  # extraction is extract_s's
             fit.train_s += seconds
             fit.global_epoch += 1
             fit.phase_epoch = epoch + 1
@@ -443,11 +444,7 @@ class Engine:
                      scheduler: Any, *, prefix_stop: int, mix: bool, desc: str,
                      where: tuple[str, int]) -> tuple[float, float]:
         total, correct, loss_sum = 0, 0.0, 0.0
-        it = loader
-        if not self.opt.quiet and self.ctx.is_main:
-            from tqdm import tqdm
-
-            it = tqdm(loader, desc=desc, leave=False, unit="batch")
+        it = bar(loader, desc=desc, unit="batch", enabled=not self.opt.quiet and self.ctx.is_main)
         for step, (x, y) in enumerate(it):
             x = x.to(self.ctx.device)
             if x.dim() == 4:

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from transferlab.api import CompareResults
 from transferlab.data import ImageSource, Split, atomic_write_text, make_split, open_dataset, parse_fractions
 from transferlab.engine import ActivationStore, init_distributed
 from transferlab.engine.feature_cache import FeatureCache
@@ -44,6 +45,7 @@ from transferlab.experiments.inference import measure_tta
 from transferlab.experiments.rundir import claim_run_dir
 from transferlab.experiments.train import feature_cache, plan_options, run_training, setup_logging, versions
 from transferlab.options import DataOptions, TrainOptions, with_overrides
+from transferlab.progress import Counter
 from transferlab.strategies import build_plan, check_cut
 from transferlab.strategies.plans import STRATEGIES
 from transferlab.tta import check_tta
@@ -157,12 +159,14 @@ def summarize_runs(runs: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
     """Mean ± std of test accuracy and macro F1 over the ok runs of one strategy, with the runs."""
     ok = [r for r in runs if r["status"] == "ok"]
     acc = np.array([r["test_accuracy"] for r in ok], dtype=float)
+    val = np.array([r["val_accuracy"] for r in ok], dtype=float)
     f1 = np.array([r["macro_f1"] for r in ok], dtype=float)
 
     def stat(a: np.ndarray, fn: Any) -> float | None:
         return round(float(fn(a)), 6) if a.size else None
 
     out = {"test_accuracy_mean": stat(acc, np.mean), "test_accuracy_std": stat(acc, np.std),
+           "val_accuracy_mean": stat(val, np.mean), "val_accuracy_std": stat(val, np.std),
            "macro_f1_mean": stat(f1, np.mean), "macro_f1_std": stat(f1, np.std),
            "wall_s": round(wall_s, 3), "n_ok": len(ok), "n_failed": len(runs) - len(ok), "runs": runs}
     tta = [r["tta"] for r in ok if "tta" in r]
@@ -171,8 +175,6 @@ def summarize_runs(runs: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
                                                  for k in ("accuracy", "accuracy_plain", "cost_ratio")}}
     return out
 
-
-_summary = summarize_runs
 
 
 def _run_record(run: Any, *, seed: int, run_dir: Path) -> dict[str, Any]:
@@ -335,11 +337,7 @@ def compare(
     if len(splits) > 1:
         results["efficiency"] = {"train_per_class": [n for n, _ in splits], "strategies": {}}
     total = len(splits) * len(names) * seeds
-    bar = None
-    if not d.quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, desc="compare", unit="run")
+    bar = Counter(total=total, desc="compare", unit="run", enabled=not d.quiet)
     t_all = time.perf_counter()
     for k, (n, split) in enumerate(splits):
         if k:
@@ -350,8 +348,8 @@ def compare(
             wall = 0.0
             for seed in range(seeds):
                 run_dir = out_dir / "runs" / (f"n{n}" if len(splits) > 1 else "") / name.replace(":", "+") / f"seed{seed}"
-                if bar is not None:
-                    bar.set_postfix_str(f"{name} seed {seed}" + (f" n={n}" if n is not None else ""))
+                label = f"{name} seed {seed}" + (f" n={n}" if n is not None else "")
+                bar.describe(label)
                 store = stores.for_options(variant_options(name, t))
                 before = dict(store._cache)
                 t0 = time.perf_counter()
@@ -383,7 +381,7 @@ def compare(
                     runs.append({"seed": seed, "status": "failed", "backbone": variant_options(name, t).backbone,
                                  "run_dir": str(run_dir), "error": message})
                 wall += time.perf_counter() - t0
-                per_strategy[name] = {"strategy": strategy_of(name), **_summary(runs, wall)}
+                per_strategy[name] = {"strategy": strategy_of(name), **summarize_runs(runs, wall)}
                 if n == main_n:
                     results["strategies"][name] = per_strategy[name]
                 if "efficiency" in results:
@@ -393,10 +391,12 @@ def compare(
                 results["sharing"]["forward_images"] = stores.forward_images
                 results["wall_s"] = round(time.perf_counter() - t_all, 3)
                 atomic_write_text(out_dir / RESULTS, json.dumps(results, indent=2))
-                if bar is not None:
-                    bar.update(1)
-    if bar is not None:
-        bar.close()
+                bar.update()
+                if runs[-1]["status"] == "ok" and not d.quiet:
+                    r = runs[-1]
+                    log.info("compare %d/%d: %s: val %.4f, test %.4f (%.1fs)", bar.done, total, label,
+                             r["val_accuracy"], r["test_accuracy"], r["timing"]["total_s"])
+    bar.close()
     results["status"] = "done"
     disk = stores.store.disk
     results["sharing"]["feature_cache_hits"] = disk.hits if disk is not None else 0
@@ -405,7 +405,7 @@ def compare(
              " (every activation came from the cache)" if stores.forward_images == 0 else "")
     atomic_write_text(out_dir / RESULTS, json.dumps(results, indent=2))
     lock.release()
-    return results
+    return CompareResults(results)
 
 
 class _AlreadyDone(Exception):

@@ -52,6 +52,7 @@ from transferlab.data import (
 from transferlab.engine import init_distributed
 from transferlab.errors import ConfigError
 from transferlab.options import DataOptions, opt
+from transferlab.progress import bar
 from transferlab.strategies import fit_linear_probe
 from transferlab.zoo import create_backbone
 
@@ -211,9 +212,7 @@ def pooled_stage_features(featurizer: nn.Sequential, dataset: Dataset, *, batch_
     loader: Any = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                              generator=torch.Generator())
     if progress:
-        from tqdm import tqdm
-
-        loader = tqdm(loader, desc=progress, leave=False, unit="batch")
+        loader = bar(loader, desc=progress, unit="batch")
     was_training = featurizer.training
     featurizer.eval()
     with torch.inference_mode():

@@ -53,7 +53,7 @@ from transferlab.strategies.plans import FEATURE_BASELINES
 from transferlab.tasks import DEFAULT_TASK, canonical, get_task
 from transferlab.tasks.base import item_keys
 from transferlab.tasks.classify import head_config
-from transferlab.zoo import Backbone, create_backbone
+from transferlab.zoo import Backbone, check_backbone_name, create_backbone
 
 __all__ = ["CONFIG", "METRICS", "Run", "head_config", "item_keys", "localize", "make_plan", "resume_training",
            "run_localization", "run_training", "train"]
@@ -81,6 +81,24 @@ class Run:
     @property
     def test_accuracy(self) -> float:
         return float(self.metrics["test"]["accuracy"])
+
+    def predict(self, images: Any, *, top: int = 5) -> list[dict[str, Any]]:
+        """Top classes of images (paths or PIL images) with the saved model (see ``transferlab.load``)."""
+        if self.run_dir is None:
+            raise ConfigError("run.predict needs the run directory: train with out=RUN_DIR")
+        from transferlab.api import load
+
+        return load(self.run_dir).predict(images, top=top)
+
+    def __repr__(self) -> str:
+        from transferlab.api import run_lines
+
+        return "\n".join(run_lines(self))
+
+    def _repr_html_(self) -> str:
+        from transferlab.api import run_html
+
+        return run_html(self)
 
 
 def setup_logging(*, quiet: bool, is_main: bool = True) -> None:
@@ -170,6 +188,7 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
     ctx = init_distributed(d.device)
     setup_logging(quiet=d.quiet, is_main=ctx.is_main)
     run_dir = Path(out) if out is not None else None
+    check_backbone_name(t.backbone)  # a misspelt name fails before the dataset scan and before --out exists
     lock = claim_run_dir(run_dir, resume=resume, overwrite=overwrite) if run_dir is not None and ctx.is_main else None
 
     own_split = split is None  # compare passes its split and checks it for leakage once
@@ -185,7 +204,7 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
         split = make_split(source, fractions=parse_fractions(d.split, option="--split"), seed=d.split_seed,
                            train_per_class=d.train_per_class)
     if ctx.is_main:
-        log.info("split: %s", ", ".join(f"{k} {v}" for k, v in split.sizes().items()))
+        log.info("%s", describe_split(split, source, train_per_class=d.train_per_class, resumed=resume))
     if spec.name != "classification":
         t = _for_task(spec.name, t)
     elif t.strategy in FEATURE_BASELINES:  # no network: hand-crafted features and a classifier
@@ -281,7 +300,7 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
         if d.augment != "none" and t.views == 0 and ctx.is_main:
             log.info("linear-probe fits on the features of the clean training images: --augment %s applies to "
                      "phases trained by backprop (--views K gives the probe K augmented copies)", d.augment)
-        probe = _linear_probe(engine, train_in, val_in, t, n_kept, len(classes), d.seed)
+        probe, fit_s = _linear_probe(engine, train_in, val_in, t, n_kept, len(classes), d.seed)
         if unl_in is not None:
             from transferlab.unlabeled.train import pooled, probe_with_unlabeled
 
@@ -293,7 +312,7 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
         extra["probe"] = {"classifier": probe.classifier, "C": probe.C, "refit_on": "train+val",
                           "val_accuracy_by_C": {str(k): v for k, v in probe.grid.items()}}
         history: list[dict[str, Any]] = []
-        best_epoch, train_s = None, time.perf_counter() - t_start
+        best_epoch, train_s = None, fit_s
         boundary = n_kept
         _set_linear_head(engine.model, probe.selection_weight, probe.selection_bias)
         val_out = engine.predict(val_in, boundary=boundary)  # the train-only fit that val selected
@@ -325,8 +344,7 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
         **spec.run_metrics(prepared=prepared, options=to),
         "val": spec.split_metrics(val_out, val_in.labels, classes=classes, objective=objective, model=model),
         "test": spec.split_metrics(test_out, test_in.labels, classes=classes, objective=objective, model=model),
-        "timing": {"total_s": round(time.perf_counter() - t_start, 3), "extract_s": round(engine.extract_s, 3),
-                   "train_s": round(train_s, 3)},
+        "timing": run_timing(total_s=time.perf_counter() - t_start, extract_s=engine.extract_s, train_s=train_s),
         "best_epoch": best_epoch,
         "split_sizes": split.sizes(),
         "skipped_files": [list(s) for s in skipped],
@@ -347,8 +365,10 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
     ctx.barrier()
     if lock is not None:
         lock.release()
-    log.info("%s on %s: %s (%.1fs)", plan.strategy, t.backbone, spec.summary_line(metrics),
-             metrics["timing"]["total_s"])
+    tm = metrics["timing"]
+    log.info("timings: %.1fs = extraction %.1fs + training %.1fs + other %.1fs (scan, setup, evaluation, "
+             "writing)%s", tm["total_s"], tm["extract_s"], tm["train_s"], tm["other_s"],
+             f"; run directory {run_dir}" if run_dir is not None else "")
     return Run(run_dir=run_dir, metrics=metrics, history=history, config=config, classes=classes, model=model)
 
 
@@ -363,6 +383,34 @@ def leakage_check(data: str, source: ImageSource, split: Split, d: DataOptions, 
     opt += "" if d.split_seed == 0 else f" --split-seed {d.split_seed}"
     return check_split_leakage(source, split, data=data, backbone=t.backbone, weights=t.weights,
                                cache=feature_cache(t), compute=False, split_option=opt)
+
+
+def run_timing(*, total_s: float, extract_s: float, train_s: float) -> dict[str, float]:
+    """The ``timing`` block of metrics.json: parts that add up to ``total_s``.
+
+    ``extract_s``: frozen-prefix activations computed (the cached inputs of the trainable stages);
+    ``train_s``: the epochs (or the linear probe's fit), extraction excluded; ``other_s``: the rest
+    (dataset scan, model build, normalisation, evaluation on cached inputs, writing files).
+
+    Example:
+        >>> run_timing(total_s=23.2, extract_s=9.3, train_s=13.9)
+        {'total_s': 23.2, 'extract_s': 9.3, 'train_s': 13.9, 'other_s': 0.0}
+    """
+    total, ext, trn = round(total_s, 3), round(extract_s, 3), round(train_s, 3)
+    return {"total_s": total, "extract_s": ext, "train_s": trn, "other_s": round(max(total - ext - trn, 0.0), 3)}
+
+
+def describe_split(split: Split, source: ImageSource, *, train_per_class: int | None, resumed: bool) -> str:
+    """The split sizes in one line (after ``--train-per-class`` subsampling).
+
+    Example:
+        >>> describe_split(split, source, train_per_class=10, resumed=False)  # doctest: +SKIP
+        'split: train 170 (10 per class), val 340, test 340 images'
+    """
+    sizes = split.sizes()
+    per = f" ({train_per_class} per class)" if train_per_class else ""
+    how = " (read back from the run directory)" if resumed else ""
+    return f"split: train {sizes['train']}{per}, val {sizes['val']}, test {sizes['test']} images{how}"
 
 
 def _refit(engine: Engine, plan: Plan, fit: Any, initial: dict[str, torch.Tensor], train_in: SplitInputs,
@@ -401,7 +449,8 @@ def _adopt(store: ActivationStore | None, model: TransferModel) -> ActivationSto
 
 
 def _linear_probe(engine: Engine, train_in: SplitInputs, val_in: SplitInputs, t: TrainOptions, n_kept: int,
-                  num_classes: int, seed: int) -> Any:
+                  num_classes: int, seed: int) -> tuple[Any, float]:
+    """The probe fitted on the cached features, and the seconds of the fit itself (extraction excluded)."""
     model = engine.model
 
     def feats(split: SplitInputs) -> np.ndarray:
@@ -414,11 +463,12 @@ def _linear_probe(engine: Engine, train_in: SplitInputs, val_in: SplitInputs, t:
     t0 = time.perf_counter()
     xtr, xva = feats(train_in), feats(val_in)
     engine.extract_s += time.perf_counter() - t0
+    t1 = time.perf_counter()
     probe = fit_linear_probe(xtr, train_in.labels.numpy(), xva, val_in.labels.numpy(), num_classes=num_classes,
                              classifier=t.classifier, seed=seed)
     if model.head[-1].in_features != probe.weight.shape[1]:
         raise ConfigError(f"linear-probe needs --head linear, got a {t.head} head")
-    return probe
+    return probe, time.perf_counter() - t1
 
 
 def _set_linear_head(model: TransferModel, weight: torch.Tensor, bias: torch.Tensor) -> None:

@@ -54,6 +54,7 @@ from transferlab.data import (
 from transferlab.engine import Engine, EngineOptions, SplitInputs, init_distributed
 from transferlab.errors import ConfigError, DataError, TrainingError
 from transferlab.options import DataOptions, opt
+from transferlab.progress import Counter
 from transferlab.strategies import HeadConfig, Phase, Plan, TransferModel
 from transferlab.zoo import create_backbone, get_entry
 
@@ -332,20 +333,14 @@ def run_transferability(data: str, *, out: str | os.PathLike[str],
                     "every network tested on B's test images",
     }
     total = o.seeds * (2 + 4 * L)
-    bar = None
-    if not d.quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, desc="transferability", unit="net")
+    bar = Counter(total=total, desc="transferability", unit="net", enabled=not d.quiet)
 
     def record(entry: dict[str, Any]) -> None:
         results["runs"].append(entry)
         results["summary"] = summarize(results["runs"], L=L)
         results["wall_s"] = round(time.perf_counter() - t_all, 3)
         atomic_write_text(out_dir / RESULTS_JSON, json.dumps(results, indent=2))
-        if bar is not None:
-            bar.set_postfix_str(f"{entry['variant']} n={entry['n']} seed {entry['seed']}")
-            bar.update(1)
+        bar.update(f"{entry['variant']} n={entry['n']} seed {entry['seed']}")
 
     for seed in range(o.seeds):
         bases: dict[str, TransferModel] = {}
@@ -369,8 +364,7 @@ def run_transferability(data: str, *, out: str | os.PathLike[str],
                 if not check["ok"]:
                     raise TrainingError(f"{variant} n={n}: construction check failed: {check}")
                 record({"variant": variant, "n": n, "seed": seed, "tested_on": "B", **res, "check": check})
-    if bar is not None:
-        bar.close()
+    bar.close()
     results["status"] = "done"
     results["wall_s"] = round(time.perf_counter() - t_all, 3)
     atomic_write_text(out_dir / RESULTS_JSON, json.dumps(results, indent=2))

@@ -151,7 +151,7 @@ def budget_section(results: Mapping[str, Any], *, table: Table) -> list[str]:
                          "none (HOG + SVM)" if m.get("strategy") == "hog-svm" else "none (random init)")
             rows.append([html.escape(name), r["seed"], html.escape(str(m.get("backbone", t.get("backbone")))),
                          size, knowledge, f"{ran} of {allowed}" if allowed else "closed form",
-                         r.get("best_epoch", -1) + 1 if r.get("best_epoch", -1) >= 0 else "-",
+                         r["best_epoch"] if r.get("best_epoch") not in (None, -1) else "-",  # 1-based
                          f"{r['timing']['train_s']:.1f}", f"{r['timing']['total_s']:.1f}"])
     if not rows:
         return []

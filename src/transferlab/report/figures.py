@@ -71,6 +71,21 @@ def _shade(ax: Any, history: list[dict[str, Any]]) -> None:
                 va="bottom", fontsize=7, color="#555")
 
 
+def accuracy_limits(values: list[float] | np.ndarray) -> tuple[float, float]:
+    """y-limits zoomed to the data (a 0.93-1.0 curve is not flattened at the top of a 0-1 axis).
+
+    Example:
+        >>> [round(v, 3) for v in accuracy_limits([0.93, 0.97, 1.0])]
+        [0.92, 1.005]
+    """
+    v = np.asarray([x for x in np.ravel(values) if np.isfinite(x)], dtype=float)
+    if v.size == 0:
+        return -0.02, 1.02
+    lo, hi = float(v.min()), float(v.max())
+    pad = max(0.01, 0.1 * (hi - lo))
+    return max(-0.02, lo - pad), min(1.02, hi + max(pad / 2, 0.005))
+
+
 def learning_curves(histories: dict[str, list[dict[str, Any]]]) -> Figure:
     """One row per run: loss and the task's score (train solid, val dashed) per epoch (from 1), phases shaded.
 
@@ -89,8 +104,8 @@ def learning_curves(histories: dict[str, list[dict[str, Any]]]) -> Figure:
             ax.set_ylabel(f"{name}\n{label}" if c == 0 else label)
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            if key != "loss":
-                ax.set_ylim(-0.02, 1.02)
+            if key != "loss":  # scores live in [0, 1]: zoomed to the data
+                ax.set_ylim(*accuracy_limits([h[f"{part}_{key}"] for h in hist for part in ("train", "val")]))
             ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig
@@ -127,7 +142,7 @@ def three_benefits(scratch: list[dict[str, Any]], transfer: dict[str, list[dict[
                 fontsize=7, color=line.get_color(), va="center")
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylim(*accuracy_limits([h["val_accuracy"] for hist in curves.values() for h in hist]))
     ax.set_ylabel("validation accuracy")
     ax.set_title("Transfer vs scratch: higher start, higher slope, higher asymptote?")
     ax.legend(fontsize=8, loc="lower right")
@@ -222,14 +237,20 @@ def overfitting(history: list[dict[str, Any]], *, tol: float = 1e-3) -> dict[str
 
 
 def timings(rows: list[tuple[str, float, float, float]]) -> Figure:
-    """Stacked bars per run: feature extraction and training seconds (total as a marker)."""
+    """Stacked bars per run (label, total, extraction, training): extraction + training + other = total.
+
+    Example:
+        >>> len(timings([("fine-tune s0", 23.2, 9.3, 13.9)]).axes[0].patches)
+        3
+    """
     fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(rows) + 2), 3.5))
     x = np.arange(len(rows))
-    ext = [r[2] for r in rows]
-    trn = [r[3] for r in rows]
+    ext = np.array([r[2] for r in rows], dtype=float)
+    trn = np.array([r[3] for r in rows], dtype=float)
+    other = np.maximum(np.array([r[1] for r in rows], dtype=float) - ext - trn, 0.0)
     ax.bar(x, ext, label="feature extraction")
     ax.bar(x, trn, bottom=ext, label="training")
-    ax.plot(x, [r[1] for r in rows], "k_", ms=14, label="total")
+    ax.bar(x, other, bottom=ext + trn, color="#bbbbbb", label="other (scan, setup, evaluation, writing)")
     ax.set_xticks(x)
     ax.set_xticklabels([r[0] for r in rows], rotation=45, ha="right", fontsize=7)
     ax.set_ylabel("seconds")

@@ -266,8 +266,9 @@ def build_report(path: str | os.PathLike[str], *, source: ImageSource | None = N
               _table(["strategy", "seed", "epochs", "best epoch (kept)", "overfitting"], diag_rows)]
     if time_rows:
         parts += ["<h2>Timings</h2>", _png(figures.timings(time_rows), "timings", fig_dir),
-                  _table(["run", "total s", "feature extraction s", "training s"],
-                         [[html.escape(a), f"{b:.1f}", f"{c:.1f}", f"{d:.1f}"] for a, b, c, d in time_rows])]
+                  _table(["run", "total s", "feature extraction s", "training s", "other s"],
+                         [[html.escape(a), f"{b:.1f}", f"{c:.1f}", f"{d:.1f}", f"{max(b - c - d, 0):.1f}"]
+                          for a, b, c, d in time_rows])]
         if results.get("wall_s") is not None:
             parts.append(f"<p>Wall time of the whole job: {results['wall_s']:.1f} s.</p>")
     parts += budget_section(results, table=_table)
@@ -292,11 +293,11 @@ _CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222
 
 
 def report_summary(path: str | os.PathLike[str]) -> list[str]:
-    """Lines for the terminal: strategy and mean ± std test accuracy.
+    """Lines for the terminal: per strategy, mean ± std val and test accuracy and the wall time of its runs.
 
     Example:
         >>> report_summary("cmp")  # doctest: +SKIP
-        ['scratch             0.3120 ± 0.0100']
+        ['strategy            val accuracy       test accuracy      wall', 'scratch             0.3050 ± 0.0120  ...']
     """
     from transferlab.experiments.compare import RESULTS
 
@@ -308,9 +309,13 @@ def report_summary(path: str | os.PathLike[str]) -> list[str]:
 
             return [f"{m['strategy']:<20}{get_task(m['task']).summary_line(m)}"]
     results = _read_json(root / RESULTS) if (root / RESULTS).is_file() else _single_run_results(root)
-    width = max([20] + [len(name) + 2 for name in results["strategies"]])
-    return [f"{name:<{width}}{_fmt(s['test_accuracy_mean'], s['test_accuracy_std'])}"
-            for name, s in results["strategies"].items()]
+    width = max([20] + [len(n) + 2 for n in results["strategies"]])
+    lines = [f"{'strategy':<{width}}{'val accuracy':<19}{'test accuracy':<19}wall"]
+    for name, s in results["strategies"].items():
+        val = _fmt(s.get("val_accuracy_mean"), s.get("val_accuracy_std")) if "val_accuracy_mean" in s else "-"
+        lines.append(f"{name:<{width}}{val:<19}{_fmt(s['test_accuracy_mean'], s['test_accuracy_std']):<19}"
+                     f"{s['wall_s']:.0f}s ({s['n_ok']} run{'s' if s['n_ok'] != 1 else ''})")
+    return lines
 
 
 __all__ = ["build_report", "report_summary"]

@@ -11,6 +11,7 @@ from torch import nn
 
 from transferlab.errors import ConfigError
 from transferlab.zoo import Backbone
+from transferlab.zoo.backbone import TokenPool
 
 HEADS = ("linear", "dense")
 POOLS = ("avg", "flatten")
@@ -108,8 +109,11 @@ class TransferModel(nn.Module):
         kept = list(backbone.featurizer.named_children())[:cut]
         self.stages = nn.Sequential(OrderedDict(kept))
         out_shape = shapes[kept[-1][0]]
-        if head.pool == "avg":
-            self.pool: nn.Module = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        if head.pool == "avg" and backbone.token_pool is not None:  # a transformer's (tokens, C)
+            self.pool: nn.Module = TokenPool(*backbone.token_pool)
+            in_features = out_shape[-1]
+        elif head.pool == "avg":
+            self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
             in_features = out_shape[0]
         else:
             self.pool = nn.Flatten(1)

@@ -65,6 +65,8 @@ def classification_metrics(
 ) -> dict[str, Any]:
     """accuracy, top5, macro_f1, per-class precision/recall/F1/support, confusion matrix.
 
+    ``top5`` is None with 5 classes or fewer (it would be 1.0 by construction).
+
     Example:
         >>> m = classification_metrics(np.eye(3), np.arange(3), classes=["a", "b", "c"])
         >>> m["accuracy"], m["macro_f1"]
@@ -73,9 +75,10 @@ def classification_metrics(
     scores = torch.as_tensor(np.asarray(logits, dtype=np.float32))
     y = np.asarray(labels, dtype=np.int64)
     pred = scores.argmax(dim=1).numpy()
-    k = min(5, scores.shape[1])
-    topk = scores.topk(k, dim=1).indices.numpy()
-    top5 = float(np.mean([yi in row for yi, row in zip(y, topk)])) if len(y) else 0.0
+    top5: float | None = None
+    if scores.shape[1] > 5:
+        topk = scores.topk(5, dim=1).indices.numpy()
+        top5 = float(np.mean([yi in row for yi, row in zip(y, topk)])) if len(y) else 0.0
     idx = list(range(len(classes)))
     p, r, f, s = precision_recall_fscore_support(y, pred, labels=idx, zero_division=0)
     out: dict[str, Any] = {

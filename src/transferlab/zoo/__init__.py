@@ -4,6 +4,7 @@ from transferlab.zoo.backbone import Backbone, WeightsInfo
 from transferlab.zoo.preprocessing import Preprocessing
 from transferlab.zoo.registry import (
     BackboneEntry,
+    check_backbone_name,
     count_parameters,
     create_backbone,
     get_entry,

@@ -21,6 +21,23 @@ class WeightsInfo:
     sha256: str | None = None  # full digest of the weights file (keys the feature cache)
 
 
+class TokenPool(nn.Module):
+    """(N, tokens, C) -> (N, C): the class token (``"token"``) or the mean of the patch tokens (``"avg"``).
+
+    Example:
+        >>> TokenPool("avg", 1)(torch.ones(2, 5, 3)).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(self, kind: str, prefix_tokens: int) -> None:
+        super().__init__()
+        self.kind = kind
+        self.prefix_tokens = prefix_tokens
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0] if self.kind == "token" else x[:, self.prefix_tokens:].mean(1)
+
+
 class Backbone(nn.Module):
     """A pretrained network split at the cut between body and head.
 
@@ -44,8 +61,11 @@ class Backbone(nn.Module):
         feature_dim: int,
         preprocessing: Preprocessing,
         weights: WeightsInfo,
+        token_pool: tuple[str, int] | None = None,
     ) -> None:
         super().__init__()
+        # transformers: the last stage gives (tokens, channels); pooled by ("token" | "avg", prefix tokens)
+        self.token_pool = token_pool
         self.name = name
         self.featurizer = nn.Sequential(stages)
         self.classifier = classifier
@@ -68,7 +88,9 @@ class Backbone(nn.Module):
         return self.classifier(self.featurizer(x))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Globally average-pooled features of the last stage, shape (N, feature_dim)."""
+        """Globally pooled features of the last stage, shape (N, feature_dim)."""
+        if self.token_pool is not None:
+            return TokenPool(*self.token_pool)(self.featurizer(x))
         return torch.flatten(nn.functional.adaptive_avg_pool2d(self.featurizer(x), 1), 1)
 
     def stage_shapes(self, *, input_size: int | None = None) -> "OrderedDict[str, tuple[int, ...]]":

