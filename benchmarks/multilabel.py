@@ -69,7 +69,7 @@ def build(data: str, work: Path, *, seed: int) -> tuple[Path, dict[str, int]]:
                 canvas.paste(half(source.load(a)), (0, 0))
                 canvas.paste(half(source.load(b)), (SIZE // 2, 0))
                 canvas.save(out, quality=92)
-            labels = ";".join(source.classes[int(i)] for i in (a, b))
+            labels = ";".join(source.classes[int(source.labels[i])] for i in (a, b))
             rows.append(f"mosaics/{out.name},{labels},{name}")
     csv = work / "mosaics.csv"
     csv.write_text("\n".join(rows) + "\n")
