@@ -18,7 +18,6 @@ import contextlib
 import io
 import json
 import os
-import resource
 import shutil
 import signal
 import socket
@@ -519,7 +518,8 @@ def server_cases(b: Battery, run: Path) -> None:
 def live_server_cases(b: Battery, run: Path) -> None:
     from tests.serve.live import live_server
 
-    with tempfile.TemporaryDirectory() as tmp, live_server(run, "--max-concurrency", "8", log=Path(tmp) / "log") as (
+    with tempfile.TemporaryDirectory() as tmp, live_server(run, "--max-concurrency", "8", log=Path(tmp) / "log",
+                                                                startup_s=TIMEOUT_S) as (
             base, proc):
         port = int(base.rsplit(":", 1)[1])
         for name, head in {
@@ -608,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
                                             env={**ENV, "TRANSFERLAB_CACHE": str(work / "cache")})
         assert outcome == "handled", detail
         b = Battery()
+        incomplete: list[str] = []
         steps: list[tuple[str, Callable[[], None]]] = [
             ("images", lambda: image_cases(b, work, run)),
             ("options", lambda: option_cases(b, work, data, run)),
@@ -618,7 +619,11 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for name, step in steps:
             print(f"[{name}]", flush=True)
-            step()
+            try:
+                step()
+            except Exception:  # a failure of the battery itself (e.g. a server that did not start in time)
+                print(f"  battery step {name} did not complete:\n{traceback.format_exc()}", flush=True)
+                incomplete.append(name)
         memory = memory_case(work, run)
     finally:
         subprocess.run(["umount", str(work / "tiny_disk")], capture_output=True)
@@ -627,7 +632,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ntried {s['tried']}, handled cleanly {s['handled']}, tracebacks {s['traceback']}, crashes {s['crash']}, "
           f"5xx {s['5xx']}, data lost {s['data_lost']} ({time.perf_counter() - t0:.0f}s, load {load_before:.1f} "
           f"-> {os.getloadavg()[0]:.1f})")
-    write_json(Path(args.out), {"summary": s, "memory": memory, "machine": machine(),
+    if incomplete:
+        print(f"battery steps that did not complete: {', '.join(incomplete)}")
+    write_json(Path(args.out), {"summary": s, "incomplete_steps": incomplete, "memory": memory, "machine": machine(),
                                 "wall_s": round(time.perf_counter() - t0, 1), "cases": b.cases})
     return 0 if s["handled"] == s["tried"] else 1
 

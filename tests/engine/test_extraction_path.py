@@ -66,7 +66,7 @@ def test_onnx_runtime_close_to_torch_and_keyed_apart(model: TransferModel, tiny_
 
 def test_cache_cli_info_and_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     cache = FeatureCache(tmp_path / "fc")
-    w = cache.writer("k" * 40, n=2, shape=(3,))
+    w = cache.writer("ab" * 20, n=2, shape=(3,))  # keys are 40 hex digits (FeatureCache.key)
     w.write(torch.ones(2, 3))
     w.commit()
     assert main(["cache", "info", "--dir", str(cache.root), "--json"]) == 0

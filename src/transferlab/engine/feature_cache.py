@@ -67,6 +67,8 @@ class FeatureCache:
         return h.hexdigest()[:40]
 
     def _path(self, key: str) -> Path:
+        if not _ENTRY.match(f"{key}.npy"):
+            raise ValueError(f"feature cache key must be 40 hex digits (FeatureCache.key), got {key!r}")
         return self.root / f"{key}.npy"
 
     def load(self, key: str, *, shape: tuple[int, ...] | None = None) -> torch.Tensor | None:
@@ -102,6 +104,7 @@ class FeatureCache:
 
     def writer(self, key: str, *, n: int, shape: tuple[int, ...]) -> "_Writer":
         """A writer for ``n`` rows of ``shape``; raises OSError (e.g. ENOSPC) if the space cannot be reserved."""
+        self._path(key)  # a malformed key would write an entry the listing never sees
         self.remove_stale_temps()
         return _Writer(self, key, n=n, shape=shape)
 
