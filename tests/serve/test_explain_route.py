@@ -76,7 +76,7 @@ def test_page_toggle_shows_the_heatmap_of_an_uploaded_photo(exported_run: Path, 
     shutil.copyfile(photos[0], upload)
     # --timeout 300: the first /explain loads the PyTorch model; on a crowded 2-core machine that is slow
     with sync_api.sync_playwright() as p, live_server(exported_run, "--runtime", "onnx", "--timeout", "300",
-                                                      log=tmp_path / "server.log") as (base, proc):
+                                                      log=tmp_path / "server.log", startup_s=600) as (base, proc):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
         page = browser.new_page()
         errors: list[str] = []
