@@ -30,6 +30,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="a trained run directory")
     ap.add_argument("--out", type=Path, default=None, help="results JSON")
+    ap.add_argument("--figure", type=Path, default=None, help="reliability diagram PNG (test, before and after)")
     args = ap.parse_args()
     run = Path(args.run)
     m = json.loads((run / "metrics.json").read_text())
@@ -49,16 +50,24 @@ def main() -> int:
             logits, _ = split_logits(lm, source, idx, device="cpu")
             pairs[name] = (logits, torch.as_tensor(source.labels[idx]))
         _, cal = calibrate_splits("temperature", val=pairs["val"], test=pairs["test"])
+        m = {"test": cal["test"]}
         summary = {s: {"accuracy": float((pairs[s][0].argmax(1) == pairs[s][1]).float().mean()),
                        **{k: cal[s][k] for k in ("ece", "ece_uncalibrated", "temperature")}} for s in ("val", "test")}
     t = summary["test"]
     t["ece_reduction"] = round(1 - t["ece"] / t["ece_uncalibrated"], 4) if t["ece_uncalibrated"] else None
-    results = {"benchmark": "temperature scaling", "run": str(run), "how": how, "strategy": m["strategy"],
-               "backbone": m["backbone"], **summary, "machine": machine()}
+    meta = json.loads((run / "metrics.json").read_text())
+    results = {"benchmark": "temperature scaling", "run": str(run), "how": how, "strategy": meta["strategy"],
+               "backbone": meta["backbone"], **summary, "machine": machine()}
     print(table(["split", "accuracy", "ECE before", "ECE after", "T"],
                 [[s, summary[s]["accuracy"], summary[s]["ece_uncalibrated"], summary[s]["ece"],
                   summary[s]["temperature"]] for s in ("val", "test")]))
     print(f"test ECE reduction: {t['ece_reduction']:.1%}")
+    if args.figure is not None:
+        from transferlab.calibration.figures import reliability_diagram, run_reliability
+
+        fig = reliability_diagram(run_reliability(m), title=f"{meta['strategy']} / {meta['backbone']}: test")
+        args.figure.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(args.figure, dpi=80)
     write_json(args.out, results)
     return 0
 

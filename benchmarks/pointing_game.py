@@ -70,7 +70,7 @@ def main() -> int:
     ap.add_argument("--run", required=True, help="a breed classifier's run directory (trained on DATA)")
     ap.add_argument("--data", required=True, help="the Oxford-IIIT Pet folder (images/, annotations/trimaps/)")
     ap.add_argument("--methods", default="gradcam", help=f"comma-separated, of {', '.join(METHODS)}")
-    ap.add_argument("--limit", type=int, default=None, help="first N test images only (smoke runs)")
+    ap.add_argument("--limit", type=int, default=None, help="first N test images of each class only (smoke runs, figures)")
     ap.add_argument("--out", type=Path, default=None, help="results JSON")
     ap.add_argument("--figure", type=Path, default=None,
                     help="PNG grid of the first method's overlays (first --figure-n test images, classes interleaved)")
@@ -80,7 +80,9 @@ def main() -> int:
     t0 = time.perf_counter()
     lm = load_model(args.run)
     source = open_dataset(args.data, quiet=True)
-    test = load_split(Path(args.run), source).test[: args.limit]
+    test = load_split(Path(args.run), source).test
+    if args.limit is not None:
+        test = np.concatenate([test[source.labels[test] == c][: args.limit] for c in range(len(source.classes))])
     pre = lm.preprocessing
     trimaps = Path(args.data) / "annotations" / "trimaps"
     images = [source.load(int(i), draft_size=pre.resize_size) for i in test]

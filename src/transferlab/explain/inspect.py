@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
-from PIL import Image
 from torch import nn
 
 from transferlab.errors import ConfigError
