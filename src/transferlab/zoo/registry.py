@@ -98,10 +98,10 @@ def check_backbone_name(name: str) -> None:
 
     Example:
         >>> check_backbone_name("resnet18")
-        >>> check_backbone_name("resnet81")
+        >>> check_backbone_name("resnet81")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        transferlab.errors.ConfigError: unknown backbone 'resnet81'; did you mean resnet18? ...
+        transferlab.errors.ConfigError: unknown backbone 'resnet81'; did you mean resnet18 or resnet152? ...
     """
     if name.startswith(TIMM_PREFIX):
         from transferlab.zoo.timm_open import check_timm_name
