@@ -80,7 +80,7 @@ def test_weights_from_a_hugging_face_cache_layout(tmp_path: Path, monkeypatch: p
     from safetensors.torch import load_file
 
     saved = load_file(str(snap / "model.safetensors"))
-    assert torch.equal(bb.featurizer.layer1[0].conv1.weight, saved["layer1.0.conv1.weight"])
+    assert torch.equal(bb.featurizer.stem[0].weight, saved["conv1.weight"])  # stem = conv1, bn1, act1
 
 
 def test_bad_timm_names_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
