@@ -48,8 +48,10 @@ def check_split_leakage(source: ImageSource, split: Split, *, data: str, backbon
         log.info("cross-split near-duplicates: not checked (%s)", str(exc).splitlines()[0])
         return None
     if not compute:
-        keys = [embedder.store.disk_key(embedder.inputs(n, source, getattr(split, n)), embedder.boundary)
-                for n in SPLIT_ORDER]
+        store, b = embedder.store, embedder.boundary
+        splits = [embedder.inputs(n, source, getattr(split, n)) for n in SPLIT_ORDER]
+        # the key of the runtime the run used (auto: ONNX Runtime on the CPU, remembered per prefix)
+        keys = [store.disk_key(s, b, runtime=store.runtime_for(s, b)) for s in splits]
         if any(k is None or not (cache.root / f"{k}.npy").is_file() for k in keys):
             log.info("cross-split near-duplicates: not checked (no cached features of this split; %s)",
                      how.replace("shows them", "checks"))

@@ -69,14 +69,18 @@ def measure(image: Image.Image) -> PixelStats:
                       entropy=float(-(p * np.log2(p)).sum()), grayscale=bool(np.quantile(spread, 0.99) <= 3))
 
 
+ROW = 9 + 10  # 9 measurements, the 20-byte sha1 as 10 halves
+
+
 def _to_row(s: PixelStats) -> np.ndarray:
     nums = np.array([s.width, s.height, s.p01, s.p05, s.p95, s.p99, s.laplacian_var, s.entropy, s.grayscale],
                     dtype=np.float32)
-    return np.concatenate([nums, np.frombuffer(bytes.fromhex(s.hash), dtype=np.uint32).view(np.float32)])
+    # the hash as 16-bit halves: each is exactly a float32 (raw bits could read as NaN, which the cache refuses)
+    return np.concatenate([nums, np.frombuffer(bytes.fromhex(s.hash), dtype=">u2").astype(np.float32)])
 
 
 def _from_row(r: np.ndarray) -> PixelStats:
-    digest = np.ascontiguousarray(r[9:14], dtype=np.float32).view(np.uint32).tobytes().hex()
+    digest = np.asarray(r[9:], dtype=np.float64).round().astype(">u2").tobytes().hex()
     return PixelStats(hash=digest, width=int(r[0]), height=int(r[1]), p01=float(r[2]), p05=float(r[3]),
                       p95=float(r[4]), p99=float(r[5]), laplacian_var=float(r[6]), entropy=float(r[7]),
                       grayscale=bool(r[8]))
@@ -93,7 +97,7 @@ def measure_source(source: ImageSource, indices: np.ndarray, *, threads: int = 2
 
     key = None
     if cache is not None:
-        key = cache.key(fingerprint={"audit": "pixel-stats", "version": 1}, boundary=0,
+        key = cache.key(fingerprint={"audit": "pixel-stats", "version": 2}, boundary=0,
                         items=item_keys(source, indices))
         hit = cache.load(key)
         if hit is not None:
@@ -101,7 +105,7 @@ def measure_source(source: ImageSource, indices: np.ndarray, *, threads: int = 2
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         stats = list(pool.map(lambda i: measure(source.load(int(i))), indices))
     if key is not None and cache is not None and stats:
-        writer = cache.writer(key, n=len(stats), shape=(14,))
+        writer = cache.writer(key, n=len(stats), shape=(ROW,))
         writer.write(torch.from_numpy(np.stack([_to_row(s) for s in stats])))
         writer.commit()
     return stats, False
