@@ -212,6 +212,7 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
 
         return run_hog_svm(data, source=source, split=split, data_options=d, train_options=t,
                            run_dir=run_dir if ctx.is_main else None, save_predictions=save_predictions)
+    check_calibration(t.calibrate, n_val=len(split.val), refit=t.refit)
     if t.ensemble and t.cv is None and t.strategy != "auto":
         raise ConfigError("--ensemble averages the K fold models of cross-validation: give --cv K (or --strategy auto)")
     if (t.strategy == "auto" or t.cv is not None) and not t.plan:  # experiments.auto: CV on cached features
@@ -223,7 +224,6 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
         return auto_run(data, source=source, split=split, data_options=d, train_options=t,
                         run_dir=run_dir if ctx.is_main else None, t_start=t_start,
                         search=Search() if t.strategy == "auto" else Search.probe(t))
-    check_calibration(t.calibrate, n_val=len(split.val), refit=t.refit)
     torch.manual_seed(d.seed)
     backbone = create_backbone(t.backbone, pretrained=False)  # random init: the scratch baseline's
     kept = check_cut(t.cut, stage_names=backbone.stage_names, backbone=t.backbone)
