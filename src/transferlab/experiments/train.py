@@ -221,6 +221,10 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
         if t.strategy not in ("auto", "linear-probe"):
             raise ConfigError(f"--cv applies to --strategy auto and linear-probe (features computed once for all "
                               f"folds); got --strategy {t.strategy}: use --refit for one held-out selection")
+        if t.calibrate != "none":
+            raise ConfigError(f"--calibrate {t.calibrate} fits a temperature on the val split of one run; the "
+                              f"cross-validated search (--strategy auto or --cv) has no such split: give an "
+                              f"explicit --strategy (e.g. fine-tune) without --cv")
         return auto_run(data, source=source, split=split, data_options=d, train_options=t,
                         run_dir=run_dir if ctx.is_main else None, t_start=t_start,
                         search=Search() if t.strategy == "auto" else Search.probe(t))
