@@ -50,12 +50,14 @@ def check_split_leakage(source: ImageSource, split: Split, *, data: str, backbon
     if not compute:
         store, b = embedder.store, embedder.boundary
         splits = [embedder.inputs(n, source, getattr(split, n)) for n in SPLIT_ORDER]
-        # the key of the runtime the run used (auto: ONNX Runtime on the CPU, remembered per prefix)
-        keys = [store.disk_key(s, b, runtime=store.runtime_for(s, b)) for s in splits]
-        if any(k is None or not (cache.root / f"{k}.npy").is_file() for k in keys):
+        # the entries of the runtime the run extracted with (ONNX Runtime and PyTorch features are keyed apart)
+        found = [r for r in ("onnx", "torch") if all(
+            (k := store.disk_key(s, b, runtime=r)) is not None and (cache.root / f"{k}.npy").is_file() for s in splits)]
+        if not found:
             log.info("cross-split near-duplicates: not checked (no cached features of this split; %s)",
                      how.replace("shows them", "checks"))
             return None
+        store.runtime = found[0]  # read those entries; no parity check, no forward pass
     x, rows_idx, names = embed_split(embedder, source, split)
     xn = normalize_rows(x)
     ids = [source.identity(int(i)) for i in rows_idx]

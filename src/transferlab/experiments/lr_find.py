@@ -146,7 +146,7 @@ def lr_find(data: str, *, out: str | os.PathLike[str], data_options: DataOptions
     if start > 0:
         from transferlab.experiments.train import cache_fingerprint, feature_cache
 
-        store = ActivationStore(model, device=ctx.device, batch_size=max(t.batch_size, 64), num_workers=d.workers,
+        store = ActivationStore(model, device=ctx.device, batch_size=max(t.batch_size, 64), num_workers=d.num_workers,
                                 progress=not d.quiet, disk=feature_cache(t),
                                 fingerprint=cache_fingerprint(backbone, norm) if plan.pretrained else None)
         store.pristine_upto = start
