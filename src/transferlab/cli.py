@@ -212,7 +212,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise TransferlabError("train needs DATA and --out RUN_DIR (or --resume RUN_DIR)")
     spec = get_task(args.task)
     d = options_from_args(DataOptions, args)
-    t = options_from_args(getattr(spec, "train_options_class", TrainOptions), args)
+    t = options_from_args(getattr(spec, "train_options_class", TrainOptions), args,
+                          skip=tuple(getattr(spec, "train_skip", ())))
     to = options_from_args(spec.options_class, args) if spec.options_class else None
     if not args.resume:
         from transferlab.zoo import check_backbone_name
@@ -559,6 +560,12 @@ def add_deploy_commands(sub: Any) -> None:
 
 # ----------------------------------------------------------------------------- localize
 
+def add_log_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log", action="append", choices=("tensorboard", "mlflow", "csv"),
+                   help="experiment tracking, repeatable: TensorBoard events in RUN_DIR/tensorboard, an MLflow run "
+                        "($MLFLOW_TRACKING_URI, default sqlite:///RUN_DIR/mlflow.db), or RUN_DIR/epochs.csv")
+
+
 def cmd_localize_train(args: argparse.Namespace) -> int:
     args.task, args.resume = "localize", None
     return cmd_train(args)
@@ -605,7 +612,10 @@ def add_localize_commands(sub: Any) -> None:
                                       "(= train --task localize)")
     p.add_argument("data", metavar="DATA", help="Oxford-IIIT Pet layout with annotations/xmls/NAME.xml")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
+    p.add_argument("--overwrite", action="store_true",
+                   help="empty a run directory that already holds a run (else it is refused)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_log_option(p)
     add_task_options(p, "localize")
     p.set_defaults(func=cmd_localize_train)
 
@@ -815,9 +825,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="empty a run directory that already holds a run (else it is refused)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.add_argument("--log", action="append", choices=("tensorboard", "mlflow", "csv"),
-                   help="experiment tracking, repeatable: TensorBoard events in RUN_DIR/tensorboard, an MLflow run "
-                        "($MLFLOW_TRACKING_URI, default sqlite:///RUN_DIR/mlflow.db), or RUN_DIR/epochs.csv")
+    add_log_option(p)
     add_task_options(p, task if command == "train" else "classify")
     p.set_defaults(func=cmd_train)
 

@@ -226,8 +226,11 @@ def add_options(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, 
                                help=f"{help_text} (default: {f.default})")
 
 
-def options_from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+def options_from_args(cls: type[T], args: argparse.Namespace, *, skip: tuple[str, ...] = (), **overrides: Any) -> T:
+    """``cls`` from the parsed flags; ``skip``: fields the command left out (another options class may own
+    a flag of that name, e.g. localization's ``--head box``)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+              if hasattr(args, f.name) and f.name not in skip}
     values.update(overrides)
     return cls(**values)
 

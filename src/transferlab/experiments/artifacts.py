@@ -107,11 +107,13 @@ def load_model(run_dir: str | os.PathLike[str], *, task: str | None = None) -> L
     meta_path, weights_path = d / MODEL_JSON, d / MODEL_FILE
     if not meta_path.is_file() or not weights_path.is_file():
         raise ConfigError(f"{d} is not a finished run: expected {MODEL_JSON} and {MODEL_FILE} in it")
-    meta = read_model_json(d)
+    def expected_task(raw: dict[str, Any]) -> None:
+        if task is not None and canonical(task) != task_of(raw):
+            raise ConfigError(f"{meta_path}: expected a {canonical(task)} model, got task {task_of(raw)!r}")
+
+    meta = read_model_json(d, check=expected_task)
     name = task_of(meta)
     meta["task"] = name
-    if task is not None and canonical(task) != name:
-        raise ConfigError(f"{meta_path}: expected a {canonical(task)} model, got task {name!r}")
     hint = f"train the run again (transferlab train ... --out {d} --overwrite)"
     try:
         if meta.get("kind") == MULTI_KIND:  # an ensemble / multi-backbone classifier (strategies.ensemble)

@@ -40,6 +40,7 @@ MODEL_SCHEMA: dict[str, Any] = {
     "else": {"required": ["cut", "head"]},
     "properties": {
         "format": {"const": MODEL_FORMAT},
+        "task": {"type": "string", "minLength": 1},
         "backbone": {"type": "string", "minLength": 1},
         "cut": {"anyOf": [{"type": "null"}, {"type": "integer", "minimum": 1, "maximum": 64}]},
         "head": {"type": "object", "required": ["kind", "dropout", "pool"], "properties": {
@@ -107,8 +108,10 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not JSON")
 
 
-def read_model_json(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+def read_model_json(run_dir: str | os.PathLike[str], *, check: Any = None) -> dict[str, Any]:
     """``RUN_DIR/model.json``, schema-checked, with ``len(classes) == num_classes``.
+
+    ``check(meta)`` runs on the parsed JSON before the schema (e.g. a caller's expected task).
 
     Example:
         >>> meta = read_model_json("runs/flowers")  # doctest: +SKIP
@@ -116,8 +119,12 @@ def read_model_json(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(run_dir) / "model.json"
     hint = f"train the run again (transferlab train ... --out {run_dir} --overwrite)"
     meta = _read(path, hint)
+    if check is not None and isinstance(meta, dict):
+        check(meta)
     validate_json(meta, MODEL_SCHEMA, path=path, hint=hint)
-    if len(meta["classes"]) != meta["num_classes"]:
+    # one output per class for classification and multi-label heads (a box head's outputs are coordinates)
+    if meta.get("task", "classification") in ("classification", "multilabel") and \
+            len(meta["classes"]) != meta["num_classes"]:
         raise BadFileError(path, f"lists {len(meta['classes'])} classes but the head has num_classes "
                                  f"{meta['num_classes']} outputs", hint)
     if not all(math.isfinite(v) for key in ("preprocessing", "normalization") for part in ("mean", "std")

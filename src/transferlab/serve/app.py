@@ -277,7 +277,7 @@ def create_app(run_dir: str | os.PathLike[str], *, runtime: str = "torch", threa
                                  **({"top": t} if isinstance(t, list) else t)}
                                 for (name, _), im, t in zip(uploads, images, tops)]}
 
-    @app.post("/explain", openapi_extra=_openapi_upload_body())
+    @app.post("/explain", openapi_extra=_openapi_upload_body(limits.max_files))
     async def explain(request: Request, method: str = "gradcam", target: str | None = None) -> dict[str, Any]:
         """Heatmap overlays (PNG data URLs) of the predicted class, or of ``target``, for the uploaded images;
         the same fields, limits and errors as ``/predict``. ``method``: gradcam, gradcam++ or scorecam."""
