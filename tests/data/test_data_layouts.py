@@ -110,12 +110,15 @@ def test_corrupt_cache_is_reported_and_rebuilt(tmp_path, caplog):
     assert json.loads(cache_file.read_text())["entries"]
 
 
-def test_quiet_false_prints_summary(tmp_path, capsys):
+def test_quiet_false_logs_the_summary_once(tmp_path, caplog):
     root = make_class_folders(tmp_path / "d", {"a": 1, "b": 1})
-    open_dataset(root, quiet=False)
-    assert "d: 2 images, 2 classes, 0 skipped, 0 ignored" in capsys.readouterr().err
-    open_dataset(root)
-    assert capsys.readouterr().err == ""
+    with caplog.at_level(logging.INFO, logger="transferlab"):
+        open_dataset(root, quiet=False)
+    assert [r.getMessage() for r in caplog.records].count("d: 2 images, 2 classes, 0 skipped, 0 ignored") == 1
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="transferlab"):
+        open_dataset(root)
+    assert not any("2 classes" in r.getMessage() for r in caplog.records)
 
 
 # -- split folders ----------------------------------------------------------------------------

@@ -51,7 +51,7 @@ def test_split_stages_compose_to_the_source_model(name: str):
 
 
 def test_unknown_backbone_is_a_one_line_error():
-    with pytest.raises(ConfigError, match="unknown backbone 'resnet51'; expected one of: alexnet"):
+    with pytest.raises(ConfigError, match="unknown backbone 'resnet51'; did you mean resnet50.* expected one of: alexnet"):
         create_backbone("resnet51")
 
 

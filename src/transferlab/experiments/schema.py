@@ -78,7 +78,7 @@ def validate_json(obj: Any, schema: dict[str, Any], *, path: str | os.PathLike[s
         >>> validate_json({"format": 999}, MODEL_SCHEMA, path="m.json", hint="retrain")
         Traceback (most recent call last):
         ...
-        transferlab.errors.BadFileError: m.json: does not match the model.json schema: 'backbone' is a required property; retrain
+        transferlab.errors.BadFileError: m.json: does not match the model.json schema: 'cut' is a required property; retrain
     """
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(obj))
     if error is not None:

@@ -75,7 +75,7 @@ def layer_table(stages: nn.Sequential, *, input_size: int) -> list[dict[str, Any
 
     Example:
         >>> rows = layer_table(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1)), input_size=4)
-        >>> rows[0]["output"], rows[0]["params"], rows[0]["macs"]   # 8*4*4 outputs x 27 MACs each
+        >>> rows[1]["output"], rows[1]["params"], rows[1]["macs"]   # rows[0] is the input; 8*4*4 outputs x 27 MACs
         ([8, 4, 4], 224, 3456)
     """
     rows = []
