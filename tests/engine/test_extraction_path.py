@@ -103,6 +103,9 @@ def test_auto_picks_onnx_after_parity_and_remembers_it(model: TransferModel, tin
                                                         caplog: pytest.LogCaptureFixture):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
+    from transferlab.engine import runtimes
+
+    runtimes.VERDICTS.clear()  # a verdict an earlier test left in this process would be reused
     split = _split(model, tiny_folder)
     first = _auto_store(model, tmp_path / "fc")
     assert first.runtime == "auto"

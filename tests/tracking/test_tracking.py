@@ -38,7 +38,7 @@ def test_csv_tensorboard_and_mlflow_read_back(tiny_folder: Path, tmp_path: Path,
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     val = events.Scalars("accuracy/val")
-    assert [e.step for e in val] == [0, 1, 2]
+    assert [e.step for e in val] == [1, 2, 3]  # epochs are numbered from 1
     assert [e.value for e in val] == pytest.approx([h["val_accuracy"] for h in history])
     assert events.Scalars("final/test_accuracy")[0].value == pytest.approx(metrics["test"]["accuracy"])
 

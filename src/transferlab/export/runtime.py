@@ -123,7 +123,7 @@ def _onnx_session(run_dir: Path, meta: dict[str, Any], threads: int | None,
         options.inter_op_num_threads = 1
     session = ort.InferenceSession(blob, sess_options=options, providers=["CPUExecutionProvider"])
     outputs = session.get_outputs()[0].shape[-1]
-    if isinstance(outputs, int) and outputs != len(meta["classes"]):
+    if isinstance(outputs, int) and task_of(meta) in ("classification", "multilabel") and outputs != len(meta["classes"]):
         raise BadFileError(path, f"has {outputs} outputs but {MODEL_JSON} lists {len(meta['classes'])} classes",
                            f"re-export it (transferlab export {run_dir})")
     return session, name
