@@ -71,7 +71,7 @@ def _single(setup: tuple[Path, Path, dict[str, str]], out: Path, runtime: str) -
     data, script, env = setup
     out.mkdir()
     _check([_run([sys.executable, str(script), str(data), str(out), runtime], env)])
-    return torch.load(out / "acts.pt")
+    return torch.load(out / "acts.pt", weights_only=True)
 
 
 def test_shard_batches_cover_every_item_once():
@@ -88,7 +88,7 @@ def test_two_gloo_processes_bit_identical_to_one(setup: tuple[Path, Path, dict[s
     out.mkdir()
     _check([_run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
                   str(script), str(data), str(out), "torch"], env)])
-    two = torch.load(out / "acts.pt")
+    two = torch.load(out / "acts.pt", weights_only=True)
     info = json.loads((out / "info.json").read_text())
     assert torch.equal(one, two)
     assert info["forward_images"] == [12, 12] and info["entries"] == 1  # each image once; one cache entry
@@ -104,7 +104,7 @@ def test_two_torchrun_nodes_on_localhost(setup: tuple[Path, Path, dict[str, str]
                    "--rdzv-id", "transferlab-test", str(script), str(data), str(out), "auto"], env)
              for rank in (0, 1)]
     _check(nodes)
-    two = torch.load(out / "acts.pt")
+    two = torch.load(out / "acts.pt", weights_only=True)
     info = json.loads((out / "info.json").read_text())
     assert info["forward_images"] == [12, 12] and info["entries"] == 1
     assert torch.equal(one, two)
