@@ -29,9 +29,9 @@ from torch.utils.data import Dataset
 from transferlab.data import FixedViews, ImageSource, atomic_write_text, build_transform
 from transferlab.errors import ConfigError, DataError
 from transferlab.options import opt
-from transferlab.strategies.model import HeadConfig, TransferModel
+from transferlab.strategies.model import TransferModel
 from transferlab.tasks.base import Inputs, Prepared, item_keys
-from transferlab.tasks.classify import head_config
+from transferlab.tasks.classify import TASK as CLASSIFY, head_config
 
 __all__ = ["TASK", "MultiLabel", "MultiLabelDataset", "MultiLabelObjective", "MultilabelOptions",
            "choose_thresholds", "multilabel_metrics", "read_multilabel_csv"]
@@ -317,12 +317,11 @@ class MultiLabel:
 
     # ---- a saved model
     def model_meta(self, model: TransferModel) -> dict[str, Any]:
-        return {"backbone": model.backbone_name, "cut": model.cut, "head": model.head_config.to_dict(),
-                "num_classes": model.num_classes, "thresholds": getattr(model, "thresholds", None)}
+        """The classification head's description plus the per-label thresholds chosen on val."""
+        return {**CLASSIFY.model_meta(model), "thresholds": getattr(model, "thresholds", None)}
 
     def model_from_meta(self, meta: dict[str, Any], backbone: Any) -> TransferModel:
-        model = TransferModel(backbone=backbone, num_classes=int(meta["num_classes"]),
-                              head=HeadConfig.from_dict(meta["head"]), cut=int(meta["cut"]))
+        model = CLASSIFY.model_from_meta(meta, backbone)
         model.thresholds = meta.get("thresholds")
         return model
 
