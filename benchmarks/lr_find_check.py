@@ -35,11 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="/tmp/lr_find_check")
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--strategy", default="feature-extraction")
-    ap.add_argument("--train-per-class", type=int, default=10)
+    ap.add_argument("--train-per-class", type=int, default=10, help="0: the whole train split")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
-    d = DataOptions(train_per_class=a.train_per_class, workers=1, quiet=True)
+    d = DataOptions(split="0.5,0.25,0.25", split_seed=0, train_per_class=a.train_per_class or None, workers=1,
+                    quiet=True)
     t = TrainOptions(backbone=a.backbone, strategy=a.strategy)
     found = lr_find(a.data, out=Path(a.out) / "lr-find", data_options=d, train_options=t)
     rows, grid = [], []
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     ratio = found["suggested_lr"] / best["lr"]
     ok = 1 / 3 <= ratio <= 3
     result = {"data": a.data, "backbone": a.backbone, "strategy": a.strategy, "train_per_class": a.train_per_class,
-              "suggested_lr": found["suggested_lr"], "min_loss_lr": found["min_loss_lr"],
+              "suggested_lr": found["suggested_lr"], "steepest_lr": found["steepest_lr"],
+              "min_loss_lr": found["min_loss_lr"], "rule": found["rule"],
               "lr_find_seconds": found["seconds"], "grid": grid, "best_lr_on_val": best["lr"],
               "ratio_suggested_to_best": ratio, "within_3x": ok, "wall_s": round(time.perf_counter() - t0, 1),
               "machine": machine()}

@@ -341,7 +341,8 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
         _print_json({k: v for k, v in res.items() if k != "curve"})
     else:
         print(f"{res['strategy']} / {res['backbone']}, phase {res['phase']} ({', '.join(res['trainable'])}): "
-              f"smoothed loss lowest at {res['min_loss_lr']:.2g}; suggested {res['flag']} {res['suggested_lr']:.2g} "
+              f"loss falls fastest at {res['steepest_lr']:.2g}, lowest at {res['min_loss_lr']:.2g}; "
+              f"suggested {res['flag']} {res['suggested_lr']:.2g} "
               f"-> {Path(args.out) / FIGURE_PNG}, {Path(args.out) / RESULT_JSON}")
     return 0
 

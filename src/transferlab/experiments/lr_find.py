@@ -2,11 +2,15 @@
 Neural Networks", section 3.3) on the trainable groups of a strategy's first phase.
 
 The rate grows exponentially from ``start_lr`` to ``end_lr`` over ``steps`` mini-batches (all groups
-keep the phase's discriminative ratios); the training loss is smoothed (exponential moving average,
-bias-corrected) and the test stops when it exceeds ``4 x`` its minimum. The suggested rate is the one
-at the minimum of the smoothed loss divided by 10 (the usual reading of the plot: a rate an order of
-magnitude below the point where the loss stops falling). Frozen prefixes run once: the range test
-trains on the cached activations entering the phase's lowest trainable stage.
+keep the phase's discriminative ratios). While it runs, the training loss is smoothed causally
+(exponential moving average, bias-corrected) and the test stops when that exceeds ``4 x`` its minimum.
+The suggestion reads the recorded raw losses afterwards, smoothed without lag (a centred
+Savitzky-Golay filter): the rate where the loss falls fastest per decade, before its minimum (Smith's
+"the loss starts to fall fastest"; fastai's ``steep``), capped at a tenth of the rate at the minimum.
+The minimum alone misleads on small sets: a head on a few hundred cached feature vectors separates
+its training set, so its training loss keeps falling up to very large rates and never diverges.
+Frozen prefixes run once: the range test trains on the cached activations entering the phase's lowest
+trainable stage.
 
 Example:
     >>> res = lr_find("flowers17/", backbone="efficientnet_lite0", out="lrf")  # doctest: +SKIP
@@ -49,21 +53,51 @@ log = logging.getLogger("transferlab")
 RESULT_JSON, FIGURE_PNG = "lr_find.json", "lr_find.png"
 
 
-def suggest(lrs: list[float], losses: list[float]) -> float:
-    """The rate at the minimum of the smoothed loss, divided by 10.
+def smooth(losses: list[float]) -> np.ndarray:
+    """The raw losses through a centred Savitzky-Golay filter (quadratic, a window of ~1/10 of the points).
 
     Example:
-        >>> suggest([1e-4, 1e-3, 1e-2, 1e-1], [2.0, 1.5, 1.0, 3.0])
-        0.001
+        >>> [round(float(v), 3) for v in smooth([0, 1, 4, 9, 16, 25, 36])]  # a quadratic passes unchanged
+        [0.0, 1.0, 4.0, 9.0, 16.0, 25.0, 36.0]
     """
-    if not lrs:
-        raise ValueError("suggest: no points")
-    return float(lrs[int(np.argmin(losses))] / 10)
+    from scipy.signal import savgol_filter
+
+    y = np.asarray(losses, dtype=float)
+    window = max(5, (len(y) // 10) | 1)
+    if len(y) < window:
+        return y
+    return savgol_filter(y, window_length=window, polyorder=2, mode="interp")
+
+
+def suggest(lrs: list[float], losses: list[float]) -> dict[str, float]:
+    """The steepest fall of the lag-free smoothed loss before its minimum, capped at the minimum's rate / 10.
+
+    ``lrs`` grow geometrically (equal steps in log rate); ``losses`` are the raw per-step losses.
+
+    Example:
+        >>> lrs = [10 ** (-6 + k / 4) for k in range(25)]
+        >>> losses = [3.0 - 2.0 / (1 + np.exp(-(np.log10(lr) + 3) * 3)) for lr in lrs]
+        >>> res = suggest(lrs, losses)
+        >>> round(res["steepest_lr"], 4), res["min_loss_lr"] > 0.1, round(res["suggested_lr"], 4)
+        (0.001, True, 0.001)
+    """
+    if len(lrs) != len(losses) or not lrs:
+        raise ValueError(f"suggest: expected as many losses as rates (> 0), got {len(losses)} and {len(lrs)}")
+    y = smooth(losses)
+    finite = np.where(np.isfinite(y), y, np.inf)
+    lowest = int(np.argmin(finite))
+    slope = np.gradient(y[: lowest + 1]) if lowest >= 2 else np.zeros(1)
+    steepest = lrs[int(np.argmin(slope))]
+    cap = lrs[lowest] / 10
+    return {"suggested_lr": float(min(steepest, cap)), "steepest_lr": float(steepest), "min_loss_lr": float(lrs[lowest])}
 
 
 def range_test(model: TransferModel, loader: DataLoader, *, phase: Any, start: int, start_lr: float, end_lr: float,
                steps: int, beta: float = 0.98) -> tuple[list[float], list[float]]:
-    """(rates, smoothed losses) of the exponential range test; ``model`` is changed (train on a copy)."""
+    """(rates, raw losses) of the exponential range test; ``model`` is changed (train on a copy).
+
+    It stops early when the causally smoothed loss (EMA, ``beta``) exceeds 4x its minimum or is not finite.
+    """
     groups = param_groups(configure_trainable(model, phase), phase)
     base = [g["lr"] / phase.lr for g in groups]  # the discriminative ratios, top group 1.0
     optimizer = build_optimizer(groups, phase)
@@ -79,32 +113,37 @@ def range_test(model: TransferModel, loader: DataLoader, *, phase: Any, start: i
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            avg = beta * avg + (1 - beta) * float(loss.detach())
-            smooth = avg / (1 - beta ** (step + 1))
+            raw = float(loss.detach())
+            avg = beta * avg + (1 - beta) * raw
+            ema = avg / (1 - beta ** (step + 1))
             lrs.append(lr)
-            losses.append(smooth)
-            best = min(best, smooth)
+            losses.append(raw)
+            best = min(best, ema)
             step += 1
-            if step >= steps or not math.isfinite(smooth) or smooth > 4 * best:
+            if step >= steps or not math.isfinite(ema) or ema > 4 * best:
                 return lrs, losses
     return lrs, losses
 
 
-def _figure(lrs: list[float], losses: list[float], suggested: float, path: Path) -> None:
+def _figure(lrs: list[float], losses: list[float], found: dict[str, float], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.plot(lrs, losses)
-    ax.axvline(suggested, color="#c33", ls="--", label=f"suggested {suggested:.2g}")
+    ax.plot(lrs, losses, color="#bbb", lw=0.8, label="per batch")
+    y = smooth(losses)
+    ax.plot(lrs, y, color="#1f77b4", label="smoothed (centred)")
+    ax.axvline(found["suggested_lr"], color="#c33", ls="--", label=f"suggested {found['suggested_lr']:.2g}")
+    ax.axvline(found["min_loss_lr"], color="#888", ls=":", label=f"lowest loss {found['min_loss_lr']:.2g}")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (top group)")
-    ax.set_ylabel("training loss (smoothed)")
-    finite = [v for v in losses if math.isfinite(v)]
+    ax.set_ylabel("training loss")
+    finite = [v for v in y if math.isfinite(v)]
     if finite:
-        ax.set_ylim(min(finite) * 0.95, min(max(finite), 4 * min(finite)) * 1.05)
+        lo, hi = min(finite), max(finite[: max(1, len(finite) // 10)])  # from the lowest to the starting loss
+        ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -157,17 +196,18 @@ def lr_find(data: str, *, out: str | os.PathLike[str], data_options: DataOptions
         dataset = train_in.eval_dataset
     loader = DataLoader(dataset, batch_size=t.batch_size, shuffle=True, generator=torch.Generator().manual_seed(d.seed))
     lrs, losses = range_test(model, loader, phase=phase, start=start, start_lr=start_lr, end_lr=end_lr, steps=steps)
-    suggested = suggest(lrs, losses)
+    found = suggest(lrs, losses)
+    suggested = found["suggested_lr"]
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _figure(lrs, losses, suggested, out_dir / FIGURE_PNG)
+    _figure(lrs, losses, found, out_dir / FIGURE_PNG)
     flag = "--scratch-lr" if plan.strategy == "scratch" else "--lr" if list(phase.trainable) == ["head"] \
         else "--finetune-lr"
     result = {"data": str(data), "backbone": t.backbone, "strategy": plan.strategy, "phase": phase.name, "flag": flag,
               "trainable": list(phase.trainable), "optimizer": phase.optimizer, "batch_size": t.batch_size,
               "train_images": len(train_in), "start_lr": start_lr, "end_lr": end_lr, "steps_run": len(lrs),
-              "min_loss_lr": float(lrs[int(np.argmin(losses))]), "suggested_lr": suggested,
-              "rule": "rate at the minimum of the smoothed training loss / 10",
+              **found, "rule": "steepest fall of the centred-smoothed loss before its minimum, at most the "
+                               "minimum's rate / 10",
               "curve": [{"lr": a, "loss": b} for a, b in zip(lrs, losses)],
               "seconds": round(time.perf_counter() - t0, 3)}
     atomic_write_text(out_dir / RESULT_JSON, json.dumps(result, indent=2))
