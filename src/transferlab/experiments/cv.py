@@ -29,7 +29,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
 from transferlab.errors import ConfigError
-from transferlab.strategies.linear_probe import C_GRID, _as_head
+from transferlab.strategies.linear_probe import C_GRID, _as_head, one_blas_thread
 
 log = logging.getLogger("transferlab")
 
@@ -119,7 +119,7 @@ class _PathFitter:
 
     def fit(self, C: float, x: np.ndarray, y: np.ndarray) -> Any:
         self.clf.set_params(C=C)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), one_blas_thread():
             warnings.simplefilter("ignore", ConvergenceWarning)
             self.clf.fit(x, y)
         return self.clf
