@@ -64,6 +64,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
     "required": ["data", "data_options", "train_options"],
     "properties": {
         "data": {"type": "string", "minLength": 1},
+        "data_path": {"type": "string", "minLength": 1},
         "data_options": {"type": "object"},
         "train_options": {"type": "object"},
         "plan": {"type": "object"},

@@ -138,11 +138,24 @@ def _config(data: str, d: DataOptions, t: TrainOptions, plan: Plan, *, task: str
 
 def _config_dict(data: str, d: DataOptions, t: TrainOptions, *, plan: dict[str, Any] | None,
                  task: str = DEFAULT_TASK, task_options: Any = None) -> dict[str, Any]:
-    return {"task": task, "data": str(data), "data_options": asdict(d), "train_options": asdict(t),
+    return {"task": task, "data": str(data),
+            **({"data_path": str(Path(data).resolve())} if Path(data).exists() else {}),
+            "data_options": asdict(d), "train_options": asdict(t),
             **({"task_options": asdict(task_options)} if task_options is not None else {}),
             "plan": plan, "versions": versions(),
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                         "torch_threads": torch.get_num_threads()}}
+
+
+def config_data(cfg: dict[str, Any]) -> str:
+    """The dataset a run's ``config.json`` trained on: as given when it resolves from here, else its absolute path.
+
+    Example:
+        >>> config_data({"data": "no/such/relative/dir", "data_path": "/abs/flowers17"})
+        '/abs/flowers17'
+    """
+    given = str(cfg["data"])
+    return given if Path(given).exists() or "data_path" not in cfg else str(cfg["data_path"])
 
 
 def _for_task(task: str, t: TrainOptions) -> TrainOptions:
@@ -554,5 +567,5 @@ def resume_training(run_dir: str | os.PathLike[str], *, quiet: bool | None = Non
     except (TypeError, ConfigError) as exc:
         raise BadFileError(cfg_path, f"holds options this version cannot use ({exc})",
                            "start the run again with --overwrite") from None
-    return run_training(cfg["data"], data_options=d, train_options=t, out=run_dir, resume=True,
+    return run_training(config_data(cfg), data_options=d, train_options=t, out=run_dir, resume=True,
                         callbacks=callbacks, task=spec.name, task_options=to)

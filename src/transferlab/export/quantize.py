@@ -85,7 +85,9 @@ def _split_images(run: Path, part: str, n: int | None, *, seed: int = 0) -> tupl
     if not cfg.get("data"):
         raise ConfigError(f"{run}: no config.json with the training data; int8 calibration needs the run's images")
     try:
-        source = open_dataset(cfg["data"], validate=False)
+        from transferlab.experiments.train import config_data
+
+        source = open_dataset(config_data(cfg), validate=False)
         idx = np.asarray(getattr(load_split(run, source), part), dtype=np.int64)
     except TransferlabError as exc:
         raise ConfigError(f"cannot read the run's {part} images from {cfg['data']} ({exc})") from None
