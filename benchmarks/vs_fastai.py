@@ -22,7 +22,7 @@ Both train with seed 0. Wall time is everything from building the model and data
 predictions (weights read from disk, images decoded, training, validation, test), not imports or
 the dataset scan; ``recommend`` is timed separately (once: it is deterministic). Device: each
 library's default (CUDA when available, else CPU). Contenders alternate within each repeat; medians
-of ``--repeats``. Target: transferlab's test accuracy >= fastai's in at most 1/3 of fastai's wall time.
+of ``--repeats``. Target (issue #18): transferlab's test accuracy >= fastai's in at most 1/5 of fastai's wall time.
 
 Needs fastai, a benchmark-only dependency: ``make bench-deps`` (``pip install --no-deps``, see the
 Makefile), or ``pip install '.[bench]'``.
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     if recommend_s is not None:
         results["wall_ratio_with_recommend"] = round(fa["wall_s"] / (tl["wall_s"] + recommend_s), 2)
     results["target"] = {"accuracy_met": tl["test_accuracy"] >= fa["test_accuracy"],
-                         "time_met": tl["wall_s"] <= fa["wall_s"] / 3}
+                         "time_met": tl["wall_s"] <= fa["wall_s"] / 5}
     results["target"]["met"] = results["target"]["accuracy_met"] and results["target"]["time_met"]
     results["machine"]["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
 
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                                               f"{recommend_s:.1f} s)"
     tgt = results["target"]
     print(f"fastai / transferlab wall time: {results['wall_ratio_fastai_over_transferlab']}x{rec_note}; target "
-          f"(accuracy >= fastai's, time <= 1/3): {'met' if tgt['met'] else 'NOT met'} "
+          f"(accuracy >= fastai's, time <= 1/5): {'met' if tgt['met'] else 'NOT met'} "
           f"(accuracy {'ok' if tgt['accuracy_met'] else 'short'}, time {'ok' if tgt['time_met'] else 'too slow'})")
     print(f"split {results['split']}, repeats={a.repeats}, {os.cpu_count()} CPUs, load average 1m: before "
           f"{results['machine']['load_avg_1m_before']}, after {results['machine']['load_avg_1m_after']}")
