@@ -265,10 +265,18 @@ class ActivationStore:
         runtimes.VERDICTS[(digest, boundary)] = verdict
         if verdict["runtime"] == "onnx":
             why = (f"ONNX Runtime, {runtimes.machine_threads()} threads; parity max |diff| "
-                   f"{verdict['max_abs_diff']:.2g} within atol {verdict['atol']:g} + rtol {verdict['rtol']:g}, {where}")
+                   f"{verdict['max_abs_diff']:.2g} within atol {verdict['atol']:g} + rtol {verdict['rtol']:g}"
+                   f"{self._scale_note(verdict)}, {where}")
         else:
             why = f"fell back from ONNX Runtime: {verdict['reason']} ({where})"
         return self._decide((digest, boundary), verdict["runtime"], why)
+
+    @staticmethod
+    def _scale_note(verdict: dict[str, Any]) -> str:
+        """`` + 1e-4 x max |value| 261`` when the verdict used the scale term (older verdicts did not)."""
+        if "scale_rtol" not in verdict:
+            return ""
+        return f" + {verdict['scale_rtol']:g} x max |value| {verdict['max_abs_value']:.3g}"
 
     def _decide(self, key: tuple[str, int], runtime: str, why: str) -> str:
         if key not in self._verdicts:

@@ -1,7 +1,8 @@
 """What runs the frozen prefix: PyTorch, or ONNX Runtime on the CPU after a parity check.
 
 ``auto`` (the default) picks ONNX Runtime on the CPU when it is installed and its output on the
-first batch agrees with PyTorch's (``allclose`` at :data:`PARITY_ATOL` / :data:`PARITY_RTOL`), and
+first batch agrees with PyTorch's (every element within :data:`PARITY_ATOL` + :data:`PARITY_RTOL` x its
+value + :data:`PARITY_SCALE_RTOL` x the batch's largest value), and
 PyTorch on CUDA or when the check fails. A verdict for pretrained weights is remembered in
 ``<feature cache>/parity/`` (keyed by backbone, weights, boundary, preprocessing, normalisation and
 the library versions), so the check runs once per combination; the ONNX graph itself is exported
@@ -27,6 +28,9 @@ from torch import nn
 RUNTIMES = ("auto", "torch", "onnx")
 PARITY_ATOL = 1e-4
 PARITY_RTOL = 1e-3
+#: fp32 summation-order noise grows with the magnitude of what is summed, not of each result: a deep
+#: prefix with activations up to ~260 (resnet50, random weights) differs by ~6e-4 on near-zero outputs
+PARITY_SCALE_RTOL = 1e-4
 Runner = Callable[[torch.Tensor], torch.Tensor]
 _SESSIONS: OrderedDict[tuple[str, int, int], Runner] = OrderedDict()  # (prefix digest, boundary, size)
 _MAX_SESSIONS = 4
@@ -123,13 +127,18 @@ def parity(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, Any]:
     Example:
         >>> parity(torch.ones(2, 3), torch.ones(2, 3) + 1e-6)["ok"]
         True
+        >>> big = torch.tensor([[260.0, 0.0]])  # 6e-4 off a zero next to 260: summation noise, not a bug
+        >>> parity(big, big + torch.tensor([[0.0, 6e-4]]))["ok"], parity(big, big + torch.tensor([[0.0, 0.1]]))["ok"]
+        (True, False)
     """
     ref, cand = reference.float(), candidate.float()
     finite = bool(torch.isfinite(cand).all())
     diff = float((ref - cand).abs().max()) if ref.numel() else 0.0
-    ok = finite and ref.shape == cand.shape and bool(torch.allclose(cand, ref, atol=PARITY_ATOL, rtol=PARITY_RTOL))
-    return {"ok": ok, "max_abs_diff": diff if finite else float("nan"), "max_abs_value": float(ref.abs().max()),
-            "atol": PARITY_ATOL, "rtol": PARITY_RTOL, "images": int(ref.shape[0])}
+    scale = float(ref.abs().max()) if ref.numel() else 0.0
+    ok = finite and ref.shape == cand.shape and bool(
+        torch.allclose(cand, ref, atol=PARITY_ATOL + PARITY_SCALE_RTOL * scale, rtol=PARITY_RTOL))
+    return {"ok": ok, "max_abs_diff": diff if finite else float("nan"), "max_abs_value": scale,
+            "atol": PARITY_ATOL, "rtol": PARITY_RTOL, "scale_rtol": PARITY_SCALE_RTOL, "images": int(ref.shape[0])}
 
 
 def parity_key(fingerprint: dict[str, Any], boundary: int) -> str:
@@ -137,7 +146,8 @@ def parity_key(fingerprint: dict[str, Any], boundary: int) -> str:
     import onnxruntime
 
     blob = json.dumps({"fp": fingerprint, "boundary": boundary, "torch": torch.__version__,
-                       "onnxruntime": onnxruntime.__version__, "atol": PARITY_ATOL, "rtol": PARITY_RTOL},
+                       "onnxruntime": onnxruntime.__version__, "atol": PARITY_ATOL, "rtol": PARITY_RTOL,
+                       "scale_rtol": PARITY_SCALE_RTOL},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:40]
 
