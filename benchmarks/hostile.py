@@ -389,12 +389,15 @@ def process_cases(b: Battery, work: Path, data: Path, quick: bool) -> None:
     b.add("one --out, two writers", "folder consistent, the other refused",
           "handled" if consistent and (refused or len(ok) == 1) else "data_lost", str(results)[-400:])
     # 5. training again into a finished run without --overwrite leaves it untouched
-    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    before = _run_files(out)
     outcome, detail, _ = cli_subprocess([*base, "--out", str(out)], env=env)
-    after = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    b.add("existing --out", "train again without --overwrite", outcome if before == after else "data_lost", detail)
+    after = _run_files(out)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    b.add("existing --out", "train again without --overwrite", outcome if not changed else "data_lost",
+          f"changed: {changed}; {detail}" if changed else detail)
     outcome, detail, _ = cli_subprocess([*base, "--out", str(out), "--overwrite"], env=env)
-    stale = (out / "history.jsonl").exists() and (out / "history.jsonl").stat().st_mtime_ns == before.get("history.jsonl")
+    history = out / "history.jsonl"
+    stale = history.exists() and history.stat().st_mtime_ns == before.get("history.jsonl", (0, None))[1]
     b.add("existing --out", "--overwrite replaces the whole run", outcome if not stale else "data_lost", detail)
     # 6. a full disk (a 3 MiB tmpfs, root only) for the cache and for the run folder
     disk_full_cases(b, work, base)
@@ -407,10 +410,16 @@ def process_cases(b: Battery, work: Path, data: Path, quick: bool) -> None:
     outcome, detail, _ = cli_subprocess(["train", str(sym), *base[2:], "--out", str(work / "symrun")], env=env)
     b.add("symlinks", "train on a self loop + cross link", outcome, detail)
     if outcome == "handled":
-        split = [set(map(os.path.realpath, (work / "symrun" / f"split_{s}.txt").read_text().split()))
+        split = [{os.path.realpath(sym / line.split("\t")[0])  # identity<TAB>class per line
+                  for line in (work / "symrun" / f"split_{s}.txt").read_text().splitlines()}
                  for s in ("train", "val", "test")]
         overlap = (split[0] & split[1]) | (split[0] & split[2]) | (split[1] & split[2])
         b.add("symlinks", "no file in two splits", "handled" if not overlap else "data_lost", str(sorted(overlap))[:300])
+
+
+def _run_files(run: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of a run folder's files; the lock file is no run data (each claim writes its pid there)."""
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in run.iterdir() if p.name != ".lock"}
 
 
 def _finish(p: subprocess.Popen, timeout: float = TIMEOUT_S) -> tuple[str, str]:

@@ -98,6 +98,7 @@ def create_app(run_dir: str | os.PathLike[str], *, runtime: str = "torch", threa
     require("multipart", extra="serve", feature="transferlab serve")
     # Swagger UI and ReDoc from the package instead of a CDN: /docs works on a machine without internet.
     offline = require("fastapi_offline", extra="serve", feature="transferlab serve's offline /docs")
+    from fastapi import Depends
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -149,7 +150,19 @@ def create_app(run_dir: str | os.PathLike[str], *, runtime: str = "torch", threa
         for name in list(pools):
             pools.pop(name).shutdown(wait=False, cancel_futures=True)
 
+    async def _known_query(request: Request) -> None:
+        """An API route answers 400 to a query parameter it does not take (a typo is never ignored)."""
+        route = request.scope.get("route")
+        if route is None or not getattr(route, "include_in_schema", False):
+            return  # the page, its script and the report take no parameters but keep links working
+        known = {f.alias for f in route.dependant.query_params}
+        unknown = sorted(set(request.query_params) - known)
+        if unknown:
+            raise ApiError("bad_parameter", f"unknown query parameter {unknown[0]!r} for {route.path}; expected "
+                                            f"{', '.join(sorted(known)) or 'none'}")
+
     app = offline.FastAPIOffline(
+        dependencies=[Depends(_known_query)],
         lifespan=lifespan,
         title="transferlab prediction server",
         version="1",

@@ -25,7 +25,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "missing_file": (400, "no file in the form fields 'file' or 'files'"),
     "empty_file": (400, "an uploaded file has 0 bytes"),
     "too_many_files": (400, "more files than the server's max_files"),
-    "bad_parameter": (400, "a query parameter has an invalid value"),
+    "bad_parameter": (400, "a query parameter is unknown or has an invalid value"),
     "not_found": (404, "no such route or report file"),
     "method_not_allowed": (405, "wrong HTTP method for the route"),
     "timeout": (408, "the request body did not arrive within timeout_s"),
