@@ -21,8 +21,13 @@ import numpy as np
 
 from transferlab.audit.duplicates import (
     COPY_KINDS,
+    HASH_COPY_KINDS,
+    NearRule,
     Pair,
+    bits_of,
+    calibrate_phash,
     calibrate_threshold,
+    hamming,
     cross_split_pairs,
     exact_pairs,
     near_copy,
@@ -33,7 +38,7 @@ from transferlab.audit.duplicates import (
 from transferlab.audit.features import Embedder, embed_split
 from transferlab.audit.labels import find_label_issues
 from transferlab.audit.outliers import find_outliers
-from transferlab.audit.quality import measure_source, quality_issues
+from transferlab.audit.quality import copy_phash_distances, measure_source, quality_issues
 from transferlab.data import ImageSource, Split, atomic_write_text, make_split, open_dataset, parse_fractions
 from transferlab.engine.feature_cache import FeatureCache
 from transferlab.errors import ConfigError, DataError
@@ -57,7 +62,8 @@ class AuditOptions:
     C: float = opt(10.0, "inverse regularisation of the out-of-fold logistic regression (L2-normalised features)",
                    flag="--C")
     near_threshold: float | None = opt(None, "cosine similarity above which two images are near-duplicates "
-                                             "(default: calibrated on the data)")
+                                             "(default: calibrated on the data, with a perceptual-hash "
+                                             "threshold; given, only the cosine is used)")
     calibration_images: int = opt(60, "images copied (downscaled, re-encoded, cropped) to calibrate the threshold")
     outlier_k: int = opt(10, "neighbours of the kNN outlier score")
     seed: int = opt(0, "seed of the folds and the calibration sample")
@@ -79,8 +85,10 @@ def _split_of(source: ImageSource, o: AuditOptions) -> Split:
 
 
 def calibrated_threshold(embedder: Embedder, source: ImageSource, rows_idx: np.ndarray, xn: np.ndarray,
-                         hashes: list[str], *, sample: int, seed: int) -> dict[str, Any]:
-    """Embed near-copies of ``sample`` images and place the threshold (see ``duplicates``)."""
+                         hashes: list[str], *, sample: int, seed: int, phashes: list[str] | None = None,
+                         cache: FeatureCache | None = None) -> dict[str, Any]:
+    """Embed (and, with ``phashes``, perceptually hash) near-copies of ``sample`` images and place the
+    thresholds (see ``duplicates``); ``value`` is the cosine one."""
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(rows_idx), size=min(sample, len(rows_idx)), replace=False))
     copy_sims = []
@@ -94,12 +102,44 @@ def calibrated_threshold(embedder: Embedder, source: ImageSource, rows_idx: np.n
         copy_sims.append((copies * xn[rows]).sum(1))
     sims = np.concatenate(copy_sims)
     groups = {h: g for g, h in enumerate(dict.fromkeys(hashes))}
-    _, nn = nearest_other(xn, exclude=np.asarray([groups[h] for h in hashes]))
+    gid = np.asarray([groups[h] for h in hashes])
+    _, nn = nearest_other(xn, exclude=gid)
     value = calibrate_threshold(sims, nn)
-    return {"value": value, "copies": len(sims), "copies_min": round(float(sims.min()), 4),
-            "copies_q02": round(float(np.quantile(sims, 0.02)), 4),
-            "data_nn_median": round(float(np.median(nn[np.isfinite(nn)])), 4) if np.isfinite(nn).any() else None,
-            "rule": "max(2nd percentile of known-copy similarity, median nearest-neighbour similarity)"}
+    floor = round(float(np.median(nn[np.isfinite(nn)])), 4) if np.isfinite(nn).any() else None
+    out: dict[str, Any] = {
+        "value": value, "copies": len(sims), "copies_min": round(float(sims.min()), 4),
+        "copies_q02": round(float(np.quantile(sims, 0.02)), 4), "data_nn_median": floor,
+        "rule": "max(2nd percentile of known-copy similarity, median nearest-neighbour similarity)"}
+    if phashes is not None and floor is not None:
+        dist = copy_phash_distances(source, rows_idx[pick], [phashes[r] for r in pick], cache=cache)
+        nn_d = _nearest_phash(bits_of(phashes), gid)
+        out["phash"] = {
+            "value": calibrate_phash(dist.ravel(), nn_d), "floor": floor, "copies": int(dist.size),
+            "copies_max": int(dist.max()), "copies_q98": int(np.quantile(dist, 0.98, method="higher")),
+            "copies_by_kind_max": {k: int(v) for k, v in zip(HASH_COPY_KINDS, dist.max(0))},
+            "data_nn_median": float(np.median(nn_d)),
+            "rule": "perceptual-hash distance <= min(98th percentile of known copies (half size, JPEG 40, 4 % crop, "
+                    "all three), median - 2 robust sd of the nearest-neighbour distances) and cosine >= the median "
+                    "nearest-neighbour similarity"}
+    return out
+
+
+def _nearest_phash(bits: np.ndarray, gid: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """Each row's smallest perceptual-hash distance to a row with other pixels."""
+    out = np.empty(len(bits), np.float32)
+    for a in range(0, len(bits), chunk):
+        rows = np.arange(a, min(a + chunk, len(bits)))
+        d = hamming(bits[rows], bits)
+        d[gid[rows][:, None] == gid[None, :]] = np.inf
+        out[rows] = d.min(1)
+    return out
+
+
+def near_rule(thr: dict[str, Any]) -> NearRule:
+    """The :class:`NearRule` of a ``near_duplicate_threshold`` document."""
+    ph = thr.get("phash")
+    return NearRule(embedding=float(thr["value"]), phash=-1 if ph is None else int(ph["value"]),
+                    floor=1.0 if ph is None else float(ph["floor"]))
 
 
 def _pair_finding(kind: str, p: Pair, ids: list[str], names: np.ndarray, **extra: Any) -> dict[str, Any]:
@@ -195,15 +235,19 @@ def _analyse(embedder: Embedder, source: ImageSource, o: AuditOptions, *, x: np.
             raise ConfigError(f"--near-threshold must be in (0, 1], got {o.near_threshold}")
         thr: dict[str, Any] = {"value": float(o.near_threshold), "rule": "given by --near-threshold"}
     else:
-        thr = calibrated_threshold(embedder, source, rows_idx, xn, hashes, sample=o.calibration_images, seed=o.seed)
+        thr = calibrated_threshold(embedder, source, rows_idx, xn, hashes, sample=o.calibration_images, seed=o.seed,
+                                   phashes=[s.phash for s in stats], cache=embedder.store.disk)
     stages.done("calibration")
+    rule = near_rule(thr)
+    bits = bits_of([s.phash for s in stats])
     findings, label_info = _label_findings(x, y, ids, names, list(source.classes), o)
     stages.done("labels")
     findings += [_pair_finding("duplicate", p, ids, names) for p in exact_pairs(hashes)]
-    findings += [_pair_finding("near_duplicate", p, ids, names)
-                 for p in near_pairs(xn, threshold=thr["value"], hashes=hashes)]
-    findings += [_pair_finding("leakage", p, ids, names, match="exact" if p.exact else "near", matches=n)
-                 for p, n in cross_split_pairs(xn, names, threshold=thr["value"], hashes=hashes)]
+    findings += [_pair_finding("near_duplicate", p, ids, names, phash_distance=p.phash)
+                 for p in near_pairs(xn, rule=rule, hashes=hashes, bits=bits)]
+    findings += [_pair_finding("leakage", p, ids, names, match="exact" if p.exact else "near", matches=n,
+                               phash_distance=p.phash)
+                 for p, n in cross_split_pairs(xn, names, rule=rule, hashes=hashes, bits=bits)]
     stages.done("duplicates")
     flagged, knn, own = find_outliers(xn, y, k=o.outlier_k)
     findings += [{"kind": "outlier", "path": ids[r], "score": round(float(s), 4), "class": source.classes[y[r]],
@@ -236,9 +280,11 @@ def run_audit(data: str, *, out: str | os.PathLike[str], options: AuditOptions |
     res["timing"]["total_s"] = round(res["timing"]["total_s"] + res["timing"]["html_s"], 2)
     atomic_write_text(out_dir / AUDIT_JSON, json.dumps(res, indent=2))
     c = res["counts"]
-    log.info("audit of %s (%d images): %s; near-duplicate threshold %.4f; features: %d images through the "
+    thr = res["near_duplicate_threshold"]
+    ph = f" or perceptual-hash distance <= {thr['phash']['value']}" if "phash" in thr else ""
+    log.info("audit of %s (%d images): %s; near-duplicates: cosine >= %.4f%s; features: %d images through the "
              "backbone (%s)", data, res["n_images"], ", ".join(f"{c[k]} {k}" for k in KINDS),
-             res["near_duplicate_threshold"]["value"], res["forward_images"],
+             thr["value"], ph, res["forward_images"],
              "feature cache " + ("hit" if res["forward_images"] == 0 else "filled") if res["feature_cache"] else "no cache")
     log.info("audit timing: %s", ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in res["timing"].items()))
     return res
