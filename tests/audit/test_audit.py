@@ -20,7 +20,17 @@ import pytest
 from PIL import Image
 
 from transferlab.audit import AuditOptions, parse_drop, run_audit, write_clean
-from transferlab.audit.duplicates import cross_split_pairs, exact_pairs, near_copy, near_pairs, pixel_hash
+from transferlab.audit.duplicates import (
+    NearRule,
+    bits_of,
+    calibrate_phash,
+    cross_split_pairs,
+    exact_pairs,
+    near_copy,
+    near_pairs,
+    perceptual_hash,
+    pixel_hash,
+)
 from transferlab.audit.labels import find_label_issues
 from transferlab.cli import main
 from transferlab.data import open_dataset
@@ -87,11 +97,31 @@ def test_pair_finders_on_embeddings() -> None:
     x = np.eye(4)[[0, 1, 2, 0, 3]] + np.array([0, 0, 0, 0.05, 0])[:, None]
     xn = x / np.linalg.norm(x, axis=1, keepdims=True)
     hashes = ["a", "b", "c", "d", "e"]
-    assert [(p.i, p.j) for p in near_pairs(xn, threshold=0.99, hashes=hashes)] == [(3, 0)]
-    assert near_pairs(xn, threshold=0.99, hashes=["a", "b", "c", "a", "e"]) == []  # identical pixels: exact, not near
+    rule = NearRule(embedding=0.99)
+    assert [(p.i, p.j) for p in near_pairs(xn, rule=rule, hashes=hashes)] == [(3, 0)]
+    assert near_pairs(xn, rule=rule, hashes=["a", "b", "c", "a", "e"]) == []  # identical pixels: exact, not near
     names = np.array(["train", "train", "val", "test", "test"])
-    leaks = cross_split_pairs(xn, names, threshold=0.99, hashes=hashes)
+    leaks = cross_split_pairs(xn, names, rule=rule, hashes=hashes)
     assert [(p.i, p.j, n) for p, n in leaks] == [(3, 0, 1)]
+    # the perceptual hash adds pairs the cosine misses, only above the cosine floor
+    bits = bits_of(["0" * 16, "f" * 16, "f" * 15 + "0", "0" * 15 + "1", "f" * 16])
+    both = NearRule(embedding=0.99, phash=4, floor=0.0)
+    assert [(p.i, p.j, p.phash) for p in near_pairs(xn, rule=both, hashes=hashes, bits=bits)] == [
+        (2, 1, 4), (3, 0, 1), (4, 1, 0)]
+    assert [(p.i, p.j) for p in near_pairs(xn, rule=NearRule(0.99, phash=4, floor=0.5), hashes=hashes, bits=bits)] == [
+        (3, 0)]
+    assert [(p.i, p.j) for p, _ in cross_split_pairs(xn, names, rule=both, hashes=hashes, bits=bits)] == [(2, 1), (3, 0), (4, 1)]
+
+
+def test_phash_threshold_follows_the_copies_and_stops_at_the_data() -> None:
+    rng = np.random.default_rng(0)
+    nn = rng.choice([14.0, 16, 18, 20], size=500)  # unrelated nearest neighbours: median 18, MAD 2
+    assert calibrate_phash(np.array([0, 2, 6, 8, 10]), nn) == 10  # the copies decide
+    assert calibrate_phash(np.array([0, 2, 16, 22, 30]), nn) == 12  # capped at median - 2 x 1.4826 x MAD
+    im, other = (Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((160, 120)) for _ in range(2))
+    h = bits_of([perceptual_hash(x) for x in (im, near_copy(im, "all"), near_copy(im, "resize"), other)])
+    d = np.abs(h[1:] - h[0]).sum(1)
+    assert d[1] <= 2 and d[0] <= 12 < d[2], d  # scale-invariant; the compound copy far closer than another picture
     assert [(p.i, p.j) for p in exact_pairs(["h", "g", "h"])] == [(2, 0)]
 
 
@@ -106,6 +136,9 @@ def test_exact_and_near_duplicates_of_tiny_images_are_found(planted: dict) -> No
     near = [f for f in res["findings"] if f["kind"] == "near_duplicate"]
     assert any({f["path"], f["other"]} == {planted["near"], str(data / "class_1" / "img_05.png")} for f in near), near
     assert len(dup) == 5  # the exact copy and the four zz_leak copies, nothing else
+    ph = res["near_duplicate_threshold"]["phash"]  # the hash signal was measured and calibrated on these images
+    pair = next(f for f in near if {f["path"], f["other"]} == {planted["near"], str(data / "class_1" / "img_05.png")})
+    assert ph["copies_by_kind_max"]["resize"] <= 4 and pair["phash_distance"] <= min(ph["value"], 4), (ph, pair)
     for f in res["findings"]:
         assert {"kind", "path", "score"} <= set(f)
         if f["kind"] == "label":

@@ -18,7 +18,7 @@ from transferlab.data import ImageSource, atomic_write_text
 KIND_TITLES = {
     "label": "Label issues (confident learning on out-of-fold probabilities)",
     "duplicate": "Exact duplicates (same decoded pixels)",
-    "near_duplicate": "Near-duplicates (embedding cosine over the calibrated threshold)",
+    "near_duplicate": "Near-duplicates (embedding cosine or perceptual hash within the calibrated thresholds)",
     "leakage": "Leakage: copies across train / val / test",
     "outlier": "Outliers in embedding space",
     "quality": "Image quality",
@@ -40,11 +40,17 @@ def _caption(f: dict[str, Any]) -> str:
         probs = ", ".join(f"{c} {p:.2f}" for c, p in f["probabilities"].items())
         return f"given <b>{html.escape(f['given'])}</b> &rarr; suggested <b>{html.escape(f['suggested'])}</b><br>{html.escape(probs)}"
     if k in ("duplicate", "near_duplicate", "leakage"):
+        ph = f.get("phash_distance")
         return (f"{html.escape(f['split'])} &harr; {html.escape(f['other_split'])}, cosine {f['score']:.3f}"
-                + (f", {f['match']} match" if k == "leakage" else ""))
+                + ("" if ph is None else f", phash distance {ph}") + (f", {f['match']} match" if k == "leakage" else ""))
     if k == "outlier":
         return f"class {html.escape(f['class'])}, centroid distance {f['centroid_distance']:.3f}"
     return f"{html.escape(f['issue'])}: {html.escape(f['measured'])}"
+
+
+def _phash_note(thr: dict[str, Any]) -> str:
+    ph = thr.get("phash")
+    return "" if ph is None else f"; or perceptual-hash distance &le; {ph['value']} with cosine &ge; {ph['floor']:.3f}"
 
 
 def _card(f: dict[str, Any], source: ImageSource) -> str:
@@ -81,7 +87,7 @@ td,th{{border:1px solid #ddd;padding:2px 8px;text-align:right}} td:first-child{{
 </style></head><body>
 <h1>audit of {html.escape(str(res['data']))}</h1>
 <p>{res['n_images']} images, {len(res['classes'])} classes; embeddings: {html.escape(res['backbone'])};
-near-duplicate threshold {thr['value']:.4f} ({html.escape(thr['rule'])});
+near-duplicate threshold {thr['value']:.4f} ({html.escape(thr['rule'])}){_phash_note(thr)};
 out-of-fold accuracy {res['labels']['out_of_fold_accuracy']:.3f} ({res['labels']['folds']}-fold).</p>
 <p>{' &middot; '.join(f'<a href="#{k}">{k}: {n}</a>' for k, n in res['counts'].items())}</p>
 {''.join(sections)}

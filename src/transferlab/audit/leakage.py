@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from transferlab.audit.duplicates import cross_split_pairs, normalize_rows
+from transferlab.audit.duplicates import NearRule, cross_split_pairs, normalize_rows
 from transferlab.audit.features import SPLIT_ORDER, Embedder, embed_split
 from transferlab.data import ImageSource, Split
 from transferlab.engine.feature_cache import FeatureCache
@@ -62,7 +62,7 @@ def check_split_leakage(source: ImageSource, split: Split, *, data: str, backbon
     xn = normalize_rows(x)
     ids = [source.identity(int(i)) for i in rows_idx]
     thr = calibrated_threshold(embedder, source, rows_idx, xn, ids, sample=60, seed=0)["value"]
-    pairs = cross_split_pairs(xn, names, threshold=thr, hashes=ids)
+    pairs = cross_split_pairs(xn, names, rule=NearRule(embedding=thr), hashes=ids)  # cosine only: no decoding pass
     if pairs:
         where = {s: sum(1 for p, _ in pairs if names[p.i] == s) for s in ("val", "test")}
         log.warning("warning: %d images of val/test have a near-duplicate in an earlier split (val %d, test %d; "

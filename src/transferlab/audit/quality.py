@@ -1,8 +1,9 @@
-"""One decoding pass per image: the pixel hash and image-quality measurements (Pillow + numpy).
+"""One decoding pass per image: the pixel hash, the perceptual hash and image-quality measurements.
 
 The checks follow cleanvision's issue types (dark, light, blurry, low information, odd aspect
 ratio, odd size, grayscale) with fixed, documented thresholds; every number is measured on the
-image scaled to at most 256 px, after the full decode that the exact-duplicate hash needs anyway.
+image scaled to at most 256 px, after the full decode that the exact-duplicate hash needs anyway
+(the perceptual hash, ``imagehash.phash``, too: it looks at a 32 px grayscale version).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from transferlab.audit.duplicates import pixel_hash
+from transferlab.audit.duplicates import HASH_COPY_KINDS, bits_of, hamming, near_copy, perceptual_hash, pixel_hash
 from transferlab.data import ImageSource
 from transferlab.engine.feature_cache import FeatureCache
 
@@ -41,6 +42,7 @@ class PixelStats:
     laplacian_var: float
     entropy: float  # bits, 0..8
     grayscale: bool
+    phash: str = "0" * 16  # imagehash.phash, 16 hex digits
 
 
 def measure(image: Image.Image) -> PixelStats:
@@ -66,24 +68,26 @@ def measure(image: Image.Image) -> PixelStats:
     spread = np.abs(arr - arr.mean(axis=2, keepdims=True)).max(axis=2)
     return PixelStats(hash=h, width=rgb.size[0], height=rgb.size[1], p01=float(p01), p99=float(p99),
                       p05=float(p05), p95=float(p95), laplacian_var=float(lap.var()) if lap.size else 0.0,
-                      entropy=float(-(p * np.log2(p)).sum()), grayscale=bool(np.quantile(spread, 0.99) <= 3))
+                      entropy=float(-(p * np.log2(p)).sum()), grayscale=bool(np.quantile(spread, 0.99) <= 3),
+                      phash=perceptual_hash(small))  # the same 256 px image as _small_phash
 
 
-ROW = 9 + 10  # 9 measurements, the 20-byte sha1 as 10 halves
+ROW = 9 + 10 + 4  # 9 measurements, the 20-byte sha1 as 10 halves, the 8-byte perceptual hash as 4
 
 
 def _to_row(s: PixelStats) -> np.ndarray:
     nums = np.array([s.width, s.height, s.p01, s.p05, s.p95, s.p99, s.laplacian_var, s.entropy, s.grayscale],
                     dtype=np.float32)
     # the hash as 16-bit halves: each is exactly a float32 (raw bits could read as NaN, which the cache refuses)
-    return np.concatenate([nums, np.frombuffer(bytes.fromhex(s.hash), dtype=">u2").astype(np.float32)])
+    digests = bytes.fromhex(s.hash) + bytes.fromhex(s.phash)
+    return np.concatenate([nums, np.frombuffer(digests, dtype=">u2").astype(np.float32)])
 
 
 def _from_row(r: np.ndarray) -> PixelStats:
     digest = np.asarray(r[9:], dtype=np.float64).round().astype(">u2").tobytes().hex()
-    return PixelStats(hash=digest, width=int(r[0]), height=int(r[1]), p01=float(r[2]), p05=float(r[3]),
+    return PixelStats(hash=digest[:40], width=int(r[0]), height=int(r[1]), p01=float(r[2]), p05=float(r[3]),
                       p95=float(r[4]), p99=float(r[5]), laplacian_var=float(r[6]), entropy=float(r[7]),
-                      grayscale=bool(r[8]))
+                      grayscale=bool(r[8]), phash=digest[40:])
 
 
 def measure_source(source: ImageSource, indices: np.ndarray, *, threads: int = 2,
@@ -97,7 +101,7 @@ def measure_source(source: ImageSource, indices: np.ndarray, *, threads: int = 2
 
     key = None
     if cache is not None:
-        key = cache.key(fingerprint={"audit": "pixel-stats", "version": 2}, boundary=0,
+        key = cache.key(fingerprint={"audit": "pixel-stats", "version": 3}, boundary=0,
                         items=item_keys(source, indices))
         hit = cache.load(key)
         if hit is not None:
@@ -109,6 +113,41 @@ def measure_source(source: ImageSource, indices: np.ndarray, *, threads: int = 2
         writer.write(torch.from_numpy(np.stack([_to_row(s) for s in stats])))
         writer.commit()
     return stats, False
+
+
+def _small_phash(image: Image.Image) -> str:
+    small = image.convert("RGB")
+    small.thumbnail((256, 256), Image.Resampling.BILINEAR)
+    return perceptual_hash(small)
+
+
+def copy_phash_distances(source: ImageSource, indices: np.ndarray, phashes: list[str], *, threads: int = 2,
+                         cache: FeatureCache | None = None) -> np.ndarray:
+    """(len(indices), 4) perceptual-hash distances between each image and its near-copies of
+    :data:`~transferlab.audit.duplicates.HASH_COPY_KINDS`, measured as :func:`measure` does (kept in
+    ``cache`` like the measurements: a warm audit decodes nothing)."""
+    from transferlab.experiments.train import item_keys
+
+    key = None
+    if cache is not None:
+        key = cache.key(fingerprint={"audit": "phash-copies", "kinds": list(HASH_COPY_KINDS), "version": 1},
+                        boundary=0, items=item_keys(source, indices))
+        hit = cache.load(key)
+        if hit is not None:
+            return hit.numpy()
+
+    def one(k: int) -> list[str]:
+        im = source.load(int(indices[k]))
+        return [_small_phash(near_copy(im, kind)) for kind in HASH_COPY_KINDS]
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        copies = list(pool.map(one, range(len(indices))))
+    dist = np.stack([hamming(bits_of([phashes[k]]), bits_of(c))[0] for k, c in enumerate(copies)]).astype(np.float32)
+    if key is not None and cache is not None and len(dist):
+        writer = cache.writer(key, n=len(dist), shape=(len(HASH_COPY_KINDS),))
+        writer.write(torch.from_numpy(dist))
+        writer.commit()
+    return dist
 
 
 def quality_issues(stats: PixelStats, *, colour_set: bool) -> list[tuple[str, float, str]]:
