@@ -9,7 +9,9 @@ cached says in one line that it did not check); ``compare`` embeds image files o
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from transferlab.audit.duplicates import NearRule, cross_split_pairs, normalize_rows
@@ -18,6 +20,18 @@ from transferlab.data import ImageSource, Split
 from transferlab.engine.feature_cache import FeatureCache
 
 log = logging.getLogger("transferlab")
+
+
+@contextlib.contextmanager
+def _only_warnings() -> Iterator[None]:
+    """The check's own feature loading (weights, cached entries, copies) stays out of the run's log:
+    it says what it found in one line instead."""
+    level = log.level
+    log.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def check_split_leakage(source: ImageSource, split: Split, *, data: str, backbone: str, weights: str | None,
@@ -42,8 +56,9 @@ def check_split_leakage(source: ImageSource, split: Split, *, data: str, backbon
         log.info("cross-split near-duplicates: not checked (--feature-cache off; %s)", how.replace("shows them", "checks"))
         return None
     try:
-        embedder = Embedder.create(backbone, source=source, norm_indices=split.train, weights=weights, cache=cache,
-                                   device=device, workers=workers)
+        with _only_warnings():
+            embedder = Embedder.create(backbone, source=source, norm_indices=split.train, weights=weights,
+                                       cache=cache, device=device, workers=workers)
     except (WeightsNotFoundError, ConfigError) as exc:
         log.info("cross-split near-duplicates: not checked (%s)", str(exc).splitlines()[0])
         return None
@@ -58,16 +73,20 @@ def check_split_leakage(source: ImageSource, split: Split, *, data: str, backbon
                      how.replace("shows them", "checks"))
             return None
         store.runtime = found[0]  # read those entries; no parity check, no forward pass
-    x, rows_idx, names = embed_split(embedder, source, split)
-    xn = normalize_rows(x)
-    ids = [source.identity(int(i)) for i in rows_idx]
-    thr = calibrated_threshold(embedder, source, rows_idx, xn, ids, sample=60, seed=0)["value"]
+    with _only_warnings():
+        x, rows_idx, names = embed_split(embedder, source, split)
+        xn = normalize_rows(x)
+        ids = [source.identity(int(i)) for i in rows_idx]
+        thr = calibrated_threshold(embedder, source, rows_idx, xn, ids, sample=60, seed=0)["value"]
     pairs = cross_split_pairs(xn, names, rule=NearRule(embedding=thr), hashes=ids)  # cosine only: no decoding pass
     if pairs:
         where = {s: sum(1 for p, _ in pairs if names[p.i] == s) for s in ("val", "test")}
         log.warning("warning: %d images of val/test have a near-duplicate in an earlier split (val %d, test %d; "
                     "cosine >= %.3f): test accuracy may be optimistic; %s", len(pairs), where["val"],
                     where["test"], thr, how)
+    else:
+        log.info("cross-split near-duplicates: none (%d val/test images against the earlier splits, cosine >= %.3f, "
+                 "%s features)", int(sum(names != "train")), thr, backbone)
     return {"count": len(pairs), "threshold": thr,
             "pairs": [[ids[p.i], ids[p.j], round(p.score, 4)] for p, _ in pairs[:100]]}
 
