@@ -123,6 +123,12 @@ def _print_predictions(results: list[dict[str, Any]]) -> None:
             print(f"{r['image']}: {', '.join(r['labels']) or '(no label above its threshold)'}")
             for label, p in sorted(r["probabilities"].items(), key=lambda kv: -kv[1]):
                 print(f"  {p:6.1%}  {label}")
+        elif "fractions" in r:  # a mask
+            shares = ", ".join(f"{c} {v:.1%}" for c, v in r["fractions"].items())
+            where = r.get("mask_file", "mask inline as base64 PNG (--json; --draw writes files)")
+            print(f"{r['image']}: {shares}; {where}")
+        elif "keypoints" in r:
+            print(f"{r['image']}: " + ", ".join(f"{n} ({p['x']:.1f}, {p['y']:.1f})" for n, p in r["keypoints"].items()))
         else:  # a box
             extra = (f"  {r['class']} {r['probability']:.1%}" if "class" in r else "") + (
                 f"  IoU {r['iou']:.3f} with {r['true_box']}" if "iou" in r else "")
@@ -810,17 +816,19 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
                    help="run --model with PyTorch or with ONNX Runtime on its exported model.onnx (default: torch)")
     add_tta_option(p)
     p.add_argument("--draw", metavar="OUT.png", help="localization runs: draw predicted (red) and, where a VOC file "
-                   "is found, true (green) boxes")
+                   "is found, true (green) boxes; segmentation runs: mask overlays, and the masks as PNG files in "
+                   "OUT_masks/; keypoint runs: the points")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("train", help="train a strategy for a task (classify, multilabel, localize) into a run "
-                                     "directory")
+    p = sub.add_parser("train", help="train a strategy for a task (classify, multilabel, localize, segment, "
+                                     "keypoints) into a run directory")
     p.add_argument("data", nargs="?", metavar="DATA", help="image folder, dataset layout, CSV or 'fashion-mnist'")
     p.add_argument("--task", default="classify", choices=TASK_CHOICES,
                    help="what to learn: classify (one class per image), multilabel (a path,labels CSV, labels "
-                        "separated by ';') or localize (one box per image, VOC annotations); the flags below "
-                        "follow the task (default: classify)")
+                        "separated by ';'), localize (one box per image, VOC annotations), segment (a class per "
+                        "pixel: pet trimaps, or images/ + masks/) or keypoints (a path,NAME_x,NAME_y,... CSV); "
+                        "the flags below follow the task (default: classify)")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory to write")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
     p.add_argument("--overwrite", action="store_true",

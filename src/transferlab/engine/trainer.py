@@ -275,10 +275,10 @@ class Engine:
                                        generator=torch.Generator()):  # leaves the global RNG alone
                     x = x.to(self.ctx.device).contiguous(memory_format=torch.channels_last)
                     outs.append(self.model(x).float().cpu())
-        width = self.model.num_classes
-        local = torch.cat(outs) if outs else torch.empty(0, width)
+        local = torch.cat(outs) if outs else torch.empty(0, self.model.num_classes)
         shards = self.ctx.gather((mine, local))
-        logits = torch.empty(n, width)
+        shape = next((tuple(part.shape[1:]) for idx, part in shards if idx), (self.model.num_classes,))
+        logits = torch.empty(n, *shape)  # (N, classes), or a dense task's (N, C, H, W)
         for idx, part in shards:
             if idx:
                 logits[idx] = part

@@ -93,7 +93,7 @@ def evaluate_run(model_dir: str | os.PathLike[str], data: str, *, subset: str = 
                else spec.options_class() if spec.options_class is not None else None)
     prepared = spec.read(data, options=options, quiet=quiet)
     opened = prepared.source
-    if list(opened.classes) != lm.classes:
+    if list(prepared.classes or opened.classes) != lm.classes:
         extra = sorted(set(opened.classes) - set(lm.classes))[:3]
         missing = sorted(set(lm.classes) - set(opened.classes))[:3]
         raise DataError(

@@ -252,7 +252,7 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
         backbone = create_backbone(t.backbone, pretrained=True, weights=t.weights)
     if t.input_size is not None:
         backbone.preprocessing = backbone.preprocessing.with_input_size(t.input_size)
-    classes = list(source.classes)
+    classes = list(prepared.classes or source.classes)
     model = spec.build_model(backbone, train_options=t, options=to, num_classes=len(classes))
     pre = model.preprocessing
     norm = compute_norm_stats(d.normalize, source=source, indices=split.train, preprocessing=pre)

@@ -24,9 +24,12 @@ TASKS: dict[str, str] = {
     "classification": "transferlab.tasks.classify",
     "localization": "transferlab.tasks.localize",
     "multilabel": "transferlab.tasks.multilabel",
+    "segmentation": "transferlab.tasks.segment",
+    "keypoints": "transferlab.tasks.keypoints",
 }
 #: the CLI's verbs for the tasks (``train --task classify``)
-ALIASES: dict[str, str] = {"classify": "classification", "multilabel": "multilabel", "localize": "localization"}
+ALIASES: dict[str, str] = {"classify": "classification", "multilabel": "multilabel", "localize": "localization",
+                           "segment": "segmentation", "keypoints": "keypoints"}
 TASK_CHOICES: tuple[str, ...] = tuple(ALIASES)
 DEFAULT_TASK = "classification"
 

@@ -52,6 +52,7 @@ class Prepared:
     targets: Any = None  # the task's per-item annotations (boxes ...); None: the source's labels
     summary: dict[str, Any] = field(default_factory=dict)  # goes into metrics.json (e.g. boxes found)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # unreadable files of the opened dataset
+    classes: list[str] | None = None  # the model's output classes when they are not the source's (mask classes)
 
 
 @dataclass
