@@ -79,7 +79,29 @@ def build_head(cfg: HeadConfig, *, in_features: int, num_classes: int) -> nn.Seq
     return nn.Sequential(*layers)
 
 
-class TransferModel(nn.Module):
+class StagedModel(nn.Module):
+    """What the strategies address in a model: its named ``stages`` and its ``head`` (trainable groups)."""
+
+    stages: nn.Sequential
+    head: nn.Module
+
+    @property
+    def stage_names(self) -> list[str]:
+        return [name for name, _ in self.stages.named_children()]
+
+    def modules_of(self, name: str) -> nn.Module:
+        """``head`` (the task's head or decoder) or a stage name."""
+        if name == "head":
+            return self.head
+        try:
+            return self.stages.get_submodule(name)
+        except AttributeError:
+            raise ConfigError(
+                f"unknown trainable group {name!r}; expected 'head' or one of {self.stage_names}"
+            ) from None
+
+
+class TransferModel(StagedModel):
     """``stages`` (the kept part of the featurizer) -> ``pool`` -> ``head``.
 
     ``forward_from(x, start)`` runs from stage ``start`` on, so that the activations entering a
@@ -126,10 +148,6 @@ class TransferModel(nn.Module):
         self.backbone_name = backbone.name
         self.preprocessing = backbone.preprocessing
 
-    @property
-    def stage_names(self) -> list[str]:
-        return [name for name, _ in self.stages.named_children()]
-
     def forward_from(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
         for stage in list(self.stages)[start:]:
             x = stage(x)
@@ -148,14 +166,4 @@ class TransferModel(nn.Module):
         """Pooled output of the kept featurizer (what the head sees)."""
         return self.pool(self.stages(x))
 
-    def modules_of(self, name: str) -> nn.Module:
-        """``head`` or a stage name."""
-        if name == "head":
-            return self.head
-        try:
-            return self.stages.get_submodule(name)
-        except AttributeError:
-            raise ConfigError(
-                f"unknown trainable group {name!r}; expected 'head' or one of {self.stage_names}"
-            ) from None
 

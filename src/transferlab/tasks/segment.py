@@ -43,7 +43,7 @@ from transferlab.data.images import image_size
 from transferlab.data.transforms import PerImageStandardize
 from transferlab.errors import ConfigError, DataError
 from transferlab.options import TrainOptions, opt
-from transferlab.strategies.model import check_cut
+from transferlab.strategies.model import StagedModel, check_cut
 from transferlab.strategies.plans import STRATEGIES
 from transferlab.tasks.base import Inputs, Prepared
 from transferlab.zoo import Backbone, Preprocessing
@@ -324,7 +324,7 @@ class FPNDecoder(nn.Module):
         return self.out(p)
 
 
-class DenseModel(nn.Module):
+class DenseModel(StagedModel):
     """Encoder stages -> the last stage of each resolution (stride >= ``min_stride``) -> FPN decoder.
 
     The engine's frozen-prefix contract holds: ``prefix(x, start=0, stop=b)`` returns, per item,
@@ -359,19 +359,6 @@ class DenseModel(nn.Module):
         self.min_stride, self.upsample, self.input_size = min_stride, upsample, size
         self.backbone_name = backbone.name
         self.preprocessing = backbone.preprocessing
-
-    @property
-    def stage_names(self) -> list[str]:
-        return [name for name, _ in self.stages.named_children()]
-
-    def modules_of(self, name: str) -> nn.Module:
-        """``head`` (the decoder) or a stage name."""
-        if name == "head":
-            return self.head
-        try:
-            return self.stages.get_submodule(name)
-        except AttributeError:
-            raise ConfigError(f"unknown trainable group {name!r}; expected 'head' or one of {self.stage_names}") from None
 
     def _carried(self, b: int) -> list[int]:
         """Stages whose outputs the flattened row at boundary ``b`` holds (skips below, then stage b-1)."""
