@@ -613,7 +613,8 @@ def memory_case(work: Path, run: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one eviction round instead of three")
-    ap.add_argument("--memory-only", action="store_true", help="only predict's peak memory, strip vs photo (about 45 s of CPU)")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only predict's peak memory, strip vs photo (about 45 s of CPU)")
     ap.add_argument("--out", type=Path, help="JSON written (default benchmarks/results/hostile.json, "
                                              "with --memory-only hostile_memory.json)")
     args = ap.parse_args(argv)
