@@ -201,7 +201,8 @@ def test_7_bad_option_values_are_one_line(tiny_folder: Path, tmp_path: Path, fla
                                           capsys: pytest.CaptureFixture) -> None:
     assert main(["train", str(tiny_folder), "--out", str(tmp_path / "r"), *TINY_TRAIN, *flags]) == 2
     err = capsys.readouterr().err
-    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert needle in err, err
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +241,8 @@ def test_7_planted_model_json_is_one_line(tiny_run: Path, tmp_path: Path, case: 
     (run / "model.json").write_text(json.dumps(MODEL_JSON_DAMAGE[case](meta)))
     assert main(["predict", str(_an_image(run)), "--model", str(run)]) == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and "model.json" in err and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "model.json" in err, err  # the line names the file
 
 
 @pytest.mark.parametrize("target,payload", [
@@ -259,7 +261,8 @@ def test_7_corrupt_run_files_are_one_line(tiny_run: Path, tmp_path: Path, target
         argv = ["predict", str(img), "--model", str(run)]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and target in err and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert target in err, err  # the line names the file
 
 
 @pytest.mark.parametrize("payload", [b"PK\x03\x04 truncated zip", b"", b"\x80\x04garbage", b"not a checkpoint"])
