@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from transferlab.data import FixedViews, ImageSource, atomic_write_bytes, atomic_write_text, load_image, open_dataset
+from transferlab.data import ImageSource, atomic_write_bytes, atomic_write_text, load_image
 from transferlab.errors import ConfigError
 from transferlab.localization.data import BoxDataset
 from transferlab.localization.figures import Tile, png_bytes, prediction_grid
@@ -33,8 +33,9 @@ from transferlab.localization.voc import BoxSet, clip_box, find_voc, image_size,
 from transferlab.options import TrainOptions, opt
 from transferlab.strategies.model import POOLS
 from transferlab.strategies.plans import STRATEGIES
-from transferlab.tasks.base import Inputs, Prepared
+from transferlab.tasks.base import Inputs, Prepared, read_opened
 from transferlab.tasks.classify import parse_hidden
+from transferlab.tasks.paired import check_paired_run, paired_inputs, settle_views, sub_source
 
 __all__ = ["DATA_SKIP", "LOC_SPLIT", "TASK", "TRAIN_SKIP", "LocTrainOptions", "Localization", "LocalizeOptions",
            "boxed_source", "pixel_boxes", "write_predictions"]
@@ -73,15 +74,9 @@ class LocalizeOptions:
                                   "--augment, 0 with none")
 
     def __post_init__(self) -> None:
-        if self.views is None:  # the measured best: 7 fixed views of the augmentation
-            object.__setattr__(self, "views", 0 if self.box_augment == "none" else DEFAULT_VIEWS)
-        if not 0.0 < self.crop_scale <= 1.0:
-            raise ConfigError(f"--crop-scale must be in (0, 1], got {self.crop_scale}")
+        settle_views(self, augment=self.box_augment, augments=BOX_AUGMENTS, default=DEFAULT_VIEWS)
         if not self.box_weight > 0:
             raise ConfigError(f"--box-weight must be > 0, got {self.box_weight}")
-        if self.views < 0 or (self.views > 0 and self.box_augment == "none"):
-            raise ConfigError(f"--views must be 0, or > 0 together with --augment flip|flip-scale; got --views "
-                              f"{self.views} with --augment {self.box_augment}")
 
 
 @dataclass(frozen=True)
@@ -102,11 +97,10 @@ class LocTrainOptions(TrainOptions):
 
 
 def boxed_source(source: ImageSource, boxes: BoxSet) -> tuple[ImageSource, BoxSet]:
-    """The items with a box as their own source (same identities and classes), boxes re-indexed."""
-    sub = ImageSource.from_files([source.identity(int(i)) for i in boxes.indices], source.labels[boxes.indices],
-                                 classes=source.classes, name=source.name, root=source.root)
+    """The items with a box as their own source (same identities and classes), boxes re-indexed; the
+    layout's given split is dropped (the pets' boxes are all in trainval: ``--split`` splits them)."""
+    sub = sub_source(source, boxes.indices, keep_given_split=False)
     return sub, replace(boxes, indices=np.arange(len(boxes), dtype=np.int64))
-
 
 
 def pixel_boxes(normalised: torch.Tensor, sizes: np.ndarray) -> np.ndarray:
@@ -154,23 +148,14 @@ class Localization:
 
     # ---- training
     def check(self, *, data_options: Any, train_options: Any, options: LocalizeOptions) -> None:
-        d, t = data_options, train_options
-        if d.augment != "none" or d.batch_augment != "none":
-            raise ConfigError(f"localization needs box-aware augmentation: use --augment {'|'.join(BOX_AUGMENTS)}, "
-                              f"got data augment {d.augment!r} / batch augment {d.batch_augment!r}")
-        if t.strategy == "linear-probe" and not t.plan:
-            raise ConfigError("--strategy linear-probe fits a classifier; for boxes use feature-extraction, "
-                              "fine-tune, chain-thaw, gradual-unfreeze, full or scratch")
+        check_paired_run("localize", data_options=data_options, train_options=train_options, augments=BOX_AUGMENTS)
 
     def cacheable_train(self, *, data_options: Any, train_options: Any, options: LocalizeOptions) -> bool:
         return options.box_augment == "none" or options.views > 0
 
     def read(self, data: str, *, options: Any, quiet: bool) -> Prepared:
         """Open DATA (any layout ``open_dataset`` knows) and prepare it for this task."""
-        opened = open_dataset(data, quiet=quiet)
-        prepared = self.prepare(opened, options=options)
-        prepared.skipped = list(opened.skipped)
-        return prepared
+        return read_opened(self, data, options=options, quiet=quiet)
 
     def prepare(self, source: ImageSource, *, options: LocalizeOptions) -> Prepared:
         all_boxes = load_source_boxes(source)
@@ -193,13 +178,10 @@ class Localization:
 
     def inputs(self, prepared: Prepared, idx: np.ndarray, *, training: bool, eval_tf: Any, train_tf: Any,
                preprocessing: Any, data_options: Any, train_options: Any, options: LocalizeOptions) -> Inputs:
-        source, boxes, size = prepared.source, prepared.targets, preprocessing.input_size
-        ev = BoxDataset(source, boxes, idx, eval_tf, draft_size=size)
-        if training and options.views > 0:  # fixed augmented views: deterministic, so cacheable
-            fixed = FixedViews(ev, train_tf, views=options.views, seed=data_options.split_seed)
-            return Inputs(labels=fixed.targets(), eval_dataset=fixed, train_dataset=fixed)
-        tr = BoxDataset(source, boxes, idx, train_tf, draft_size=size) if training else None
-        return Inputs(labels=ev.targets, eval_dataset=ev, train_dataset=tr)
+        return paired_inputs(lambda tf: BoxDataset(prepared.source, prepared.targets, idx, tf,
+                                                   draft_size=preprocessing.input_size),
+                             training=training, eval_tf=eval_tf, train_tf=train_tf, views=options.views,
+                             seed=data_options.split_seed)
 
     def objective(self, *, train_options: Any, class_weights: Any, options: LocalizeOptions,
                   device: torch.device, num_classes: int) -> LocalizationTask:

@@ -31,21 +31,20 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
 
-from transferlab.data import (IMAGE_EXTENSIONS, FixedViews, ImageSource, NormStats, atomic_write_bytes,
-                              atomic_write_text, open_dataset)
+from transferlab.data import (IMAGE_EXTENSIONS, ImageSource, NormStats, atomic_write_bytes, atomic_write_text,
+                              open_dataset)
 from transferlab.data.geometry import interpolation_mode
 from transferlab.data.images import image_size
-from transferlab.data.transforms import PerImageStandardize
 from transferlab.errors import ConfigError, DataError
 from transferlab.options import TrainOptions, opt
 from transferlab.strategies.model import StagedModel, check_cut
 from transferlab.strategies.plans import STRATEGIES
 from transferlab.tasks.base import Inputs, Prepared
+from transferlab.tasks.paired import (PairedDataset, PairedTransform, check_paired_run, normaliser, paired_inputs,
+                                      settle_views, sub_source)
 from transferlab.zoo import Backbone, Preprocessing
 
 __all__ = ["DENSE_AUGMENTS", "PET_CLASSES", "TASK", "DenseModel", "FPNDecoder", "MaskDataset", "MaskSet",
@@ -57,6 +56,8 @@ log = logging.getLogger("transferlab")
 #: trimap value - 1 -> class (Oxford-IIIT Pet: 1 pet, 2 background, 3 border)
 PET_CLASSES = ("pet", "background", "border")
 DENSE_AUGMENTS: tuple[str, ...] = ("none", "flip", "flip-scale")
+#: fixed augmented views per training image by default (with an --augment)
+DEFAULT_VIEWS = 2
 #: the generic layout's folders
 IMAGES_DIR, MASKS_DIR = "images", "masks"
 #: colours of the overlays (class index -> RGB; the second class of the pets, background, is left clear)
@@ -80,15 +81,9 @@ class SegmentOptions:
                                          "comma-separated (default: DATA/classes.txt)")
 
     def __post_init__(self) -> None:
-        if self.views is None:
-            object.__setattr__(self, "views", 0 if self.mask_augment == "none" else 2)
-        if not 0.0 < self.crop_scale <= 1.0:
-            raise ConfigError(f"--crop-scale must be in (0, 1], got {self.crop_scale}")
+        settle_views(self, augment=self.mask_augment, augments=DENSE_AUGMENTS, default=DEFAULT_VIEWS)
         if self.decoder_width < 8:
             raise ConfigError(f"--decoder-width must be >= 8, got {self.decoder_width}")
-        if self.views < 0 or (self.views > 0 and self.mask_augment == "none"):
-            raise ConfigError(f"--views must be 0, or > 0 together with --augment flip|flip-scale; got --views "
-                              f"{self.views} with --augment {self.mask_augment}")
 
 
 @dataclass(frozen=True)
@@ -155,15 +150,6 @@ def _check_masks(source: ImageSource, masks: MaskSet) -> None:
         read_mask(f, masks.lut)
 
 
-def _sub_source(source: ImageSource, keep: np.ndarray) -> ImageSource:
-    """Items ``keep`` of ``source`` as their own source (same identities, classes, given split restricted)."""
-    new = {int(i): k for k, i in enumerate(keep)}
-    given = ({name: np.asarray([new[int(i)] for i in idx if int(i) in new], dtype=np.int64)
-              for name, idx in source.given_split.items()} if source.given_split else None)
-    return ImageSource.from_files([source.identity(int(i)) for i in keep], source.labels[keep],
-                                  classes=source.classes, name=source.name, root=source.root, given_split=given)
-
-
 def _pets(data: Path, *, quiet: bool) -> tuple[ImageSource, MaskSet, list[tuple[str, str]]]:
     opened = open_dataset(str(data), quiet=quiet)
     folder = data / "annotations" / "trimaps"
@@ -171,7 +157,7 @@ def _pets(data: Path, *, quiet: bool) -> tuple[ImageSource, MaskSet, list[tuple[
     if len(have) < len(opened):
         log.info("segmentation: %d of %d images have no trimap in %s: left out", len(opened) - len(have),
                  len(opened), folder)
-    source = _sub_source(opened, np.asarray(have, dtype=np.int64)) if len(have) < len(opened) else opened
+    source = sub_source(opened, np.asarray(have, dtype=np.int64)) if len(have) < len(opened) else opened
     files = [str(folder / f"{Path(source.identity(i)).stem}.png") for i in range(len(source))]
     return source, MaskSet(files, _value_lut({1: 0, 2: 1, 3: 2}), list(PET_CLASSES)), list(opened.skipped)
 
@@ -226,7 +212,7 @@ def read_masks(data: str, *, mask_classes: str | None = None, quiet: bool = True
 
 # ----------------------------------------------------------------------------- transforms and datasets
 
-class MaskTransform:
+class MaskTransform(PairedTransform):
     """``(PIL image, H x W class mask) -> (float32 C x S x S tensor, int64 S x S mask)``, moved together.
 
     Example:
@@ -237,17 +223,14 @@ class MaskTransform:
         ((3, 32, 32), (32, 32), 1)
     """
 
-    def __init__(self, steps: list[Any], *, normalise: Any) -> None:
-        self.pipeline = v2.Compose(steps)
-        self.normalise = normalise
+    def wrap(self, image: Image.Image, target: np.ndarray) -> tv_tensors.Mask:
+        if target.shape != (image.height, image.width):
+            raise DataError(f"mask is {target.shape[1]}x{target.shape[0]} but its image is "
+                            f"{image.width}x{image.height}")
+        return tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(target)))
 
-    def __call__(self, image: Image.Image, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        if mask.shape != (image.height, image.width):
-            raise DataError(f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is {image.width}x{image.height}")
-        img, m = self.pipeline(tv_tensors.Image(TF.pil_to_tensor(image)),
-                               tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask))))
-        x = TF.to_dtype(img, torch.float32, scale=True).as_subclass(torch.Tensor)
-        return self.normalise(x), m.as_subclass(torch.Tensor).long()
+    def unwrap(self, moved: torch.Tensor, target: np.ndarray) -> torch.Tensor:
+        return moved.long()
 
 
 def dense_transform(preprocessing: Preprocessing, *, norm: NormStats, augment: str = "none",
@@ -262,37 +245,21 @@ def dense_transform(preprocessing: Preprocessing, *, norm: NormStats, augment: s
                         if augment == "flip-scale" else [v2.Resize((size, size), interpolation=mode, antialias=True)])
     if augment != "none":
         steps.append(v2.RandomHorizontalFlip(p=0.5))
-    normalise = (PerImageStandardize() if norm.kind == "sample"
-                 else v2.Normalize(mean=list(norm.mean), std=list(norm.std)))
-    return MaskTransform(steps, normalise=normalise)
+    return MaskTransform(steps, size=size, normalise=normaliser(norm))
 
 
-class MaskDataset(Dataset):
-    """Items ``indices`` of ``source`` as ``(image tensor, S x S mask)``; ``targets``: the eval masks."""
+class MaskDataset(PairedDataset):
+    """Items ``indices`` of ``source`` as ``(image tensor, S x S mask)``; ``targets()``: the eval masks,
+    ``N x S x S`` uint8 (class indices < 256). Images decode at full size (the mask has its size)."""
 
-    def __init__(self, source: ImageSource, masks: MaskSet, indices: np.ndarray, transform: MaskTransform, *,
-                 draft_size: int | None = None) -> None:
-        self.source, self.masks, self.transform, self.draft_size = source, masks, transform, draft_size
-        self.indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    target_dtype = torch.uint8
 
-    def __len__(self) -> int:
-        return int(self.indices.size)
+    def __init__(self, source: ImageSource, masks: MaskSet, indices: np.ndarray, transform: MaskTransform) -> None:
+        super().__init__(source, indices, transform)
+        self.masks = masks
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transformed(k, self.transform)
-
-    def transformed(self, k: int, transform: MaskTransform) -> tuple[torch.Tensor, torch.Tensor]:
-        i = int(self.indices[k])
-        return transform(self.source.load(i), read_mask(self.masks.files[i], self.masks.lut))
-
-    def targets(self) -> torch.Tensor:
-        """The (eval-transformed) mask of every item, ``N x S x S`` uint8 (class indices < 256)."""
-        rows = [self[k][1].to(torch.uint8) for k in range(len(self))]
-        return torch.stack(rows) if rows else torch.empty(0, dtype=torch.uint8)
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self.source.labels[self.indices]
+    def target(self, k: int) -> np.ndarray:
+        return read_mask(self.masks.files[int(self.indices[k])], self.masks.lut)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -516,6 +483,8 @@ class Segmentation:
     """The segmentation task for the run pipeline, the loader and the deploy tools."""
 
     name = "segmentation"
+    verb = "segment"  # train --task segment
+    augments = DENSE_AUGMENTS
     score_name = "pixel_accuracy"
     options_class = SegmentOptions
     train_options_class = SegTrainOptions
@@ -527,17 +496,7 @@ class Segmentation:
 
     # ---- training
     def check(self, *, data_options: Any, train_options: Any, options: SegmentOptions) -> None:
-        d, t = data_options, train_options
-        if d.augment != "none" or d.batch_augment != "none":
-            raise ConfigError(f"--task {self.name} needs mask-aware augmentation: use --augment "
-                              f"{'|'.join(DENSE_AUGMENTS)}, got data augment {d.augment!r} / batch augment "
-                              f"{d.batch_augment!r}")
-        if t.strategy == "linear-probe" and not t.plan:
-            raise ConfigError(f"--strategy linear-probe fits a classifier; for --task {self.name} use "
-                              "feature-extraction, fine-tune, chain-thaw, gradual-unfreeze, full or scratch")
-        if t.class_weights != "none" or t.balanced_sampler or t.label_smoothing:
-            raise ConfigError(f"--class-weights, --balanced-sampler and --label-smoothing are per-image; "
-                              f"--task {self.name} takes none")
+        check_paired_run(self.verb, data_options=data_options, train_options=train_options, augments=self.augments)
 
     def cacheable_train(self, *, data_options: Any, train_options: Any, options: Any) -> bool:
         return options.mask_augment == "none" or options.views > 0
@@ -559,13 +518,8 @@ class Segmentation:
 
     def inputs(self, prepared: Prepared, idx: np.ndarray, *, training: bool, eval_tf: Any, train_tf: Any,
                preprocessing: Any, data_options: Any, train_options: Any, options: SegmentOptions) -> Inputs:
-        ev = MaskDataset(prepared.source, prepared.targets, idx, eval_tf)
-        if training and options.views > 0:  # fixed views: deterministic, so their activations are cacheable
-            fixed = FixedViews(ev, train_tf, views=options.views, seed=data_options.split_seed)
-            return Inputs(labels=fixed.targets().to(torch.uint8), eval_dataset=fixed, train_dataset=fixed,
-                          name_suffix=f"+views{options.views}")
-        tr = MaskDataset(prepared.source, prepared.targets, idx, train_tf) if training else None
-        return Inputs(labels=ev.targets(), eval_dataset=ev, train_dataset=tr)
+        return paired_inputs(lambda tf: MaskDataset(prepared.source, prepared.targets, idx, tf), training=training,
+                             eval_tf=eval_tf, train_tf=train_tf, views=options.views, seed=data_options.split_seed)
 
     def objective(self, *, train_options: Any, class_weights: Any, options: Any, device: torch.device,
                   num_classes: int) -> SegmentationObjective:

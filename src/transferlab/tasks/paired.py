@@ -1,0 +1,154 @@
+"""What the tasks whose target moves with the image share: localize (a box), segment (a mask), keypoints.
+
+One transform (torchvision ``v2`` steps applied to the image and its ``tv_tensors`` target together,
+then to float and normalised), one dataset (items of a source, each with its target), one set of
+option checks (``--augment`` / ``--views`` / ``--crop-scale``, the classification-only options
+refused), and one way to build a split's inputs (fixed seeded views of the augmentation, so that a
+frozen encoder's activations stay cacheable). Each task module says only what differs: how its
+target is wrapped for torchvision and read back, where it comes from, and its defaults.
+
+Example:
+    >>> src = ImageSource.from_files(["/d/a.jpg", "/d/b.jpg"], [0, 1], classes=["x", "y"], name="d")
+    >>> sub = sub_source(src, np.array([1]))
+    >>> sub.identity(0), sub.labels.tolist()
+    ('/d/b.jpg', [1])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from transferlab.data import FixedViews, ImageDataset, ImageSource, NormStats
+from transferlab.data.transforms import PerImageStandardize
+from transferlab.errors import ConfigError
+from transferlab.tasks.base import Inputs
+
+__all__ = ["PairedDataset", "PairedTransform", "check_paired_run", "normaliser", "paired_inputs", "settle_views",
+           "sub_source"]
+
+
+def normaliser(norm: NormStats) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The last step of a transform: per-image standardisation (``--normalize sample``) or mean / std.
+
+    Example:
+        >>> type(normaliser(NormStats("sample", (0.5,) * 3, (0.5,) * 3))).__name__
+        'PerImageStandardize'
+    """
+    if not isinstance(norm, NormStats):
+        raise ConfigError(f"norm: expected a NormStats, got {type(norm).__name__}")
+    return PerImageStandardize() if norm.kind == "sample" else v2.Normalize(mean=list(norm.mean), std=list(norm.std))
+
+
+class PairedTransform:
+    """``(PIL image, target) -> (float32 C x S x S tensor, the target moved with the image)``.
+
+    ``steps`` are torchvision ``v2`` transforms; a subclass says how its target becomes a
+    ``tv_tensors`` object (:meth:`wrap`) and how the moved one is read back (:meth:`unwrap`).
+    """
+
+    def __init__(self, steps: list[Any], *, size: int, normalise: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.pipeline, self.size, self.normalise = v2.Compose(steps), size, normalise
+
+    def wrap(self, image: Image.Image, target: Any) -> Any:
+        """``target`` as the ``tv_tensors`` type torchvision moves with the image."""
+        raise NotImplementedError
+
+    def unwrap(self, moved: torch.Tensor, target: Any) -> torch.Tensor:
+        """The moved target (a plain tensor) as the task's target; ``target`` is the one given."""
+        raise NotImplementedError
+
+    def __call__(self, image: Image.Image, target: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        img, moved = self.pipeline(tv_tensors.Image(TF.pil_to_tensor(image)), self.wrap(image, target))
+        x = TF.to_dtype(img, torch.float32, scale=True).as_subclass(torch.Tensor)
+        return self.normalise(x), self.unwrap(moved.as_subclass(torch.Tensor), target)
+
+
+class PairedDataset(ImageDataset):
+    """Items ``indices`` of ``source`` as ``(image tensor, target)`` through a :class:`PairedTransform`.
+
+    A subclass gives :meth:`target` (the untransformed target of item ``k``);
+    ``target_dtype`` is how :meth:`targets` stores them (e.g. uint8 masks).
+    """
+
+    target_dtype: torch.dtype | None = None
+
+    def target(self, k: int) -> Any:
+        """The target of item ``k`` as the transform takes it."""
+        raise NotImplementedError
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transformed(k, self.transform)
+
+    def transformed(self, k: int, transform: Callable[..., Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item ``k`` through another paired transform (``data.FixedViews`` draws its views with it)."""
+        return transform(self.source.load(int(self.indices[k]), draft_size=self.draft_size), self.target(k))
+
+    def targets(self) -> torch.Tensor:
+        """The eval-transformed target of every item, stacked (decodes every image once)."""
+        return compact([self[k][1] for k in range(len(self))], self.target_dtype)
+
+
+def compact(rows: list[torch.Tensor], dtype: torch.dtype | None) -> torch.Tensor:
+    """``rows`` stacked (as ``dtype`` when given); an empty list gives an empty tensor."""
+    if not rows:
+        return torch.empty(0) if dtype is None else torch.empty(0, dtype=dtype)
+    return torch.stack([torch.as_tensor(r) if dtype is None else torch.as_tensor(r).to(dtype) for r in rows])
+
+
+def paired_inputs(dataset: Callable[[Any], PairedDataset], *, training: bool, eval_tf: Any, train_tf: Any,
+                  views: int, seed: int) -> Inputs:
+    """One split's inputs: ``dataset(transform)`` under the eval transform, and for training either
+    ``views`` fixed seeded augmented views of each item (deterministic, so a frozen prefix's
+    activations are cached) or fresh augmentation every epoch (``views`` 0)."""
+    ev = dataset(eval_tf)
+    if training and views > 0:
+        fixed = FixedViews(ev, train_tf, views=views, seed=seed)
+        labels = compact([fixed[k][1] for k in range(len(fixed))], ev.target_dtype)
+        return Inputs(labels=labels, eval_dataset=fixed, train_dataset=fixed, name_suffix=f"+views{views}")
+    return Inputs(labels=ev.targets(), eval_dataset=ev, train_dataset=dataset(train_tf) if training else None)
+
+
+def settle_views(options: Any, *, augment: str, augments: tuple[str, ...], default: int) -> None:
+    """The shared ``__post_init__`` of the paired tasks' options (a frozen dataclass with ``views`` and
+    ``crop_scale``): ``views`` None becomes ``default`` with an ``--augment``, 0 with none; checks both."""
+    if options.views is None:
+        object.__setattr__(options, "views", 0 if augment == "none" else default)
+    if not 0.0 < options.crop_scale <= 1.0:
+        raise ConfigError(f"--crop-scale must be in (0, 1], got {options.crop_scale}")
+    if options.views < 0 or (options.views > 0 and augment == "none"):
+        raise ConfigError(f"--views must be 0, or > 0 together with --augment "
+                          f"{'|'.join(a for a in augments if a != 'none')}; got --views {options.views} "
+                          f"with --augment {augment}")
+
+
+def check_paired_run(task: str, *, data_options: Any, train_options: Any, augments: tuple[str, ...]) -> None:
+    """Refuse what a paired task cannot take: image-only augmentation (the target would not move),
+    the linear probe (a classifier) and the per-image class options."""
+    d, t = data_options, train_options
+    if d.augment != "none" or d.batch_augment != "none":
+        raise ConfigError(f"--task {task} needs augmentation that moves its target with the image: use --augment "
+                          f"{'|'.join(augments)}, got data augment {d.augment!r} / batch augment {d.batch_augment!r}")
+    if t.strategy == "linear-probe" and not t.plan:
+        raise ConfigError(f"--strategy linear-probe fits a classifier; for --task {task} use feature-extraction, "
+                          "fine-tune, chain-thaw, gradual-unfreeze, full or scratch")
+    if t.class_weights != "none" or t.balanced_sampler or t.label_smoothing:
+        raise ConfigError(f"--class-weights, --balanced-sampler and --label-smoothing weigh whole images by "
+                          f"class; --task {task} takes none")
+
+
+def sub_source(source: ImageSource, keep: np.ndarray, *, keep_given_split: bool = True) -> ImageSource:
+    """Items ``keep`` of ``source`` as their own source (same identities and classes); its given split
+    (e.g. the official trainval / test lists) restricted to them, or dropped."""
+    new = {int(i): k for k, i in enumerate(keep)}
+    given = ({name: np.asarray([new[int(i)] for i in idx if int(i) in new], dtype=np.int64)
+              for name, idx in source.given_split.items()} if source.given_split and keep_given_split else None)
+    return ImageSource.from_files([source.identity(int(i)) for i in keep], source.labels[np.asarray(keep, np.int64)],
+                                  classes=source.classes, name=source.name, root=source.root, given_split=given)
