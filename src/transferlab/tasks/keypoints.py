@@ -33,8 +33,9 @@ from transferlab.data import ImageSource, NormStats, atomic_write_bytes, atomic_
 from transferlab.data.geometry import interpolation_mode
 from transferlab.errors import ConfigError, DataError
 from transferlab.options import opt
-from transferlab.tasks.base import Inputs, Prepared
-from transferlab.tasks.paired import PairedDataset, PairedTransform, normaliser, paired_inputs, settle_views
+from transferlab.tasks.base import Prepared
+from transferlab.tasks.paired import (PairedDataset, PairedTransform, check_paired_options, crop_scale_opt, normaliser,
+                                      views_opt)
 from transferlab.tasks.segment import PALETTE, DenseModel, SegTrainOptions, Segmentation, grid_png
 from transferlab.zoo import Preprocessing
 
@@ -53,16 +54,14 @@ class KeypointOptions:
     kp_augment: str = opt("none", "keypoint-aware training augmentation: scale (a random crop; points that "
                                   "leave it become not visible); no flip, which would swap left and right names",
                           choices=KP_AUGMENTS, flag="--augment")
-    crop_scale: float = opt(0.6, "scale: smallest crop area (fraction of the image)")
-    views: int | None = opt(None, "K > 0: K fixed, seeded --augment views per training image (cached); default 3 "
-                                  "with --augment scale, 0 with none")
-    sigma: float = opt(1.5, "Gaussian of the heatmap targets, in heatmap pixels (input pixels / 4)")
-    decoder_width: int = opt(64, "channels of the FPN decoder")
+    crop_scale: float = crop_scale_opt(0.6, "scale")
+    views: int | None = views_opt(3)
+    sigma: float = opt(1.5, "Gaussian of the heatmap targets, in heatmap pixels (input pixels / 4)", lo=0.0,
+                       lo_open=True)
+    decoder_width: int = opt(64, "channels of the FPN decoder", lo=8)
 
     def __post_init__(self) -> None:
-        settle_views(self, augment=self.kp_augment, augments=KP_AUGMENTS, default=3)
-        if not self.sigma > 0:
-            raise ConfigError(f"--sigma must be > 0, got {self.sigma}")
+        check_paired_options(self, augment=self.kp_augment, augments=KP_AUGMENTS, default_views=3)
 
 
 def read_keypoint_csv(path: str | os.PathLike[str]) -> tuple[ImageSource, list[str], np.ndarray]:
@@ -253,8 +252,8 @@ class Keypoints(Segmentation):
     options_class = KeypointOptions
     train_options_class = SegTrainOptions
 
-    def cacheable_train(self, *, data_options: Any, train_options: Any, options: KeypointOptions) -> bool:
-        return options.kp_augment == "none" or options.views > 0
+    def augment_of(self, options: KeypointOptions) -> str:
+        return options.kp_augment
 
     def read(self, data: str, *, options: KeypointOptions, quiet: bool) -> Prepared:
         source, names, points = read_keypoint_csv(data)
@@ -268,15 +267,11 @@ class Keypoints(Segmentation):
         return DenseModel(backbone=backbone, out_channels=num_classes, width=options.decoder_width,
                           cut=train_options.cut, min_stride=STRIDE, upsample=False)
 
-    def transforms(self, preprocessing: Any, norm: Any, *, data_options: Any, options: KeypointOptions) -> tuple[Any, Any]:
-        return (keypoint_transform(preprocessing, norm=norm),
-                keypoint_transform(preprocessing, norm=norm, augment=options.kp_augment,
-                                   scale=(options.crop_scale, 1.0)))
+    def paired_transform(self, preprocessing: Any, norm: Any, *, augment: str, options: KeypointOptions) -> Any:
+        return keypoint_transform(preprocessing, norm=norm, augment=augment, scale=(options.crop_scale, 1.0))
 
-    def inputs(self, prepared: Prepared, idx: np.ndarray, *, training: bool, eval_tf: Any, train_tf: Any,
-               preprocessing: Any, data_options: Any, train_options: Any, options: KeypointOptions) -> Inputs:
-        return paired_inputs(lambda tf: KeypointDataset(prepared.source, prepared.targets, idx, tf), training=training,
-                             eval_tf=eval_tf, train_tf=train_tf, views=options.views, seed=data_options.split_seed)
+    def dataset(self, prepared: Prepared, idx: np.ndarray, transform: Any, *, preprocessing: Any) -> KeypointDataset:
+        return KeypointDataset(prepared.source, prepared.targets, idx, transform)
 
     def objective(self, *, train_options: Any, class_weights: Any, options: Any, device: torch.device,
                   num_classes: int) -> KeypointObjective:

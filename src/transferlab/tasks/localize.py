@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from transferlab.data import ImageSource, atomic_write_bytes, atomic_write_text, load_image
-from transferlab.errors import ConfigError
 from transferlab.localization.data import BoxDataset
 from transferlab.localization.figures import Tile, png_bytes, prediction_grid
 from transferlab.localization.metrics import box_metrics, paired_iou, valid_boxes
@@ -33,24 +32,17 @@ from transferlab.localization.voc import BoxSet, clip_box, find_voc, image_size,
 from transferlab.options import TrainOptions, opt
 from transferlab.strategies.model import POOLS
 from transferlab.strategies.plans import STRATEGIES
-from transferlab.tasks.base import Inputs, Prepared, read_opened
+from transferlab.tasks.base import Prepared, read_opened
 from transferlab.tasks.classify import parse_hidden
-from transferlab.tasks.paired import check_paired_run, paired_inputs, settle_views, sub_source
+from transferlab.tasks.paired import PairedTask, check_paired_options, crop_scale_opt, sub_source, views_opt
 
-__all__ = ["DATA_SKIP", "LOC_SPLIT", "TASK", "TRAIN_SKIP", "LocTrainOptions", "Localization", "LocalizeOptions",
-           "boxed_source", "pixel_boxes", "write_predictions"]
+__all__ = ["LOC_SPLIT", "TASK", "LocTrainOptions", "Localization", "LocalizeOptions", "boxed_source", "pixel_boxes",
+           "write_predictions"]
 
 #: Fixed augmented views per training image by default (measured best on oxford-pets-3, README)
 DEFAULT_VIEWS = 7
 #: Default train/val/test fractions of the boxed images (stratified by class).
 LOC_SPLIT = "0.6,0.2,0.2"
-#: Options of ``TrainOptions`` that do not apply to localization (the CLI leaves them out).
-TRAIN_SKIP = ("classifier", "head", "pool", "label_smoothing", "class_weights", "balanced_sampler",
-              "views",  # views, pool, head: LocalizeOptions has its own (box-aware)
-              "cv", "ensemble", "time_budget", "calibrate", "unlabeled", "unlabeled_method",
-              "unlabeled_threshold")  # the classification search, calibration and pseudo-labels
-#: Options of ``DataOptions`` that localization replaces (``--split`` default, box-aware ``--augment``).
-DATA_SKIP = ("split", "augment", "batch_augment")
 
 
 @dataclass(frozen=True)
@@ -61,22 +53,18 @@ class LocalizeOptions:
                     choices=LOC_HEADS)
     box_activation: str = opt("sigmoid", "output activation of the box regressor", choices=BOX_ACTIVATIONS)
     box_loss: str = opt("smooth-l1", "box loss (torch smooth L1, or torchvision GIoU)", choices=BOX_LOSSES)
-    box_weight: float = opt(1.0, "class+box: loss = cross-entropy + WEIGHT x box loss")
+    box_weight: float = opt(1.0, "class+box: loss = cross-entropy + WEIGHT x box loss", lo=0.0, lo_open=True)
     trunk: str = opt("linear", "layers before the outputs: linear (none) or dense (--hidden, ReLU + dropout)",
                      choices=TRUNKS)
     pool: str = opt("flatten", "feature map -> vector: flatten keeps where things are (avg does not)",
                     choices=POOLS)
     box_augment: str = opt("flip-scale", "box-aware training augmentation (none: no augmentation)",
                            choices=BOX_AUGMENTS, flag="--augment")
-    crop_scale: float = opt(0.5, "flip-scale: smallest crop area (fraction of the image; the box is kept whole)")
-    views: int | None = opt(None, "K > 0: K fixed, seeded --augment views per training image, cached like plain "
-                                  "inputs (0: fresh augmentation every epoch, no cache); default 7 with an "
-                                  "--augment, 0 with none")
+    crop_scale: float = crop_scale_opt(0.5, "flip-scale (the box is kept whole)")
+    views: int | None = views_opt(DEFAULT_VIEWS)
 
     def __post_init__(self) -> None:
-        settle_views(self, augment=self.box_augment, augments=BOX_AUGMENTS, default=DEFAULT_VIEWS)
-        if not self.box_weight > 0:
-            raise ConfigError(f"--box-weight must be > 0, got {self.box_weight}")
+        check_paired_options(self, augment=self.box_augment, augments=BOX_AUGMENTS, default_views=DEFAULT_VIEWS)
 
 
 @dataclass(frozen=True)
@@ -134,24 +122,26 @@ def write_predictions(run_dir: Path, source: ImageSource, boxes: BoxSet, indices
         atomic_write_bytes(run_dir / "predictions_test.png", png_bytes(prediction_grid(tiles, cols=6, size=160)))
 
 
-class Localization:
+class Localization(PairedTask):
     """The localization task for the run pipeline, the loader and the deploy tools."""
 
     name = "localization"
+    verb = "localize"
+    augments = BOX_AUGMENTS
     score_name = "mean_iou"
     options_class = LocalizeOptions
     train_options_class = LocTrainOptions
-    supports_linear_probe = False
     default_split = LOC_SPLIT
-    data_skip = ("augment", "batch_augment")
-    train_skip = TRAIN_SKIP
 
     # ---- training
-    def check(self, *, data_options: Any, train_options: Any, options: LocalizeOptions) -> None:
-        check_paired_run("localize", data_options=data_options, train_options=train_options, augments=BOX_AUGMENTS)
+    def augment_of(self, options: LocalizeOptions) -> str:
+        return options.box_augment
 
-    def cacheable_train(self, *, data_options: Any, train_options: Any, options: LocalizeOptions) -> bool:
-        return options.box_augment == "none" or options.views > 0
+    def paired_transform(self, preprocessing: Any, norm: Any, *, augment: str, options: LocalizeOptions) -> Any:
+        return box_transform(preprocessing, norm=norm, augment=augment, scale=(options.crop_scale, 1.0))
+
+    def dataset(self, prepared: Prepared, idx: np.ndarray, transform: Any, *, preprocessing: Any) -> BoxDataset:
+        return BoxDataset(prepared.source, prepared.targets, idx, transform, draft_size=preprocessing.input_size)
 
     def read(self, data: str, *, options: Any, quiet: bool) -> Prepared:
         """Open DATA (any layout ``open_dataset`` knows) and prepare it for this task."""
@@ -169,19 +159,6 @@ class Localization:
                              hidden=parse_hidden(t.hidden), dropout=t.dropout, pool=lo.pool,
                              num_classes=num_classes if lo.head == "class+box" else 0)
         return LocalizationModel(backbone=backbone, head=head, cut=t.cut)
-
-    def transforms(self, preprocessing: Any, norm: Any, *, data_options: Any,
-                   options: LocalizeOptions) -> tuple[Any, Any]:
-        return (box_transform(preprocessing, norm=norm, augment="none"),
-                box_transform(preprocessing, norm=norm, augment=options.box_augment,
-                              scale=(options.crop_scale, 1.0)))
-
-    def inputs(self, prepared: Prepared, idx: np.ndarray, *, training: bool, eval_tf: Any, train_tf: Any,
-               preprocessing: Any, data_options: Any, train_options: Any, options: LocalizeOptions) -> Inputs:
-        return paired_inputs(lambda tf: BoxDataset(prepared.source, prepared.targets, idx, tf,
-                                                   draft_size=preprocessing.input_size),
-                             training=training, eval_tf=eval_tf, train_tf=train_tf, views=options.views,
-                             seed=data_options.split_seed)
 
     def objective(self, *, train_options: Any, class_weights: Any, options: LocalizeOptions,
                   device: torch.device, num_classes: int) -> LocalizationTask:

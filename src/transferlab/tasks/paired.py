@@ -3,9 +3,10 @@
 One transform (torchvision ``v2`` steps applied to the image and its ``tv_tensors`` target together,
 then to float and normalised), one dataset (items of a source, each with its target), one set of
 option checks (``--augment`` / ``--views`` / ``--crop-scale``, the classification-only options
-refused), and one way to build a split's inputs (fixed seeded views of the augmentation, so that a
-frozen encoder's activations stay cacheable). Each task module says only what differs: how its
-target is wrapped for torchvision and read back, where it comes from, and its defaults.
+refused), and one task base (:class:`PairedTask`: the checks, the transforms and a split's inputs,
+fixed seeded views of the augmentation so that a frozen encoder's activations stay cacheable).
+Each task module says only what differs: how its target is wrapped for torchvision and read back,
+where it comes from, and its defaults.
 
 Example:
     >>> src = ImageSource.from_files(["/d/a.jpg", "/d/b.jpg"], [0, 1], classes=["x", "y"], name="d")
@@ -29,10 +30,11 @@ from torchvision.transforms.v2 import functional as TF
 from transferlab.data import FixedViews, ImageDataset, ImageSource, NormStats
 from transferlab.data.transforms import PerImageStandardize
 from transferlab.errors import ConfigError
+from transferlab.options import check_options, opt
 from transferlab.tasks.base import Inputs
 
-__all__ = ["PairedDataset", "PairedTransform", "check_paired_run", "normaliser", "paired_inputs", "settle_views",
-           "sub_source"]
+__all__ = ["TRAIN_SKIP", "PairedDataset", "PairedTask", "PairedTransform", "check_paired_options", "crop_scale_opt",
+           "normaliser", "sub_source", "views_opt"]
 
 
 def normaliser(norm: NormStats) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -103,45 +105,97 @@ def compact(rows: list[torch.Tensor], dtype: torch.dtype | None) -> torch.Tensor
     return torch.stack([torch.as_tensor(r) if dtype is None else torch.as_tensor(r).to(dtype) for r in rows])
 
 
-def paired_inputs(dataset: Callable[[Any], PairedDataset], *, training: bool, eval_tf: Any, train_tf: Any,
-                  views: int, seed: int) -> Inputs:
-    """One split's inputs: ``dataset(transform)`` under the eval transform, and for training either
-    ``views`` fixed seeded augmented views of each item (deterministic, so a frozen prefix's
-    activations are cached) or fresh augmentation every epoch (``views`` 0)."""
-    ev = dataset(eval_tf)
-    if training and views > 0:
-        fixed = FixedViews(ev, train_tf, views=views, seed=seed)
-        labels = compact([fixed[k][1] for k in range(len(fixed))], ev.target_dtype)
-        return Inputs(labels=labels, eval_dataset=fixed, train_dataset=fixed, name_suffix=f"+views{views}")
-    return Inputs(labels=ev.targets(), eval_dataset=ev, train_dataset=dataset(train_tf) if training else None)
+#: ``TrainOptions`` that a paired task does not take (the CLI leaves them out): the classification head,
+#: per-image class weighting, the classification search, calibration and pseudo-labels; ``views``
+#: and ``pool`` have the task's own (target-aware) versions
+TRAIN_SKIP: tuple[str, ...] = ("classifier", "head", "pool", "label_smoothing", "class_weights", "balanced_sampler",
+                               "views", "cv", "ensemble", "time_budget", "calibrate", "unlabeled",
+                               "unlabeled_method", "unlabeled_threshold")
 
 
-def settle_views(options: Any, *, augment: str, augments: tuple[str, ...], default: int) -> None:
+def views_opt(default: int) -> Any:
+    """The ``--views`` option of a paired task (None: ``default`` with an ``--augment``, 0 with none)."""
+    return opt(None, f"K > 0: K fixed, seeded --augment views per training image (a frozen encoder's activations "
+                     f"are cached); 0: fresh augmentation every epoch (no cache); default {default} with an "
+                     f"--augment, 0 with none", lo=0)
+
+
+def crop_scale_opt(default: float, where: str) -> Any:
+    """The ``--crop-scale`` option of a paired task (``where``: the augmentation that crops)."""
+    return opt(default, f"{where}: smallest crop area (fraction of the image)", lo=0.0, lo_open=True, hi=1.0)
+
+
+def check_paired_options(options: Any, *, augment: str, augments: tuple[str, ...], default_views: int) -> None:
     """The shared ``__post_init__`` of the paired tasks' options (a frozen dataclass with ``views`` and
-    ``crop_scale``): ``views`` None becomes ``default`` with an ``--augment``, 0 with none; checks both."""
+    ``crop_scale``): ranges and choices checked, ``views`` None becomes ``default_views`` with an
+    ``--augment`` and 0 with none, and views without augmentation refused."""
     if options.views is None:
-        object.__setattr__(options, "views", 0 if augment == "none" else default)
-    if not 0.0 < options.crop_scale <= 1.0:
-        raise ConfigError(f"--crop-scale must be in (0, 1], got {options.crop_scale}")
-    if options.views < 0 or (options.views > 0 and augment == "none"):
+        object.__setattr__(options, "views", 0 if augment == "none" else default_views)
+    check_options(options)
+    if options.views > 0 and augment == "none":
         raise ConfigError(f"--views must be 0, or > 0 together with --augment "
                           f"{'|'.join(a for a in augments if a != 'none')}; got --views {options.views} "
                           f"with --augment {augment}")
 
 
-def check_paired_run(task: str, *, data_options: Any, train_options: Any, augments: tuple[str, ...]) -> None:
-    """Refuse what a paired task cannot take: image-only augmentation (the target would not move),
-    the linear probe (a classifier) and the per-image class options."""
-    d, t = data_options, train_options
-    if d.augment != "none" or d.batch_augment != "none":
-        raise ConfigError(f"--task {task} needs augmentation that moves its target with the image: use --augment "
-                          f"{'|'.join(augments)}, got data augment {d.augment!r} / batch augment {d.batch_augment!r}")
-    if t.strategy == "linear-probe" and not t.plan:
-        raise ConfigError(f"--strategy linear-probe fits a classifier; for --task {task} use feature-extraction, "
-                          "fine-tune, chain-thaw, gradual-unfreeze, full or scratch")
-    if t.class_weights != "none" or t.balanced_sampler or t.label_smoothing:
-        raise ConfigError(f"--class-weights, --balanced-sampler and --label-smoothing weigh whole images by "
-                          f"class; --task {task} takes none")
+class PairedTask:
+    """What the run pipeline asks of a paired task and is the same for all of them: the checks, the
+    train / eval transforms and a split's inputs. A subclass gives ``verb`` (its ``--task`` word),
+    ``augments``, :meth:`augment_of`, :meth:`paired_transform` and :meth:`dataset`."""
+
+    verb: str = ""
+    augments: tuple[str, ...] = ("none",)
+    supports_linear_probe = False
+    data_skip: tuple[str, ...] = ("augment", "batch_augment")
+    train_skip: tuple[str, ...] = TRAIN_SKIP
+
+    def augment_of(self, options: Any) -> str:
+        """The task's ``--augment`` value in ``options``."""
+        raise NotImplementedError
+
+    def paired_transform(self, preprocessing: Any, norm: Any, *, augment: str, options: Any) -> PairedTransform:
+        """The transform with ``augment`` (``"none"``: the eval transform)."""
+        raise NotImplementedError
+
+    def dataset(self, prepared: Any, idx: np.ndarray, transform: Any, *, preprocessing: Any) -> PairedDataset:
+        """Items ``idx`` of the prepared data through ``transform``."""
+        raise NotImplementedError
+
+    def check(self, *, data_options: Any, train_options: Any, options: Any) -> None:
+        """Refuse image-only augmentation (the target would not move), the linear probe (a classifier)
+        and the options that weigh whole images by class."""
+        d, t = data_options, train_options
+        if d.augment != "none" or d.batch_augment != "none":
+            raise ConfigError(f"--task {self.verb} needs augmentation that moves its target with the image: use "
+                              f"--augment {'|'.join(self.augments)}, got data augment {d.augment!r} / batch augment "
+                              f"{d.batch_augment!r}")
+        if t.strategy == "linear-probe" and not t.plan:
+            raise ConfigError(f"--strategy linear-probe fits a classifier; for --task {self.verb} use "
+                              "feature-extraction, fine-tune, chain-thaw, gradual-unfreeze, full or scratch")
+        if t.class_weights != "none" or t.balanced_sampler or t.label_smoothing:
+            raise ConfigError(f"--class-weights, --balanced-sampler and --label-smoothing weigh whole images by "
+                              f"class; --task {self.verb} takes none")
+
+    def cacheable_train(self, *, data_options: Any, train_options: Any, options: Any) -> bool:
+        return self.augment_of(options) == "none" or options.views > 0
+
+    def transforms(self, preprocessing: Any, norm: Any, *, data_options: Any, options: Any) -> tuple[Any, Any]:
+        """(eval, train) transforms."""
+        return (self.paired_transform(preprocessing, norm, augment="none", options=options),
+                self.paired_transform(preprocessing, norm, augment=self.augment_of(options), options=options))
+
+    def inputs(self, prepared: Any, idx: np.ndarray, *, training: bool, eval_tf: Any, train_tf: Any,
+               preprocessing: Any, data_options: Any, train_options: Any, options: Any) -> Inputs:
+        """One split's inputs: the items under the eval transform, and for training either ``--views``
+        fixed seeded augmented views of each (deterministic, so a frozen prefix's activations are
+        cached) or fresh augmentation every epoch (``--views 0``)."""
+        ev = self.dataset(prepared, idx, eval_tf, preprocessing=preprocessing)
+        if training and options.views > 0:
+            fixed = FixedViews(ev, train_tf, views=options.views, seed=data_options.split_seed)
+            labels = compact([fixed[k][1] for k in range(len(fixed))], ev.target_dtype)
+            return Inputs(labels=labels, eval_dataset=fixed, train_dataset=fixed, name_suffix=f"+views{options.views}")
+        tr = self.dataset(prepared, idx, train_tf, preprocessing=preprocessing) if training else None
+        return Inputs(labels=ev.targets(), eval_dataset=ev, train_dataset=tr)
 
 
 def sub_source(source: ImageSource, keep: np.ndarray, *, keep_given_split: bool = True) -> ImageSource:

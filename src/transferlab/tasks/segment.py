@@ -42,14 +42,14 @@ from transferlab.errors import ConfigError, DataError
 from transferlab.options import TrainOptions, opt
 from transferlab.strategies.model import StagedModel, check_cut
 from transferlab.strategies.plans import STRATEGIES
-from transferlab.tasks.base import Inputs, Prepared
-from transferlab.tasks.paired import (PairedDataset, PairedTransform, check_paired_run, normaliser, paired_inputs,
-                                      settle_views, sub_source)
+from transferlab.tasks.base import Prepared
+from transferlab.tasks.paired import (TRAIN_SKIP, PairedDataset, PairedTask, PairedTransform, check_paired_options,
+                                      crop_scale_opt, normaliser, sub_source, views_opt)
 from transferlab.zoo import Backbone, Preprocessing
 
 __all__ = ["DENSE_AUGMENTS", "PET_CLASSES", "TASK", "DenseModel", "FPNDecoder", "MaskDataset", "MaskSet",
            "MaskTransform", "SegTrainOptions", "Segmentation", "SegmentOptions", "SegmentationObjective",
-           "dense_transform", "read_masks", "segmentation_metrics"]
+           "dense_transform", "pixel_weights", "read_masks", "segmentation_metrics"]
 
 log = logging.getLogger("transferlab")
 
@@ -72,18 +72,18 @@ class SegmentOptions:
 
     mask_augment: str = opt("flip-scale", "mask-aware training augmentation (the mask moves with the image)",
                             choices=DENSE_AUGMENTS, flag="--augment")
-    crop_scale: float = opt(0.5, "flip-scale: smallest crop area (fraction of the image)")
-    views: int | None = opt(None, "K > 0: K fixed, seeded --augment views per training image (their frozen-encoder "
-                                  "activations cached); 0: fresh augmentation every epoch; default 2 with an "
-                                  "--augment, 0 with none")
-    decoder_width: int = opt(64, "channels of the FPN decoder")
+    crop_scale: float = crop_scale_opt(0.5, "flip-scale")
+    views: int | None = views_opt(DEFAULT_VIEWS)
+    decoder_width: int = opt(64, "channels of the FPN decoder", lo=8)
+    decoder_stride: int = opt(4, "finest encoder stride the decoder takes (2: the stride-2 stage too, for thin "
+                                 "structures, at more compute)", lo=1)
+    pixel_weights: str | None = opt(None, "weights of the classes in the pixel loss, comma-separated in class order "
+                                          "(e.g. 1,1,2 for the pets' border); default: equal")
     mask_classes: str | None = opt(None, "images/ + masks/ layout: class names of the mask values 0, 1, ... "
                                          "comma-separated (default: DATA/classes.txt)")
 
     def __post_init__(self) -> None:
-        settle_views(self, augment=self.mask_augment, augments=DENSE_AUGMENTS, default=DEFAULT_VIEWS)
-        if self.decoder_width < 8:
-            raise ConfigError(f"--decoder-width must be >= 8, got {self.decoder_width}")
+        check_paired_options(self, augment=self.mask_augment, augments=DENSE_AUGMENTS, default_views=DEFAULT_VIEWS)
 
 
 @dataclass(frozen=True)
@@ -378,7 +378,8 @@ class DenseModel(StagedModel):
 
 @dataclass
 class SegmentationObjective:
-    """Per-pixel cross-entropy; score = pixel accuracy (per image, averaged).
+    """Per-pixel cross-entropy (``weights``: per class, torch's weighted mean); score = pixel accuracy
+    (per image, averaged).
 
     Example:
         >>> obj = SegmentationObjective()
@@ -386,10 +387,12 @@ class SegmentationObjective:
         1.0
     """
 
+    weights: torch.Tensor | None = None
     score_name: str = "pixel_accuracy"
 
     def loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(outputs.float(), target.long())
+        w = None if self.weights is None else self.weights.to(outputs.device)
+        return F.cross_entropy(outputs.float(), target.long(), weight=w)
 
     def batch_score(self, outputs: torch.Tensor, target: torch.Tensor) -> float:
         return float((outputs.argmax(1) == target.long()).float().flatten(1).mean(1).sum())
@@ -400,6 +403,24 @@ class SegmentationObjective:
             loss = sum(float(self.loss(outputs[i:i + 16], targets[i:i + 16])) * len(targets[i:i + 16])
                        for i in range(0, len(targets), 16)) / n
             return loss, self.batch_score(outputs, targets) / n
+
+
+def pixel_weights(text: str | None, *, num_classes: int) -> torch.Tensor | None:
+    """``--pixel-weights 1,1,2`` as a tensor of ``num_classes`` positive weights (None: equal weights).
+
+    Example:
+        >>> pixel_weights("1,1,2", num_classes=3).tolist()
+        [1.0, 1.0, 2.0]
+    """
+    if text is None:
+        return None
+    try:
+        w = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--pixel-weights: expected {num_classes} comma-separated numbers, got {text!r}") from None
+    if len(w) != num_classes or not all(np.isfinite(v) and v > 0 for v in w):
+        raise ConfigError(f"--pixel-weights: expected {num_classes} positive numbers (one per class), got {text!r}")
+    return torch.tensor(w, dtype=torch.float32)
 
 
 def segmentation_metrics(outputs: torch.Tensor, masks: torch.Tensor, *, classes: list[str],
@@ -479,7 +500,7 @@ def _clear_class(classes: list[str]) -> int | None:
 
 # ----------------------------------------------------------------------------- the task
 
-class Segmentation:
+class Segmentation(PairedTask):
     """The segmentation task for the run pipeline, the loader and the deploy tools."""
 
     name = "segmentation"
@@ -488,18 +509,17 @@ class Segmentation:
     score_name = "pixel_accuracy"
     options_class = SegmentOptions
     train_options_class = SegTrainOptions
-    supports_linear_probe = False
-    data_skip = ("augment", "batch_augment")
-    train_skip = ("classifier", "head", "pool", "hidden", "label_smoothing", "class_weights", "balanced_sampler",
-                  "views", "cv", "ensemble", "time_budget", "calibrate", "unlabeled", "unlabeled_method",
-                  "unlabeled_threshold")
+    train_skip = (*TRAIN_SKIP, "hidden", "dropout")  # the decoder has neither
 
     # ---- training
-    def check(self, *, data_options: Any, train_options: Any, options: SegmentOptions) -> None:
-        check_paired_run(self.verb, data_options=data_options, train_options=train_options, augments=self.augments)
+    def augment_of(self, options: SegmentOptions) -> str:
+        return options.mask_augment
 
-    def cacheable_train(self, *, data_options: Any, train_options: Any, options: Any) -> bool:
-        return options.mask_augment == "none" or options.views > 0
+    def paired_transform(self, preprocessing: Any, norm: Any, *, augment: str, options: SegmentOptions) -> Any:
+        return dense_transform(preprocessing, norm=norm, augment=augment, scale=(options.crop_scale, 1.0))
+
+    def dataset(self, prepared: Prepared, idx: np.ndarray, transform: Any, *, preprocessing: Any) -> MaskDataset:
+        return MaskDataset(prepared.source, prepared.targets, idx, transform)
 
     def read(self, data: str, *, options: SegmentOptions, quiet: bool) -> Prepared:
         return read_masks(data, mask_classes=options.mask_classes, quiet=quiet)
@@ -510,28 +530,20 @@ class Segmentation:
     def build_model(self, backbone: Any, *, train_options: Any, options: SegmentOptions,
                     num_classes: int) -> DenseModel:
         return DenseModel(backbone=backbone, out_channels=num_classes, width=options.decoder_width,
-                          cut=train_options.cut)
+                          cut=train_options.cut, min_stride=options.decoder_stride)
 
-    def transforms(self, preprocessing: Any, norm: Any, *, data_options: Any, options: SegmentOptions) -> tuple[Any, Any]:
-        return (dense_transform(preprocessing, norm=norm),
-                dense_transform(preprocessing, norm=norm, augment=options.mask_augment, scale=(options.crop_scale, 1.0)))
-
-    def inputs(self, prepared: Prepared, idx: np.ndarray, *, training: bool, eval_tf: Any, train_tf: Any,
-               preprocessing: Any, data_options: Any, train_options: Any, options: SegmentOptions) -> Inputs:
-        return paired_inputs(lambda tf: MaskDataset(prepared.source, prepared.targets, idx, tf), training=training,
-                             eval_tf=eval_tf, train_tf=train_tf, views=options.views, seed=data_options.split_seed)
-
-    def objective(self, *, train_options: Any, class_weights: Any, options: Any, device: torch.device,
+    def objective(self, *, train_options: Any, class_weights: Any, options: SegmentOptions, device: torch.device,
                   num_classes: int) -> SegmentationObjective:
-        return SegmentationObjective()
+        return SegmentationObjective(weights=pixel_weights(options.pixel_weights, num_classes=num_classes))
 
     def split_metrics(self, outputs: torch.Tensor, labels: torch.Tensor, *, classes: list[str],
                       objective: Any = None, model: Any = None) -> dict[str, Any]:
-        loss = SegmentationObjective().evaluate(outputs, labels)[0]
+        loss = (objective or SegmentationObjective()).evaluate(outputs, labels)[0]
         return segmentation_metrics(outputs, labels, classes=classes, loss=loss)
 
     def run_metrics(self, *, prepared: Prepared, options: SegmentOptions) -> dict[str, Any]:
-        return {"augment": options.mask_augment, "views": options.views, **prepared.summary}
+        return {"augment": options.mask_augment, "views": options.views, "decoder_stride": options.decoder_stride,
+                "pixel_weights": options.pixel_weights, **prepared.summary}
 
     def write_outputs(self, run_dir: Path, *, prepared: Prepared, indices: np.ndarray, outputs: torch.Tensor,
                       labels: torch.Tensor, classes: list[str], save_predictions: bool = True,
