@@ -31,10 +31,10 @@ from transferlab.localization.transforms import BOX_AUGMENTS, box_transform
 from transferlab.localization.voc import BoxSet, clip_box, find_voc, image_size, load_source_boxes, read_voc
 from transferlab.options import TrainOptions, opt
 from transferlab.strategies.model import POOLS
-from transferlab.strategies.plans import STRATEGIES
 from transferlab.tasks.base import Prepared, read_opened
 from transferlab.tasks.classify import parse_hidden
-from transferlab.tasks.paired import PairedTask, check_paired_options, crop_scale_opt, sub_source, views_opt
+from transferlab.tasks.paired import (PairedTask, check_paired_options, crop_scale_opt, strategy_opt, sub_source,
+                                      views_opt)
 
 __all__ = ["LOC_SPLIT", "TASK", "LocTrainOptions", "Localization", "LocalizeOptions", "boxed_source", "pixel_boxes",
            "write_predictions"]
@@ -75,7 +75,7 @@ class LocTrainOptions(TrainOptions):
     command measured best on oxford-pets-3 (README, *Localization*).
     """
 
-    strategy: str = opt("fine-tune", "transfer strategy", choices=tuple(s for s in STRATEGIES if s != "hog-svm"))
+    strategy: str = strategy_opt()
     epochs: int = opt(8, "epochs of the head phase (feature-extraction, first phase of others)")
     finetune_epochs: int = opt(10, "epochs of a phase that trains featurizer stages")
     unfreeze: int = opt(4, "fine-tune / chain-thaw / gradual-unfreeze: stages from the top that train")

@@ -31,10 +31,11 @@ from transferlab.data import FixedViews, ImageDataset, ImageSource, NormStats
 from transferlab.data.transforms import PerImageStandardize
 from transferlab.errors import ConfigError
 from transferlab.options import check_options, opt
+from transferlab.strategies.plans import STRATEGIES
 from transferlab.tasks.base import Inputs
 
 __all__ = ["TRAIN_SKIP", "PairedDataset", "PairedTask", "PairedTransform", "check_paired_options", "crop_scale_opt",
-           "normaliser", "sub_source", "views_opt"]
+           "normaliser", "strategy_opt", "sub_source", "views_opt"]
 
 
 def normaliser(norm: NormStats) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -111,6 +112,11 @@ def compact(rows: list[torch.Tensor], dtype: torch.dtype | None) -> torch.Tensor
 TRAIN_SKIP: tuple[str, ...] = ("classifier", "head", "pool", "label_smoothing", "class_weights", "balanced_sampler",
                                "views", "cv", "ensemble", "time_budget", "calibrate", "unlabeled",
                                "unlabeled_method", "unlabeled_threshold")
+
+
+def strategy_opt() -> Any:
+    """The ``--strategy`` option of a paired task: fine-tune by default, every network strategy (no hog-svm)."""
+    return opt("fine-tune", "transfer strategy", choices=tuple(s for s in STRATEGIES if s != "hog-svm"))
 
 
 def views_opt(default: int) -> Any:

@@ -41,10 +41,9 @@ from transferlab.data.images import image_size
 from transferlab.errors import ConfigError, DataError
 from transferlab.options import TrainOptions, opt
 from transferlab.strategies.model import StagedModel, check_cut
-from transferlab.strategies.plans import STRATEGIES
 from transferlab.tasks.base import Prepared
 from transferlab.tasks.paired import (TRAIN_SKIP, PairedDataset, PairedTask, PairedTransform, check_paired_options,
-                                      crop_scale_opt, normaliser, sub_source, views_opt)
+                                      crop_scale_opt, normaliser, strategy_opt, sub_source, views_opt)
 from transferlab.zoo import Backbone, Preprocessing
 
 __all__ = ["DENSE_AUGMENTS", "PET_CLASSES", "TASK", "DenseModel", "FPNDecoder", "MaskDataset", "MaskSet",
@@ -90,7 +89,7 @@ class SegmentOptions:
 class SegTrainOptions(TrainOptions):
     """``TrainOptions`` with the defaults chosen for segmentation on a validation split (README)."""
 
-    strategy: str = opt("fine-tune", "transfer strategy", choices=tuple(s for s in STRATEGIES if s != "hog-svm"))
+    strategy: str = strategy_opt()
     epochs: int = opt(3, "epochs of the decoder-only phase (feature-extraction, first phase of others)")
     finetune_epochs: int = opt(9, "epochs of a phase that trains encoder stages")
     unfreeze: int = opt(5, "fine-tune / chain-thaw / gradual-unfreeze: encoder stages from the top that train")
