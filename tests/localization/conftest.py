@@ -50,10 +50,9 @@ def make_pets(root: Path, *, per_breed: int = 10, size: tuple[int, int] = (64, 4
 
 
 @pytest.fixture(autouse=True)
-def _isolated_scan_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    cache = tmp_path_factory.mktemp("tlcache")
-    monkeypatch.setenv("TRANSFERLAB_CACHE", str(cache))
-    return cache
+def _isolated_scan_cache(offline_cache: Path) -> Path:
+    """Every localization test gets its own $TRANSFERLAB_CACHE (tests/conftest.py's ``offline_cache``)."""
+    return offline_cache
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ def test_box_head_swaps_the_output_layer_and_keeps_the_stages():
             assert torch.allclose(m.forward_from(m.prefix(x, start=0, stop=2), 2), m(x), atol=1e-5)
     both = LocalizationModel(backbone=bb, head=LocHeadConfig(kind="class+box", num_classes=3, pool="flatten"), cut=3)
     assert both(torch.zeros(2, 3, 224, 224)).shape == (2, 7)  # flatten: the input size of the weights
-    with pytest.raises(ConfigError, match="--head must be one of box, class\\+box, got 'dense'"):
+    with pytest.raises(ConfigError, match="--head: expected one of box, class\\+box, got 'dense'"):
         LocHeadConfig(kind="dense")
 
 

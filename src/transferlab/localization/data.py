@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from transferlab.data import ImageSource
 from transferlab.localization.transforms import BoxTransform
 from transferlab.localization.voc import BoxSet
+from transferlab.tasks.paired import PairedDataset
 
 __all__ = ["BoxDataset", "targets_of"]
 
@@ -24,10 +24,11 @@ def targets_of(source: ImageSource, boxes: BoxSet, indices: np.ndarray) -> torch
     return torch.as_tensor(np.asarray(rows, dtype=np.float32).reshape(-1, 5))
 
 
-class BoxDataset(Dataset):
+class BoxDataset(PairedDataset):
     """Items ``indices`` of ``source`` as ``(image tensor, target (5,))`` through a :class:`BoxTransform`.
 
-    With an augmenting transform the target's box is the box moved with the image.
+    With an augmenting transform the target's box is the box moved with the image; :meth:`targets`
+    are the boxes of the files (what the eval transform gives), without decoding the images.
 
     Example:
         >>> ds = BoxDataset(src, boxes, split.train, box_transform(pp, norm=stats))  # doctest: +SKIP
@@ -36,25 +37,21 @@ class BoxDataset(Dataset):
 
     def __init__(self, source: ImageSource, boxes: BoxSet, indices: np.ndarray, transform: BoxTransform, *,
                  draft_size: int | None = None) -> None:
-        self.source = source
-        self.indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-        self.targets = targets_of(source, boxes, self.indices)
-        self.transform = transform
-        self.draft_size = draft_size
+        super().__init__(source, indices, transform, draft_size=draft_size)
+        self.rows = targets_of(source, boxes, self.indices)
 
-    def __len__(self) -> int:
-        return int(self.indices.size)
-
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transformed(k, self.transform)
+    def target(self, k: int) -> torch.Tensor:
+        return self.rows[k, :4]
 
     def transformed(self, k: int, transform: BoxTransform) -> tuple[torch.Tensor, torch.Tensor]:
-        """Item ``k`` through another box transform (``data.FixedViews`` draws its views with it)."""
-        image = self.source.load(int(self.indices[k]), draft_size=self.draft_size)
-        x, box = transform(image, self.targets[k, :4])
-        return x, torch.cat([box, self.targets[k, 4:]])
+        x, box = super().transformed(k, transform)
+        return x, torch.cat([box, self.rows[k, 4:]])
+
+    def targets(self) -> torch.Tensor:
+        """``N x 5``: the normalised box of each file and its class index."""
+        return self.rows
 
     @property
     def labels(self) -> np.ndarray:
         """Class index of each item."""
-        return self.targets[:, 4].numpy().astype(np.int64)
+        return self.rows[:, 4].numpy().astype(np.int64)

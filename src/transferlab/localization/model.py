@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from transferlab.errors import ConfigError
+from transferlab.options import check_options, opt
 from transferlab.strategies.model import POOLS, HeadConfig, TransferModel
 from transferlab.zoo import Backbone
 
@@ -30,25 +31,16 @@ class LocHeadConfig:
         7
     """
 
-    kind: str = "box"
-    activation: str = "sigmoid"
+    kind: str = opt("box", "the head", choices=LOC_HEADS, flag="--head")
+    activation: str = opt("sigmoid", "box output activation", choices=BOX_ACTIVATIONS, flag="--box-activation")
     num_classes: int = 0
-    trunk: str = "linear"
+    trunk: str = opt("linear", "layers before the outputs", choices=TRUNKS)
     hidden: tuple[int, ...] = field(default_factory=lambda: (256,))
-    dropout: float = 0.2
-    pool: str = "flatten"
+    dropout: float = opt(0.2, "dropout of the dense trunk", lo=0.0, hi=1.0, hi_open=True)
+    pool: str = opt("flatten", "feature map -> vector", choices=POOLS)
 
     def __post_init__(self) -> None:
-        if self.kind not in LOC_HEADS:
-            raise ConfigError(f"--head must be one of {', '.join(LOC_HEADS)}, got {self.kind!r}")
-        if self.activation not in BOX_ACTIVATIONS:
-            raise ConfigError(f"--box-activation must be one of {', '.join(BOX_ACTIVATIONS)}, got {self.activation!r}")
-        if self.trunk not in TRUNKS:
-            raise ConfigError(f"--trunk must be one of {', '.join(TRUNKS)}, got {self.trunk!r}")
-        if self.pool not in POOLS:
-            raise ConfigError(f"--pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+        check_options(self)  # choices and ranges, one line each (--head: expected one of box, class+box, ...)
         if self.kind == "class+box" and self.num_classes < 2:
             raise ConfigError(f"--head class+box needs at least 2 classes, got {self.num_classes}")
         if self.kind == "box" and self.num_classes != 0:

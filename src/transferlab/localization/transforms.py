@@ -20,8 +20,8 @@ from torchvision.transforms.v2 import functional as F
 
 from transferlab.data import NormStats
 from transferlab.data.geometry import interpolation_mode
-from transferlab.data.transforms import PerImageStandardize
 from transferlab.errors import ConfigError
+from transferlab.tasks.paired import PairedTransform, normaliser
 from transferlab.zoo import Preprocessing
 
 __all__ = ["BOX_AUGMENTS", "BoxTransform", "RandomCropContaining", "box_transform"]
@@ -80,7 +80,7 @@ class RandomCropContaining(v2.Transform):
         return F.crop(inpt, **params)
 
 
-class BoxTransform:
+class BoxTransform(PairedTransform):
     """``(PIL image, normalised box (4,)) -> (float32 CxSxS tensor, normalised box (4,))``.
 
     The box is ``(xmin, ymin, xmax, ymax)`` divided by the image's ``(W, H, W, H)`` on the way in
@@ -94,20 +94,14 @@ class BoxTransform:
         ((3, 32, 32), [0.25, 0.5, 0.75, 1.0])
     """
 
-    def __init__(self, steps: list[Callable[..., Any]], *, size: int, normalise: Callable[[torch.Tensor], torch.Tensor]):
-        self.pipeline = v2.Compose(steps)
-        self.size = size
-        self.normalise = normalise
-
-    def __call__(self, image: Image.Image, box: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def wrap(self, image: Image.Image, target: torch.Tensor) -> tv_tensors.BoundingBoxes:
         w, h = image.size
         scale = torch.tensor([w, h, w, h], dtype=torch.float32)
-        boxes = tv_tensors.BoundingBoxes(torch.as_tensor(box, dtype=torch.float32).reshape(1, 4) * scale,
-                                         format="XYXY", canvas_size=(h, w))
-        img, out = self.pipeline(tv_tensors.Image(F.pil_to_tensor(image)), boxes)
-        x = F.to_dtype(img, torch.float32, scale=True).as_subclass(torch.Tensor)
-        norm_box = (out.as_subclass(torch.Tensor)[0] / self.size).clamp(0.0, 1.0)
-        return self.normalise(x), norm_box
+        return tv_tensors.BoundingBoxes(torch.as_tensor(target, dtype=torch.float32).reshape(1, 4) * scale,
+                                        format="XYXY", canvas_size=(h, w))
+
+    def unwrap(self, moved: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (moved[0] / self.size).clamp(0.0, 1.0)
 
 
 def box_transform(preprocessing: Preprocessing, *, norm: NormStats, augment: str = "none",
@@ -124,8 +118,6 @@ def box_transform(preprocessing: Preprocessing, *, norm: NormStats, augment: str
     """
     if augment not in BOX_AUGMENTS:
         raise ConfigError(f"--augment must be one of {', '.join(BOX_AUGMENTS)}, got {augment!r}")
-    if not isinstance(norm, NormStats):
-        raise ConfigError(f"norm: expected a NormStats, got {type(norm).__name__}")
     size = preprocessing.input_size
     steps: list[Callable[..., Any]] = []
     if augment == "flip-scale":
@@ -133,6 +125,4 @@ def box_transform(preprocessing: Preprocessing, *, norm: NormStats, augment: str
     steps.append(v2.Resize((size, size), interpolation=interpolation_mode(preprocessing), antialias=True))
     if augment in ("flip", "flip-scale"):
         steps.append(v2.RandomHorizontalFlip(p=0.5))
-    normalise: Callable[[torch.Tensor], torch.Tensor] = (
-        PerImageStandardize() if norm.kind == "sample" else v2.Normalize(mean=list(norm.mean), std=list(norm.std)))
-    return BoxTransform(steps, size=size, normalise=normalise)
+    return BoxTransform(steps, size=size, normalise=normaliser(norm))

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from transferlab.data import ImageSource
+from transferlab.data import ImageSource, open_dataset
 
-__all__ = ["Inputs", "Objective", "Prepared", "RunTask", "Task", "item_keys"]
+__all__ = ["Inputs", "Objective", "Prepared", "RunTask", "Task", "item_keys", "read_opened"]
 
 
 @runtime_checkable
@@ -103,3 +103,18 @@ def item_keys(source: ImageSource, indices: np.ndarray) -> list[str]:
         stat = source.file_stat(int(i))
         keys.append(f"{source.identity(int(i))}|{stat[0]}|{stat[1]}" if stat else source.identity(int(i)))
     return keys
+
+
+def read_opened(task: Any, data: str, *, options: Any, quiet: bool) -> Prepared:
+    """DATA opened as any layout ``open_dataset`` knows, prepared by ``task`` (its skipped files kept).
+
+    Example:
+        >>> from transferlab.tasks import get_task
+        >>> read_opened(get_task("localize"), "../shared/datasets/oxford-pets-3", options=None,
+        ...             quiet=True).source.name  # doctest: +SKIP
+        'oxford-pets-3'
+    """
+    opened = open_dataset(data, quiet=quiet)
+    prepared = task.prepare(opened, options=options)
+    prepared.skipped = list(opened.skipped)
+    return prepared

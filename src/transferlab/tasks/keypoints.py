@@ -26,17 +26,16 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
 
-from transferlab.data import FixedViews, ImageSource, NormStats, atomic_write_bytes, atomic_write_text
+from transferlab.data import ImageSource, NormStats, atomic_write_bytes, atomic_write_text
 from transferlab.data.geometry import interpolation_mode
-from transferlab.data.transforms import PerImageStandardize
 from transferlab.errors import ConfigError, DataError
 from transferlab.options import opt
-from transferlab.tasks.base import Inputs, Prepared
+from transferlab.tasks.base import Prepared
+from transferlab.tasks.paired import (PairedDataset, PairedTransform, check_paired_options, crop_scale_opt, normaliser,
+                                      views_opt)
 from transferlab.tasks.segment import PALETTE, DenseModel, SegTrainOptions, Segmentation, grid_png
 from transferlab.zoo import Preprocessing
 
@@ -55,22 +54,14 @@ class KeypointOptions:
     kp_augment: str = opt("none", "keypoint-aware training augmentation: scale (a random crop; points that "
                                   "leave it become not visible); no flip, which would swap left and right names",
                           choices=KP_AUGMENTS, flag="--augment")
-    crop_scale: float = opt(0.6, "scale: smallest crop area (fraction of the image)")
-    views: int | None = opt(None, "K > 0: K fixed, seeded --augment views per training image (cached); default 3 "
-                                  "with --augment scale, 0 with none")
-    sigma: float = opt(1.5, "Gaussian of the heatmap targets, in heatmap pixels (input pixels / 4)")
-    decoder_width: int = opt(64, "channels of the FPN decoder")
+    crop_scale: float = crop_scale_opt(0.6, "scale")
+    views: int | None = views_opt(3)
+    sigma: float = opt(1.5, "Gaussian of the heatmap targets, in heatmap pixels (input pixels / 4)", lo=0.0,
+                       lo_open=True)
+    decoder_width: int = opt(64, "channels of the FPN decoder", lo=8)
 
     def __post_init__(self) -> None:
-        if self.views is None:
-            object.__setattr__(self, "views", 0 if self.kp_augment == "none" else 3)
-        if not 0.0 < self.crop_scale <= 1.0:
-            raise ConfigError(f"--crop-scale must be in (0, 1], got {self.crop_scale}")
-        if not self.sigma > 0:
-            raise ConfigError(f"--sigma must be > 0, got {self.sigma}")
-        if self.views < 0 or (self.views > 0 and self.kp_augment == "none"):
-            raise ConfigError(f"--views must be 0, or > 0 together with --augment scale; got --views {self.views} "
-                              f"with --augment {self.kp_augment}")
+        check_paired_options(self, augment=self.kp_augment, augments=KP_AUGMENTS, default_views=3)
 
 
 def read_keypoint_csv(path: str | os.PathLike[str]) -> tuple[ImageSource, list[str], np.ndarray]:
@@ -117,19 +108,17 @@ def read_keypoint_csv(path: str | os.PathLike[str]) -> tuple[ImageSource, list[s
     return source, names, np.asarray(points, dtype=np.float32)
 
 
-class KeypointTransform:
-    """``(PIL image, K x 3 pixel points) -> (C x S x S tensor, K x 3 points normalised to the output)``."""
+class KeypointTransform(PairedTransform):
+    """``(PIL image, K x 3 pixel points) -> (C x S x S tensor, K x 3 points normalised to the output)``;
+    a point moved out of the image becomes not visible."""
 
-    def __init__(self, steps: list[Any], *, size: int, normalise: Any) -> None:
-        self.pipeline, self.size, self.normalise = v2.Compose(steps), size, normalise
+    def wrap(self, image: Image.Image, target: torch.Tensor) -> tv_tensors.KeyPoints:
+        return tv_tensors.KeyPoints(target[:, :2].float(), canvas_size=(image.height, image.width))
 
-    def __call__(self, image: Image.Image, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        kp = tv_tensors.KeyPoints(points[:, :2].float(), canvas_size=(image.height, image.width))
-        img, out = self.pipeline(tv_tensors.Image(TF.pil_to_tensor(image)), kp)
-        x = TF.to_dtype(img, torch.float32, scale=True).as_subclass(torch.Tensor)
-        xy = out.as_subclass(torch.Tensor) / self.size
+    def unwrap(self, moved: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        xy = moved / self.size
         inside = ((xy >= 0) & (xy < 1)).all(1).float()
-        return self.normalise(x), torch.cat([xy.clamp(0, 1), (points[:, 2] * inside)[:, None]], dim=1)
+        return torch.cat([xy.clamp(0, 1), (target[:, 2] * inside)[:, None]], dim=1)
 
 
 def keypoint_transform(preprocessing: Preprocessing, *, norm: NormStats, augment: str = "none",
@@ -147,35 +136,18 @@ def keypoint_transform(preprocessing: Preprocessing, *, norm: NormStats, augment
     size, mode = preprocessing.input_size, interpolation_mode(preprocessing)
     step = (v2.RandomResizedCrop((size, size), scale=scale, interpolation=mode, antialias=True) if augment == "scale"
             else v2.Resize((size, size), interpolation=mode, antialias=True))
-    normalise = (PerImageStandardize() if norm.kind == "sample"
-                 else v2.Normalize(mean=list(norm.mean), std=list(norm.std)))
-    return KeypointTransform([step], size=size, normalise=normalise)
+    return KeypointTransform([step], size=size, normalise=normaliser(norm))
 
 
-class KeypointDataset(Dataset):
+class KeypointDataset(PairedDataset):
     """Items ``indices`` as ``(image tensor, K x 3 normalised points)``."""
 
     def __init__(self, source: ImageSource, points: np.ndarray, indices: np.ndarray, transform: KeypointTransform) -> None:
-        self.source, self.points, self.transform = source, torch.as_tensor(points), transform
-        self.indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        super().__init__(source, indices, transform)
+        self.points = torch.as_tensor(points)
 
-    def __len__(self) -> int:
-        return int(self.indices.size)
-
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transformed(k, self.transform)
-
-    def transformed(self, k: int, transform: KeypointTransform) -> tuple[torch.Tensor, torch.Tensor]:
-        i = int(self.indices[k])
-        return transform(self.source.load(i), self.points[i])
-
-    def targets(self) -> torch.Tensor:
-        rows = [self[k][1] for k in range(len(self))]
-        return torch.stack(rows) if rows else torch.empty(0, self.points.shape[1], 3)
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self.source.labels[self.indices]
+    def target(self, k: int) -> torch.Tensor:
+        return self.points[int(self.indices[k])]
 
 
 def decode_heatmaps(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -274,15 +246,14 @@ class Keypoints(Segmentation):
     """The keypoint task: the segmentation task's dense model and deploy paths, with heatmap targets."""
 
     name = "keypoints"
+    verb = "keypoints"
+    augments = KP_AUGMENTS
     score_name = "pck"
     options_class = KeypointOptions
     train_options_class = SegTrainOptions
 
-    def check(self, *, data_options: Any, train_options: Any, options: Any) -> None:
-        super().check(data_options=data_options, train_options=train_options, options=options)
-
-    def cacheable_train(self, *, data_options: Any, train_options: Any, options: KeypointOptions) -> bool:
-        return options.kp_augment == "none" or options.views > 0
+    def augment_of(self, options: KeypointOptions) -> str:
+        return options.kp_augment
 
     def read(self, data: str, *, options: KeypointOptions, quiet: bool) -> Prepared:
         source, names, points = read_keypoint_csv(data)
@@ -296,20 +267,11 @@ class Keypoints(Segmentation):
         return DenseModel(backbone=backbone, out_channels=num_classes, width=options.decoder_width,
                           cut=train_options.cut, min_stride=STRIDE, upsample=False)
 
-    def transforms(self, preprocessing: Any, norm: Any, *, data_options: Any, options: KeypointOptions) -> tuple[Any, Any]:
-        return (keypoint_transform(preprocessing, norm=norm),
-                keypoint_transform(preprocessing, norm=norm, augment=options.kp_augment,
-                                   scale=(options.crop_scale, 1.0)))
+    def paired_transform(self, preprocessing: Any, norm: Any, *, augment: str, options: KeypointOptions) -> Any:
+        return keypoint_transform(preprocessing, norm=norm, augment=augment, scale=(options.crop_scale, 1.0))
 
-    def inputs(self, prepared: Prepared, idx: np.ndarray, *, training: bool, eval_tf: Any, train_tf: Any,
-               preprocessing: Any, data_options: Any, train_options: Any, options: KeypointOptions) -> Inputs:
-        ev = KeypointDataset(prepared.source, prepared.targets, idx, eval_tf)
-        if training and options.views > 0:
-            fixed = FixedViews(ev, train_tf, views=options.views, seed=data_options.split_seed)
-            return Inputs(labels=fixed.targets(), eval_dataset=fixed, train_dataset=fixed,
-                          name_suffix=f"+views{options.views}")
-        tr = KeypointDataset(prepared.source, prepared.targets, idx, train_tf) if training else None
-        return Inputs(labels=ev.targets(), eval_dataset=ev, train_dataset=tr)
+    def dataset(self, prepared: Prepared, idx: np.ndarray, transform: Any, *, preprocessing: Any) -> KeypointDataset:
+        return KeypointDataset(prepared.source, prepared.targets, idx, transform)
 
     def objective(self, *, train_options: Any, class_weights: Any, options: Any, device: torch.device,
                   num_classes: int) -> KeypointObjective:

@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from transferlab.data import FixedViews, ImageSource, atomic_write_bytes, atomic_write_text, load_image, open_dataset
-from transferlab.errors import ConfigError
+from transferlab.data import ImageSource, atomic_write_bytes, atomic_write_text, load_image
 from transferlab.localization.data import BoxDataset
 from transferlab.localization.figures import Tile, png_bytes, prediction_grid
 from transferlab.localization.metrics import box_metrics, paired_iou, valid_boxes
@@ -32,24 +31,18 @@ from transferlab.localization.transforms import BOX_AUGMENTS, box_transform
 from transferlab.localization.voc import BoxSet, clip_box, find_voc, image_size, load_source_boxes, read_voc
 from transferlab.options import TrainOptions, opt
 from transferlab.strategies.model import POOLS
-from transferlab.strategies.plans import STRATEGIES
-from transferlab.tasks.base import Inputs, Prepared
+from transferlab.tasks.base import Prepared, read_opened
 from transferlab.tasks.classify import parse_hidden
+from transferlab.tasks.paired import (PairedTask, check_paired_options, crop_scale_opt, strategy_opt, sub_source,
+                                      views_opt)
 
-__all__ = ["DATA_SKIP", "LOC_SPLIT", "TASK", "TRAIN_SKIP", "LocTrainOptions", "Localization", "LocalizeOptions",
-           "boxed_source", "pixel_boxes", "write_predictions"]
+__all__ = ["LOC_SPLIT", "TASK", "LocTrainOptions", "Localization", "LocalizeOptions", "boxed_source", "pixel_boxes",
+           "write_predictions"]
 
 #: Fixed augmented views per training image by default (measured best on oxford-pets-3, README)
 DEFAULT_VIEWS = 7
 #: Default train/val/test fractions of the boxed images (stratified by class).
 LOC_SPLIT = "0.6,0.2,0.2"
-#: Options of ``TrainOptions`` that do not apply to localization (the CLI leaves them out).
-TRAIN_SKIP = ("classifier", "head", "pool", "label_smoothing", "class_weights", "balanced_sampler",
-              "views",  # views, pool, head: LocalizeOptions has its own (box-aware)
-              "cv", "ensemble", "time_budget", "calibrate", "unlabeled", "unlabeled_method",
-              "unlabeled_threshold")  # the classification search, calibration and pseudo-labels
-#: Options of ``DataOptions`` that localization replaces (``--split`` default, box-aware ``--augment``).
-DATA_SKIP = ("split", "augment", "batch_augment")
 
 
 @dataclass(frozen=True)
@@ -60,28 +53,18 @@ class LocalizeOptions:
                     choices=LOC_HEADS)
     box_activation: str = opt("sigmoid", "output activation of the box regressor", choices=BOX_ACTIVATIONS)
     box_loss: str = opt("smooth-l1", "box loss (torch smooth L1, or torchvision GIoU)", choices=BOX_LOSSES)
-    box_weight: float = opt(1.0, "class+box: loss = cross-entropy + WEIGHT x box loss")
+    box_weight: float = opt(1.0, "class+box: loss = cross-entropy + WEIGHT x box loss", lo=0.0, lo_open=True)
     trunk: str = opt("linear", "layers before the outputs: linear (none) or dense (--hidden, ReLU + dropout)",
                      choices=TRUNKS)
     pool: str = opt("flatten", "feature map -> vector: flatten keeps where things are (avg does not)",
                     choices=POOLS)
     box_augment: str = opt("flip-scale", "box-aware training augmentation (none: no augmentation)",
                            choices=BOX_AUGMENTS, flag="--augment")
-    crop_scale: float = opt(0.5, "flip-scale: smallest crop area (fraction of the image; the box is kept whole)")
-    views: int | None = opt(None, "K > 0: K fixed, seeded --augment views per training image, cached like plain "
-                                  "inputs (0: fresh augmentation every epoch, no cache); default 7 with an "
-                                  "--augment, 0 with none")
+    crop_scale: float = crop_scale_opt(0.5, "flip-scale (the box is kept whole)")
+    views: int | None = views_opt(DEFAULT_VIEWS)
 
     def __post_init__(self) -> None:
-        if self.views is None:  # the measured best: 7 fixed views of the augmentation
-            object.__setattr__(self, "views", 0 if self.box_augment == "none" else DEFAULT_VIEWS)
-        if not 0.0 < self.crop_scale <= 1.0:
-            raise ConfigError(f"--crop-scale must be in (0, 1], got {self.crop_scale}")
-        if not self.box_weight > 0:
-            raise ConfigError(f"--box-weight must be > 0, got {self.box_weight}")
-        if self.views < 0 or (self.views > 0 and self.box_augment == "none"):
-            raise ConfigError(f"--views must be 0, or > 0 together with --augment flip|flip-scale; got --views "
-                              f"{self.views} with --augment {self.box_augment}")
+        check_paired_options(self, augment=self.box_augment, augments=BOX_AUGMENTS, default_views=DEFAULT_VIEWS)
 
 
 @dataclass(frozen=True)
@@ -92,7 +75,7 @@ class LocTrainOptions(TrainOptions):
     command measured best on oxford-pets-3 (README, *Localization*).
     """
 
-    strategy: str = opt("fine-tune", "transfer strategy", choices=tuple(s for s in STRATEGIES if s != "hog-svm"))
+    strategy: str = strategy_opt()
     epochs: int = opt(8, "epochs of the head phase (feature-extraction, first phase of others)")
     finetune_epochs: int = opt(10, "epochs of a phase that trains featurizer stages")
     unfreeze: int = opt(4, "fine-tune / chain-thaw / gradual-unfreeze: stages from the top that train")
@@ -102,11 +85,10 @@ class LocTrainOptions(TrainOptions):
 
 
 def boxed_source(source: ImageSource, boxes: BoxSet) -> tuple[ImageSource, BoxSet]:
-    """The items with a box as their own source (same identities and classes), boxes re-indexed."""
-    sub = ImageSource.from_files([source.identity(int(i)) for i in boxes.indices], source.labels[boxes.indices],
-                                 classes=source.classes, name=source.name, root=source.root)
+    """The items with a box as their own source (same identities and classes), boxes re-indexed; the
+    layout's given split is dropped (the pets' boxes are all in trainval: ``--split`` splits them)."""
+    sub = sub_source(source, boxes.indices, keep_given_split=False)
     return sub, replace(boxes, indices=np.arange(len(boxes), dtype=np.int64))
-
 
 
 def pixel_boxes(normalised: torch.Tensor, sizes: np.ndarray) -> np.ndarray:
@@ -140,37 +122,30 @@ def write_predictions(run_dir: Path, source: ImageSource, boxes: BoxSet, indices
         atomic_write_bytes(run_dir / "predictions_test.png", png_bytes(prediction_grid(tiles, cols=6, size=160)))
 
 
-class Localization:
+class Localization(PairedTask):
     """The localization task for the run pipeline, the loader and the deploy tools."""
 
     name = "localization"
+    verb = "localize"
+    augments = BOX_AUGMENTS
     score_name = "mean_iou"
     options_class = LocalizeOptions
     train_options_class = LocTrainOptions
-    supports_linear_probe = False
     default_split = LOC_SPLIT
-    data_skip = ("augment", "batch_augment")
-    train_skip = TRAIN_SKIP
 
     # ---- training
-    def check(self, *, data_options: Any, train_options: Any, options: LocalizeOptions) -> None:
-        d, t = data_options, train_options
-        if d.augment != "none" or d.batch_augment != "none":
-            raise ConfigError(f"localization needs box-aware augmentation: use --augment {'|'.join(BOX_AUGMENTS)}, "
-                              f"got data augment {d.augment!r} / batch augment {d.batch_augment!r}")
-        if t.strategy == "linear-probe" and not t.plan:
-            raise ConfigError("--strategy linear-probe fits a classifier; for boxes use feature-extraction, "
-                              "fine-tune, chain-thaw, gradual-unfreeze, full or scratch")
+    def augment_of(self, options: LocalizeOptions) -> str:
+        return options.box_augment
 
-    def cacheable_train(self, *, data_options: Any, train_options: Any, options: LocalizeOptions) -> bool:
-        return options.box_augment == "none" or options.views > 0
+    def paired_transform(self, preprocessing: Any, norm: Any, *, augment: str, options: LocalizeOptions) -> Any:
+        return box_transform(preprocessing, norm=norm, augment=augment, scale=(options.crop_scale, 1.0))
+
+    def dataset(self, prepared: Prepared, idx: np.ndarray, transform: Any, *, preprocessing: Any) -> BoxDataset:
+        return BoxDataset(prepared.source, prepared.targets, idx, transform, draft_size=preprocessing.input_size)
 
     def read(self, data: str, *, options: Any, quiet: bool) -> Prepared:
         """Open DATA (any layout ``open_dataset`` knows) and prepare it for this task."""
-        opened = open_dataset(data, quiet=quiet)
-        prepared = self.prepare(opened, options=options)
-        prepared.skipped = list(opened.skipped)
-        return prepared
+        return read_opened(self, data, options=options, quiet=quiet)
 
     def prepare(self, source: ImageSource, *, options: LocalizeOptions) -> Prepared:
         all_boxes = load_source_boxes(source)
@@ -184,22 +159,6 @@ class Localization:
                              hidden=parse_hidden(t.hidden), dropout=t.dropout, pool=lo.pool,
                              num_classes=num_classes if lo.head == "class+box" else 0)
         return LocalizationModel(backbone=backbone, head=head, cut=t.cut)
-
-    def transforms(self, preprocessing: Any, norm: Any, *, data_options: Any,
-                   options: LocalizeOptions) -> tuple[Any, Any]:
-        return (box_transform(preprocessing, norm=norm, augment="none"),
-                box_transform(preprocessing, norm=norm, augment=options.box_augment,
-                              scale=(options.crop_scale, 1.0)))
-
-    def inputs(self, prepared: Prepared, idx: np.ndarray, *, training: bool, eval_tf: Any, train_tf: Any,
-               preprocessing: Any, data_options: Any, train_options: Any, options: LocalizeOptions) -> Inputs:
-        source, boxes, size = prepared.source, prepared.targets, preprocessing.input_size
-        ev = BoxDataset(source, boxes, idx, eval_tf, draft_size=size)
-        if training and options.views > 0:  # fixed augmented views: deterministic, so cacheable
-            fixed = FixedViews(ev, train_tf, views=options.views, seed=data_options.split_seed)
-            return Inputs(labels=fixed.targets(), eval_dataset=fixed, train_dataset=fixed)
-        tr = BoxDataset(source, boxes, idx, train_tf, draft_size=size) if training else None
-        return Inputs(labels=ev.targets, eval_dataset=ev, train_dataset=tr)
 
     def objective(self, *, train_options: Any, class_weights: Any, options: LocalizeOptions,
                   device: torch.device, num_classes: int) -> LocalizationTask:

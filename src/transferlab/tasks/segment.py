@@ -31,32 +31,32 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
 
-from transferlab.data import (IMAGE_EXTENSIONS, FixedViews, ImageSource, NormStats, atomic_write_bytes,
-                              atomic_write_text, open_dataset)
+from transferlab.data import (IMAGE_EXTENSIONS, ImageSource, NormStats, atomic_write_bytes, atomic_write_text,
+                              open_dataset)
 from transferlab.data.geometry import interpolation_mode
 from transferlab.data.images import image_size
-from transferlab.data.transforms import PerImageStandardize
 from transferlab.errors import ConfigError, DataError
 from transferlab.options import TrainOptions, opt
 from transferlab.strategies.model import StagedModel, check_cut
-from transferlab.strategies.plans import STRATEGIES
-from transferlab.tasks.base import Inputs, Prepared
+from transferlab.tasks.base import Prepared
+from transferlab.tasks.paired import (TRAIN_SKIP, PairedDataset, PairedTask, PairedTransform, check_paired_options,
+                                      crop_scale_opt, normaliser, strategy_opt, sub_source, views_opt)
 from transferlab.zoo import Backbone, Preprocessing
 
 __all__ = ["DENSE_AUGMENTS", "PET_CLASSES", "TASK", "DenseModel", "FPNDecoder", "MaskDataset", "MaskSet",
            "MaskTransform", "SegTrainOptions", "Segmentation", "SegmentOptions", "SegmentationObjective",
-           "dense_transform", "read_masks", "segmentation_metrics"]
+           "dense_transform", "pixel_weights", "read_masks", "segmentation_metrics"]
 
 log = logging.getLogger("transferlab")
 
 #: trimap value - 1 -> class (Oxford-IIIT Pet: 1 pet, 2 background, 3 border)
 PET_CLASSES = ("pet", "background", "border")
 DENSE_AUGMENTS: tuple[str, ...] = ("none", "flip", "flip-scale")
+#: fixed augmented views per training image by default (with an --augment)
+DEFAULT_VIEWS = 2
 #: the generic layout's folders
 IMAGES_DIR, MASKS_DIR = "images", "masks"
 #: colours of the overlays (class index -> RGB; the second class of the pets, background, is left clear)
@@ -71,31 +71,25 @@ class SegmentOptions:
 
     mask_augment: str = opt("flip-scale", "mask-aware training augmentation (the mask moves with the image)",
                             choices=DENSE_AUGMENTS, flag="--augment")
-    crop_scale: float = opt(0.5, "flip-scale: smallest crop area (fraction of the image)")
-    views: int | None = opt(None, "K > 0: K fixed, seeded --augment views per training image (their frozen-encoder "
-                                  "activations cached); 0: fresh augmentation every epoch; default 2 with an "
-                                  "--augment, 0 with none")
-    decoder_width: int = opt(64, "channels of the FPN decoder")
+    crop_scale: float = crop_scale_opt(0.5, "flip-scale")
+    views: int | None = views_opt(DEFAULT_VIEWS)
+    decoder_width: int = opt(64, "channels of the FPN decoder", lo=8)
+    decoder_stride: int = opt(4, "finest encoder stride the decoder takes (2: the stride-2 stage too, for thin "
+                                 "structures, at more compute)", lo=1)
+    pixel_weights: str | None = opt(None, "weights of the classes in the pixel loss, comma-separated in class order "
+                                          "(e.g. 1,1,2 for the pets' border); default: equal")
     mask_classes: str | None = opt(None, "images/ + masks/ layout: class names of the mask values 0, 1, ... "
                                          "comma-separated (default: DATA/classes.txt)")
 
     def __post_init__(self) -> None:
-        if self.views is None:
-            object.__setattr__(self, "views", 0 if self.mask_augment == "none" else 2)
-        if not 0.0 < self.crop_scale <= 1.0:
-            raise ConfigError(f"--crop-scale must be in (0, 1], got {self.crop_scale}")
-        if self.decoder_width < 8:
-            raise ConfigError(f"--decoder-width must be >= 8, got {self.decoder_width}")
-        if self.views < 0 or (self.views > 0 and self.mask_augment == "none"):
-            raise ConfigError(f"--views must be 0, or > 0 together with --augment flip|flip-scale; got --views "
-                              f"{self.views} with --augment {self.mask_augment}")
+        check_paired_options(self, augment=self.mask_augment, augments=DENSE_AUGMENTS, default_views=DEFAULT_VIEWS)
 
 
 @dataclass(frozen=True)
 class SegTrainOptions(TrainOptions):
     """``TrainOptions`` with the defaults chosen for segmentation on a validation split (README)."""
 
-    strategy: str = opt("fine-tune", "transfer strategy", choices=tuple(s for s in STRATEGIES if s != "hog-svm"))
+    strategy: str = strategy_opt()
     epochs: int = opt(3, "epochs of the decoder-only phase (feature-extraction, first phase of others)")
     finetune_epochs: int = opt(9, "epochs of a phase that trains encoder stages")
     unfreeze: int = opt(5, "fine-tune / chain-thaw / gradual-unfreeze: encoder stages from the top that train")
@@ -155,15 +149,6 @@ def _check_masks(source: ImageSource, masks: MaskSet) -> None:
         read_mask(f, masks.lut)
 
 
-def _sub_source(source: ImageSource, keep: np.ndarray) -> ImageSource:
-    """Items ``keep`` of ``source`` as their own source (same identities, classes, given split restricted)."""
-    new = {int(i): k for k, i in enumerate(keep)}
-    given = ({name: np.asarray([new[int(i)] for i in idx if int(i) in new], dtype=np.int64)
-              for name, idx in source.given_split.items()} if source.given_split else None)
-    return ImageSource.from_files([source.identity(int(i)) for i in keep], source.labels[keep],
-                                  classes=source.classes, name=source.name, root=source.root, given_split=given)
-
-
 def _pets(data: Path, *, quiet: bool) -> tuple[ImageSource, MaskSet, list[tuple[str, str]]]:
     opened = open_dataset(str(data), quiet=quiet)
     folder = data / "annotations" / "trimaps"
@@ -171,7 +156,7 @@ def _pets(data: Path, *, quiet: bool) -> tuple[ImageSource, MaskSet, list[tuple[
     if len(have) < len(opened):
         log.info("segmentation: %d of %d images have no trimap in %s: left out", len(opened) - len(have),
                  len(opened), folder)
-    source = _sub_source(opened, np.asarray(have, dtype=np.int64)) if len(have) < len(opened) else opened
+    source = sub_source(opened, np.asarray(have, dtype=np.int64)) if len(have) < len(opened) else opened
     files = [str(folder / f"{Path(source.identity(i)).stem}.png") for i in range(len(source))]
     return source, MaskSet(files, _value_lut({1: 0, 2: 1, 3: 2}), list(PET_CLASSES)), list(opened.skipped)
 
@@ -226,7 +211,7 @@ def read_masks(data: str, *, mask_classes: str | None = None, quiet: bool = True
 
 # ----------------------------------------------------------------------------- transforms and datasets
 
-class MaskTransform:
+class MaskTransform(PairedTransform):
     """``(PIL image, H x W class mask) -> (float32 C x S x S tensor, int64 S x S mask)``, moved together.
 
     Example:
@@ -237,17 +222,14 @@ class MaskTransform:
         ((3, 32, 32), (32, 32), 1)
     """
 
-    def __init__(self, steps: list[Any], *, normalise: Any) -> None:
-        self.pipeline = v2.Compose(steps)
-        self.normalise = normalise
+    def wrap(self, image: Image.Image, target: np.ndarray) -> tv_tensors.Mask:
+        if target.shape != (image.height, image.width):
+            raise DataError(f"mask is {target.shape[1]}x{target.shape[0]} but its image is "
+                            f"{image.width}x{image.height}")
+        return tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(target)))
 
-    def __call__(self, image: Image.Image, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        if mask.shape != (image.height, image.width):
-            raise DataError(f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is {image.width}x{image.height}")
-        img, m = self.pipeline(tv_tensors.Image(TF.pil_to_tensor(image)),
-                               tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask))))
-        x = TF.to_dtype(img, torch.float32, scale=True).as_subclass(torch.Tensor)
-        return self.normalise(x), m.as_subclass(torch.Tensor).long()
+    def unwrap(self, moved: torch.Tensor, target: np.ndarray) -> torch.Tensor:
+        return moved.long()
 
 
 def dense_transform(preprocessing: Preprocessing, *, norm: NormStats, augment: str = "none",
@@ -262,37 +244,21 @@ def dense_transform(preprocessing: Preprocessing, *, norm: NormStats, augment: s
                         if augment == "flip-scale" else [v2.Resize((size, size), interpolation=mode, antialias=True)])
     if augment != "none":
         steps.append(v2.RandomHorizontalFlip(p=0.5))
-    normalise = (PerImageStandardize() if norm.kind == "sample"
-                 else v2.Normalize(mean=list(norm.mean), std=list(norm.std)))
-    return MaskTransform(steps, normalise=normalise)
+    return MaskTransform(steps, size=size, normalise=normaliser(norm))
 
 
-class MaskDataset(Dataset):
-    """Items ``indices`` of ``source`` as ``(image tensor, S x S mask)``; ``targets``: the eval masks."""
+class MaskDataset(PairedDataset):
+    """Items ``indices`` of ``source`` as ``(image tensor, S x S mask)``; ``targets()``: the eval masks,
+    ``N x S x S`` uint8 (class indices < 256). Images decode at full size (the mask has its size)."""
 
-    def __init__(self, source: ImageSource, masks: MaskSet, indices: np.ndarray, transform: MaskTransform, *,
-                 draft_size: int | None = None) -> None:
-        self.source, self.masks, self.transform, self.draft_size = source, masks, transform, draft_size
-        self.indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    target_dtype = torch.uint8
 
-    def __len__(self) -> int:
-        return int(self.indices.size)
+    def __init__(self, source: ImageSource, masks: MaskSet, indices: np.ndarray, transform: MaskTransform) -> None:
+        super().__init__(source, indices, transform)
+        self.masks = masks
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transformed(k, self.transform)
-
-    def transformed(self, k: int, transform: MaskTransform) -> tuple[torch.Tensor, torch.Tensor]:
-        i = int(self.indices[k])
-        return transform(self.source.load(i), read_mask(self.masks.files[i], self.masks.lut))
-
-    def targets(self) -> torch.Tensor:
-        """The (eval-transformed) mask of every item, ``N x S x S`` uint8 (class indices < 256)."""
-        rows = [self[k][1].to(torch.uint8) for k in range(len(self))]
-        return torch.stack(rows) if rows else torch.empty(0, dtype=torch.uint8)
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self.source.labels[self.indices]
+    def target(self, k: int) -> np.ndarray:
+        return read_mask(self.masks.files[int(self.indices[k])], self.masks.lut)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -411,7 +377,8 @@ class DenseModel(StagedModel):
 
 @dataclass
 class SegmentationObjective:
-    """Per-pixel cross-entropy; score = pixel accuracy (per image, averaged).
+    """Per-pixel cross-entropy (``weights``: per class, torch's weighted mean); score = pixel accuracy
+    (per image, averaged).
 
     Example:
         >>> obj = SegmentationObjective()
@@ -419,10 +386,12 @@ class SegmentationObjective:
         1.0
     """
 
+    weights: torch.Tensor | None = None
     score_name: str = "pixel_accuracy"
 
     def loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(outputs.float(), target.long())
+        w = None if self.weights is None else self.weights.to(outputs.device)
+        return F.cross_entropy(outputs.float(), target.long(), weight=w)
 
     def batch_score(self, outputs: torch.Tensor, target: torch.Tensor) -> float:
         return float((outputs.argmax(1) == target.long()).float().flatten(1).mean(1).sum())
@@ -433,6 +402,24 @@ class SegmentationObjective:
             loss = sum(float(self.loss(outputs[i:i + 16], targets[i:i + 16])) * len(targets[i:i + 16])
                        for i in range(0, len(targets), 16)) / n
             return loss, self.batch_score(outputs, targets) / n
+
+
+def pixel_weights(text: str | None, *, num_classes: int) -> torch.Tensor | None:
+    """``--pixel-weights 1,1,2`` as a tensor of ``num_classes`` positive weights (None: equal weights).
+
+    Example:
+        >>> pixel_weights("1,1,2", num_classes=3).tolist()
+        [1.0, 1.0, 2.0]
+    """
+    if text is None:
+        return None
+    try:
+        w = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--pixel-weights: expected {num_classes} comma-separated numbers, got {text!r}") from None
+    if len(w) != num_classes or not all(np.isfinite(v) and v > 0 for v in w):
+        raise ConfigError(f"--pixel-weights: expected {num_classes} positive numbers (one per class), got {text!r}")
+    return torch.tensor(w, dtype=torch.float32)
 
 
 def segmentation_metrics(outputs: torch.Tensor, masks: torch.Tensor, *, classes: list[str],
@@ -512,35 +499,26 @@ def _clear_class(classes: list[str]) -> int | None:
 
 # ----------------------------------------------------------------------------- the task
 
-class Segmentation:
+class Segmentation(PairedTask):
     """The segmentation task for the run pipeline, the loader and the deploy tools."""
 
     name = "segmentation"
+    verb = "segment"  # train --task segment
+    augments = DENSE_AUGMENTS
     score_name = "pixel_accuracy"
     options_class = SegmentOptions
     train_options_class = SegTrainOptions
-    supports_linear_probe = False
-    data_skip = ("augment", "batch_augment")
-    train_skip = ("classifier", "head", "pool", "hidden", "label_smoothing", "class_weights", "balanced_sampler",
-                  "views", "cv", "ensemble", "time_budget", "calibrate", "unlabeled", "unlabeled_method",
-                  "unlabeled_threshold")
+    train_skip = (*TRAIN_SKIP, "hidden", "dropout")  # the decoder has neither
 
     # ---- training
-    def check(self, *, data_options: Any, train_options: Any, options: SegmentOptions) -> None:
-        d, t = data_options, train_options
-        if d.augment != "none" or d.batch_augment != "none":
-            raise ConfigError(f"--task {self.name} needs mask-aware augmentation: use --augment "
-                              f"{'|'.join(DENSE_AUGMENTS)}, got data augment {d.augment!r} / batch augment "
-                              f"{d.batch_augment!r}")
-        if t.strategy == "linear-probe" and not t.plan:
-            raise ConfigError(f"--strategy linear-probe fits a classifier; for --task {self.name} use "
-                              "feature-extraction, fine-tune, chain-thaw, gradual-unfreeze, full or scratch")
-        if t.class_weights != "none" or t.balanced_sampler or t.label_smoothing:
-            raise ConfigError(f"--class-weights, --balanced-sampler and --label-smoothing are per-image; "
-                              f"--task {self.name} takes none")
+    def augment_of(self, options: SegmentOptions) -> str:
+        return options.mask_augment
 
-    def cacheable_train(self, *, data_options: Any, train_options: Any, options: Any) -> bool:
-        return options.mask_augment == "none" or options.views > 0
+    def paired_transform(self, preprocessing: Any, norm: Any, *, augment: str, options: SegmentOptions) -> Any:
+        return dense_transform(preprocessing, norm=norm, augment=augment, scale=(options.crop_scale, 1.0))
+
+    def dataset(self, prepared: Prepared, idx: np.ndarray, transform: Any, *, preprocessing: Any) -> MaskDataset:
+        return MaskDataset(prepared.source, prepared.targets, idx, transform)
 
     def read(self, data: str, *, options: SegmentOptions, quiet: bool) -> Prepared:
         return read_masks(data, mask_classes=options.mask_classes, quiet=quiet)
@@ -551,33 +529,20 @@ class Segmentation:
     def build_model(self, backbone: Any, *, train_options: Any, options: SegmentOptions,
                     num_classes: int) -> DenseModel:
         return DenseModel(backbone=backbone, out_channels=num_classes, width=options.decoder_width,
-                          cut=train_options.cut)
+                          cut=train_options.cut, min_stride=options.decoder_stride)
 
-    def transforms(self, preprocessing: Any, norm: Any, *, data_options: Any, options: SegmentOptions) -> tuple[Any, Any]:
-        return (dense_transform(preprocessing, norm=norm),
-                dense_transform(preprocessing, norm=norm, augment=options.mask_augment, scale=(options.crop_scale, 1.0)))
-
-    def inputs(self, prepared: Prepared, idx: np.ndarray, *, training: bool, eval_tf: Any, train_tf: Any,
-               preprocessing: Any, data_options: Any, train_options: Any, options: SegmentOptions) -> Inputs:
-        ev = MaskDataset(prepared.source, prepared.targets, idx, eval_tf)
-        if training and options.views > 0:  # fixed views: deterministic, so their activations are cacheable
-            fixed = FixedViews(ev, train_tf, views=options.views, seed=data_options.split_seed)
-            return Inputs(labels=fixed.targets().to(torch.uint8), eval_dataset=fixed, train_dataset=fixed,
-                          name_suffix=f"+views{options.views}")
-        tr = MaskDataset(prepared.source, prepared.targets, idx, train_tf) if training else None
-        return Inputs(labels=ev.targets(), eval_dataset=ev, train_dataset=tr)
-
-    def objective(self, *, train_options: Any, class_weights: Any, options: Any, device: torch.device,
+    def objective(self, *, train_options: Any, class_weights: Any, options: SegmentOptions, device: torch.device,
                   num_classes: int) -> SegmentationObjective:
-        return SegmentationObjective()
+        return SegmentationObjective(weights=pixel_weights(options.pixel_weights, num_classes=num_classes))
 
     def split_metrics(self, outputs: torch.Tensor, labels: torch.Tensor, *, classes: list[str],
                       objective: Any = None, model: Any = None) -> dict[str, Any]:
-        loss = SegmentationObjective().evaluate(outputs, labels)[0]
+        loss = (objective or SegmentationObjective()).evaluate(outputs, labels)[0]
         return segmentation_metrics(outputs, labels, classes=classes, loss=loss)
 
     def run_metrics(self, *, prepared: Prepared, options: SegmentOptions) -> dict[str, Any]:
-        return {"augment": options.mask_augment, "views": options.views, **prepared.summary}
+        return {"augment": options.mask_augment, "views": options.views, "decoder_stride": options.decoder_stride,
+                "pixel_weights": options.pixel_weights, **prepared.summary}
 
     def write_outputs(self, run_dir: Path, *, prepared: Prepared, indices: np.ndarray, outputs: torch.Tensor,
                       labels: torch.Tensor, classes: list[str], save_predictions: bool = True,
