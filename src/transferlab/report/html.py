@@ -244,10 +244,15 @@ def build_report(path: str | os.PathLike[str], *, source: ImageSource | None = N
             parts += ["<h3>Calibration (reliability diagram, 15 confidence bins)</h3>",
                       _png(reliability_diagram(curves), "reliability", fig_dir)]
         if wrong:
-            heat = overlays_for_run(run_dir, [src.load(i) for i, *_ in wrong], targets=[p for _, _, p, _ in wrong])
+            images = [src.load(i) for i, *_ in wrong]
+            try:
+                heat, how = overlays_for_run(run_dir, images, targets=[p for _, _, p, _ in wrong]), (
+                    "with the Grad-CAM heatmap of the predicted class")
+            except ConfigError as exc:  # e.g. an averaged ensemble of backbones: no single layer to read
+                heat, how = images, f"without heatmaps ({exc})"
             items = [(h, classes[y], classes[p], c) for h, (i, y, p, c) in zip(heat, wrong)]
             parts += [f"<h3>Misclassified test images ({sum(p[1] != p[2] for p in preds)} of {len(preds)}; "
-                      f"most confident first), with the Grad-CAM heatmap of the predicted class</h3>",
+                      f"most confident first), {html.escape(how)}</h3>",
                       _png(figures.misclassified_grid(items), "misclassified", fig_dir)]
         else:
             parts.append("<p>No misclassified test images.</p>")
