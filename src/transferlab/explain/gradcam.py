@@ -202,9 +202,9 @@ def target_layer(model: nn.Module) -> nn.Module:
     ``--cv`` linear probe) that of its only member, if it has one and no flip view.
 
     Example:
-        >>> from transferlab.strategies import TransferModel
+        >>> from transferlab.strategies import HeadConfig, TransferModel
         >>> from transferlab.zoo import create_backbone
-        >>> m = TransferModel(backbone=create_backbone("small_cnn", pretrained=False), num_classes=2)
+        >>> m = TransferModel(backbone=create_backbone("small_cnn", pretrained=False), num_classes=2, head=HeadConfig())
         >>> target_layer(m) is list(m.stages)[-1]
         True
     """
