@@ -6,7 +6,10 @@ ImageNet weights:
 
 * LogME of the pooled features of the training split (what ``transferlab recommend`` computes);
 * the linear probe's 5-fold stratified cross-validated accuracy over the non-test pool (train + val;
-  StandardScaler + logistic regression, C chosen by the CV itself from ``--grid``; test untouched).
+  test untouched), computed by the function ``recommend --cv`` uses
+  (``transferlab.experiments.backbones.probe_cv``: ``experiments.cv``'s stratified folds seeded by the
+  split seed, the same as ``train --cv`` on that split, StandardScaler + logistic regression, C chosen
+  by the CV itself from ``--grid``).
 
 Kendall tau between the two rankings (and, for reference, between ImageNet top-1 and the accuracy) per
 dataset; with 4 backbones tau takes the values -1, -2/3, ..., 1 and one swap costs 1/3. Features go
@@ -21,7 +24,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,33 +31,15 @@ import numpy as np
 from common import machine, table, write_json
 from recommend import cases
 from scipy.stats import kendalltau
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from transferlab.data import make_split, open_dataset
 from transferlab.engine.logme import logme
-from transferlab.experiments.backbones import backbones_with_weights, pooled_features
+from transferlab.experiments.auto import AUTO_GRID
+from transferlab.experiments.backbones import backbones_with_weights, pooled_features, probe_cv
 from transferlab.experiments.compare import stratified_subset
 from transferlab.zoo import get_entry
 
-GRID = (0.01, 0.1, 1.0)
-
-
-def cv_accuracy(x: np.ndarray, y: np.ndarray, *, folds: int, grid: tuple[float, ...], seed: int = 0) -> dict[str, Any]:
-    """Best mean CV accuracy over ``grid`` (and its std over folds, and the C)."""
-    search = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
-                          {"logisticregression__C": list(grid)}, scoring="accuracy",
-                          cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        search.fit(x, y)
-    i = search.best_index_
-    return {"cv_mean": round(float(search.cv_results_["mean_test_score"][i]), 6),
-            "cv_std": round(float(search.cv_results_["std_test_score"][i]), 6),
-            "C": float(search.best_params_["logisticregression__C"])}
+GRID = AUTO_GRID  # the C values `train --cv`, auto and `recommend --cv` search
 
 
 def run_case(case: dict[str, Any], *, backbones: list[str], folds: int, grid: tuple[float, ...],
@@ -74,8 +58,9 @@ def run_case(case: dict[str, Any], *, backbones: list[str], folds: int, grid: tu
         t1 = time.perf_counter()
         score = logme(ftr, src.labels[split.train])
         logme_s = time.perf_counter() - t1
-        cv = cv_accuracy(np.vstack([ftr, fva]), np.concatenate([src.labels[split.train], src.labels[val]]),
-                         folds=folds, grid=grid)
+        # what `recommend --cv` computes: transferlab's folds (split seed 0) and fits, features from the cache
+        s = probe_cv(src, [split.train, val], bb, k=folds, seed=0, grid=grid)
+        cv = {"cv_mean": round(s.mean, 6), "cv_std": round(s.std, 6), "cv_loss_mean": round(s.loss_mean, 6), "C": s.C}
         rows[bb] = {"logme": round(score, 6), **cv, "top1": get_entry(bb).top1, "feature_dim": int(ftr.shape[1]),
                     "extract_s": round(extract_s, 1), "logme_s": round(logme_s, 2),
                     "cv_s": round(time.perf_counter() - t1 - logme_s, 1)}

@@ -147,13 +147,19 @@ def run_html(run: Any) -> str:
 
 
 def compare_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(strategy, val mean ± std, test mean ± std, wall) per strategy of a compare's results."""
+    """(strategy, val mean ± std, test mean ± std, wall) per strategy of a compare's results; with ``--cv``
+    the second column is the CV mean ± std across folds."""
     def fmt(s: dict[str, Any], key: str) -> str:
         mean, std = s.get(f"{key}_mean"), s.get(f"{key}_std")
         return "failed" if mean is None else f"{mean:.4f} ± {std:.4f}"
 
-    return [(name, fmt(s, "val_accuracy"), fmt(s, "test_accuracy"), f"{s.get('wall_s', 0):.0f}s")
+    chosen = "cv" if results.get("cv") else "val_accuracy"
+    return [(name, fmt(s, chosen), fmt(s, "test_accuracy"), f"{s.get('wall_s', 0):.0f}s")
             for name, s in results.get("strategies", {}).items()]
+
+
+def _chosen_on(results: dict[str, Any]) -> str:
+    return f"{results['cv']['k']}-fold CV" if results.get("cv") else "val"
 
 
 class CompareResults(dict):  # type: ignore[type-arg]
@@ -170,12 +176,12 @@ class CompareResults(dict):  # type: ignore[type-arg]
 
     def __repr__(self) -> str:
         lines = [f"compare on {self.get('backbone')}, {self.get('seeds')} seeds per strategy "
-                 "(val / test accuracy, wall):"]
+                 f"({_chosen_on(self)} / test accuracy, wall):"]
         lines += [f"  {n:<20} {v}  {t}  {w}" for n, v, t, w in compare_rows(self)]
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        return _table(("strategy", "val accuracy", "test accuracy", "wall"), compare_rows(self))
+        return _table(("strategy", f"{_chosen_on(self)} accuracy", "test accuracy", "wall"), compare_rows(self))
 
 
 __all__ = ["CompareResults", "TrainedModel", "load", "run_html", "run_lines"]

@@ -325,7 +325,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
     rec = recommend(args.data, backbone=args.backbone, sample=args.sample, split=args.split,
                     train_per_class=args.train_per_class, seed=args.seed, weights=args.weights,
-                    max_latency_ms=args.max_latency_ms, max_params=args.max_params)
+                    max_latency_ms=args.max_latency_ms, max_params=args.max_params, cv=args.cv)
     if args.json:
         _print_json(rec)
         return 0
@@ -334,6 +334,13 @@ def cmd_recommend(args: argparse.Namespace) -> int:
           f"--unfreeze {rec['unfreeze']}{cut}")
     for reason in rec["reasons"]:
         print(f"  - {reason}")
+    if rec.get("backbone_cv"):
+        c = rec["backbone_cv"]
+        print(f"  {'backbone':<22}{'LogME':>8}  {c['k']}-fold CV accuracy  CV rank")
+        for r in rec["backbone_ranking"]:
+            print(f"  {r['backbone']:<22}{r['logme']:>8.3f}  {r['cv_mean']:.4f} ± {r['cv_std']:.4f}   {r['cv_rank']:>7}")
+        tau = "-" if c["kendall_tau"] is None else f"{c['kendall_tau']:+.2f}"
+        print(f"  Kendall tau (LogME vs CV ranking): {tau}; LogME's pick {c['logme_pick']}, CV's pick {c['cv_pick']}")
     return 0
 
 
@@ -355,12 +362,19 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 def add_evidence_commands(sub: Any) -> None:
     """``compare``, ``report`` and ``recommend`` subcommands."""
+    from transferlab.experiments.cvsupport import CV_STRATEGIES
+
     p = sub.add_parser("compare", help="run several strategies x seeds on one split; write results.json + report.html")
     p.add_argument("data", metavar="DATA", help="image folder, dataset layout, CSV or 'fashion-mnist'")
     p.add_argument("--strategies", default="scratch,linear-probe,feature-extraction,fine-tune,chain-thaw",
                    help="comma-separated strategies; an entry may set its own train options as "
                         "STRATEGY:OPTION=VALUE[:OPTION=VALUE], e.g. fine-tune:unfreeze=2 (default: %(default)s)")
-    p.add_argument("--seeds", type=int, default=3, help="training seeds per strategy (default: 3)")
+    p.add_argument("--seeds", type=int, default=None, help="training seeds per strategy (default: 3; 1 with --cv)")
+    p.add_argument("--cv", type=int, default=None, metavar="K",
+                   help="K >= 2: score every entry (x every --backbones) by stratified K-fold cross-validation over "
+                        "the non-test pool (train+val; test is in no fold and scored once by each run's final "
+                        "model, refit on the pool); the summary and the backbone figures use the CV mean ± fold "
+                        "std. Strategies: " + ", ".join(sorted(CV_STRATEGIES - {"auto"})))
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--train-per-class", dest="train_per_class_list", metavar="N[,N...]",
                    help="training images per class; several values add a data-efficiency study")
@@ -403,6 +417,10 @@ def add_evidence_commands(sub: Any) -> None:
                    help="budget: ms of one batch-1 forward pass, CPU time on one thread of this machine "
                         "(measured once per backbone, cached)")
     p.add_argument("--max-params", type=float, default=None, help="budget: parameters, e.g. 5e6")
+    p.add_argument("--cv", type=int, default=None, metavar="K",
+                   help="K >= 2: also score each backbone's linear probe by stratified K-fold CV over the non-test "
+                        "pool (train+val) on the same cached pooled features, name the backbone by CV and report "
+                        "LogME's pick and the Kendall tau between the two rankings (no --backbone)")
     p.add_argument("--weights", help="explicit weights file for the backbone")
     p.add_argument("--train-per-class", type=positive_int, help="training images per class you will use")
     p.add_argument("--split", default="0.5,0.25,0.25", help="train,val,test fractions (default: %(default)s)")

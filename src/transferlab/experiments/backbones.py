@@ -7,10 +7,14 @@
 * :func:`latency_table`: milliseconds per forward pass at batch 1 and batch 32 of the whole network
   at its input size on this machine, measured once per backbone and machine and kept in
   ``$TRANSFERLAB_CACHE/latency.json`` with the machine's description and load at measurement time.
+* :func:`probe_cv` / :func:`cv_ranking` (``recommend --cv K``): each ranked backbone's linear probe
+  scored by K-fold CV over the non-test pool on the same cached pooled features, and the Kendall tau
+  between the LogME and the CV rankings.
 * :func:`compare_backbones`: one ``compare`` per backbone on the same dataset object and the same
-  seeded split (folds, when ``compare`` makes them, come from the same seeds too), merged into one
+  seeded split (with ``--cv`` the same folds, seeded by the split seed), merged into one
   ``results.json`` whose entries are ``STRATEGY@BACKBONE`` and whose run rows name their ``backbone``.
   A strategy that does not use the backbone (``hog-svm``, ``scratch:backbone=...``) runs once.
+  Every backbone's entries (and ``--cv``) are checked before any run or latency measurement.
 
 Example:
     >>> from transferlab.experiments.backbones import parse_backbones
@@ -38,7 +42,7 @@ from transferlab.engine import ActivationStore, SplitInputs, init_distributed
 from transferlab.engine.feature_cache import default_cache_root
 from transferlab.engine.logme import logme
 from transferlab.errors import ConfigError
-from transferlab.options import TrainOptions
+from transferlab.options import DataOptions, TrainOptions
 from transferlab.strategies import HeadConfig, TransferModel
 from transferlab.zoo import create_backbone, get_entry, list_backbones, weights_available
 
@@ -145,7 +149,7 @@ def latency_table(names: Sequence[str], *, cache: Path | None = None, refresh: b
         hit = next((e for e in entries if e["backbone"] == name and e["machine"] == key), None)
         if hit is not None:
             values = ", ".join(f"{v:.1f} ms at batch {k.split('_')[1]}" for k, v in hit.items()
-                               if k.startswith("batch_") and k.endswith("_ms"))
+                               if k.startswith("batch_") and k.endswith("_ms") and not k.endswith("_wall_ms"))
             log.info("%s: latency from %s (measured %s at load %.1f): %s", name, path, hit["measured_at"],
                      hit["load_avg_1m"], values)
             out[name] = hit
@@ -297,7 +301,8 @@ def uses_backbone(entry: str) -> bool:
     return strategy.strip() != "hog-svm" and "backbone=" not in pairs.replace(" ", "")
 
 
-def compare_backbones(data: str, *, backbones: Sequence[str] | str, strategies: Sequence[str] | str, seeds: int,
+def compare_backbones(data: str, *, backbones: Sequence[str] | str, strategies: Sequence[str] | str,
+                      seeds: int | None = None,
                       out: str | os.PathLike[str], source: ImageSource | None = None,
                       latencies: Mapping[str, Mapping[str, Any]] | None = None, **compare_kwargs: Any) -> dict[str, Any]:
     """``compare`` for every backbone on the same split, merged into ``out/results.json``
@@ -308,13 +313,19 @@ def compare_backbones(data: str, *, backbones: Sequence[str] | str, strategies: 
         ...                   strategies="linear-probe", seeds=1, out="cmp")  # doctest: +SKIP
     """
     from transferlab.data import open_dataset
-    from transferlab.experiments.compare import RESULTS, compare, parse_strategies
+    from transferlab.experiments.compare import RESULTS, compare, default_seeds, parse_strategies, prepare_compare
 
     names = parse_backbones(backbones)
     entries = parse_strategies(strategies)
-    d = compare_kwargs.pop("data_options", None)
+    d = compare_kwargs.pop("data_options", None) or DataOptions()
     t = compare_kwargs.pop("train_options", None) or TrainOptions()
-    src = source if source is not None else open_dataset(data, quiet=bool(d and d.quiet))
+    src = source if source is not None else open_dataset(data, quiet=d.quiet)
+    checks = {k: v for k, v in compare_kwargs.items() if k in ("train_per_class", "val_subset", "test_subset", "tta")}
+    for k, name in enumerate(names):  # every backbone's entries (and --cv) checked before any run or measurement
+        prepare_compare(data, strategies=[e for e in entries if uses_backbone(e) or k == 0],
+                        seeds=3 if seeds is None else seeds, data_options=d, train_options=replace(t, backbone=name),
+                        source=src, **{"train_per_class": None, **checks})
+    seeds = default_seeds(seeds, t)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     lat = dict(latencies) if latencies is not None else latency_table(names)
@@ -328,8 +339,9 @@ def compare_backbones(data: str, *, backbones: Sequence[str] | str, strategies: 
                       data_options=d, train_options=replace(t, backbone=name), **compare_kwargs)
         if "split" in merged and res["split"]["sizes"] != merged["split"]["sizes"]:
             raise ConfigError(f"compare --backbones: {name}'s split differs from {names[0]}'s")
-        for key in ("machine", "split", "data_options", "train_options", "sharing"):
-            merged.setdefault(key, res.get(key))
+        for key in ("machine", "split", "data_options", "train_options", "sharing", "cv"):
+            if key in res:
+                merged.setdefault(key, res[key])
         for entry in mine:
             label = f"{entry}@{name}" if uses_backbone(entry) else entry
             merged["strategies"][label] = {**res["strategies"][entry], "backbone": name if uses_backbone(entry)
@@ -343,8 +355,11 @@ def compare_backbones(data: str, *, backbones: Sequence[str] | str, strategies: 
 
 
 def backbone_points(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One point per (strategy entry, backbone) of a ``compare --backbones`` results: mean test
-    accuracy with the backbone's ImageNet top-1, parameters and latency (report figures, tables).
+    """One point per (strategy entry, backbone) of a ``compare --backbones`` results: its accuracy with the
+    backbone's ImageNet top-1, parameters and latency (report figures, tables). ``accuracy`` is the mean
+    K-fold CV accuracy (``accuracy_std``: its std across folds) when the compare ran with ``--cv``, else
+    the mean test accuracy (``accuracy_std``: across seeds); ``measure`` says which, ``test_accuracy``
+    is always the test split's.
 
     Example:
         >>> backbone_points({"strategies": {"lp@a": {"entry": "lp", "backbone": "a", "test_accuracy_mean": 0.9}},
@@ -352,35 +367,128 @@ def backbone_points(results: Mapping[str, Any]) -> list[dict[str, Any]]:
         ...                  "latency": {"a": {"batch_1_ms": 10.0, "batch_32_ms_per_image": 4.0}}})[0]["top1"]
         75.0
     """
+    cv = (results.get("cv") or {}).get("k")
     pts = []
     for label, s in results.get("strategies", {}).items():
         bb = s.get("backbone")
         if bb is None or s.get("test_accuracy_mean") is None:
             continue
         facts, lat = results["backbone_facts"][bb], results.get("latency", {}).get(bb, {})
+        by_cv = cv is not None and s.get("cv_mean") is not None
         pts.append({"label": label, "entry": s.get("entry", label), "backbone": bb,
-                    "accuracy": s["test_accuracy_mean"], "top1": facts["top1"], "params": facts["params"],
+                    "accuracy": s["cv_mean"] if by_cv else s["test_accuracy_mean"],
+                    "accuracy_std": s["cv_std"] if by_cv else s.get("test_accuracy_std"),
+                    "measure": f"{cv}-fold CV" if by_cv else "test", "test_accuracy": s["test_accuracy_mean"],
+                    "top1": facts["top1"], "params": facts["params"],
                     "latency_b1_ms": lat.get("batch_1_ms"), "latency_b32_ms_per_image": lat.get("batch_32_ms_per_image")})
     return pts
 
 
-def choose_backbone(source: ImageSource, train_idx: np.ndarray, *, max_latency_ms: float | None = None,
-                    max_params: float | None = None, progress: bool = False) -> tuple[str, list[dict[str, Any]], str]:
-    """``recommend``'s backbone: the best LogME among those with weights here within the budgets.
-
-    Returns ``(name, ranking, reason)``.
+def probe_cv(source: ImageSource, parts: Sequence[np.ndarray], backbone: str, *, k: int, seed: int = 0,
+             grid: tuple[float, ...] | None = None, options: TrainOptions | None = None, device: str = "auto",
+             workers: int = 0, progress: bool = False) -> Any:
+    """The linear probe of ``backbone`` scored by stratified ``k``-fold CV over the rows of ``parts`` (the
+    non-test pool: the training and the validation indices), on the pooled features LogME ranks
+    (:func:`pooled_features`: the same on-disk feature cache, so the training images are not computed
+    again). Folds: :func:`~transferlab.experiments.cv.stratified_folds` of the pool's labels in ``parts``
+    order, seeded by ``seed`` (pass the split seed: the folds are then those of ``train --cv`` on the same
+    split); C from ``grid`` (default auto's) by mean CV accuracy. Returns the
+    :class:`~transferlab.experiments.cv.CVScore`.
 
     Example:
-        >>> name, ranking, why = choose_backbone(src, split.train, max_params=5e6)  # doctest: +SKIP
+        >>> probe_cv(src, [split.train, split.val], "mobilenet_v2", k=5).mean  # doctest: +SKIP
+        0.951
     """
+    from transferlab.experiments.auto import AUTO_GRID
+    from transferlab.experiments.cv import check_cv, cv_linear_probe, stratified_folds
+
+    rows = [(name, np.asarray(idx)) for name, idx in zip(("train", "val", "pool"), parts) if len(idx)]
+    y = np.concatenate([source.labels[idx] for _, idx in rows]).astype(np.int64)
+    folds = stratified_folds(y, k=check_cv(k, y, list(source.classes)), seed=seed)
+    x = np.vstack([pooled_features(source, idx, backbone, split_name=name, options=options, device=device,
+                                   workers=workers, progress=progress) for name, idx in rows])
+    score, _ = cv_linear_probe([x], y, folds, num_classes=len(source.classes), grid=grid or AUTO_GRID, seed=seed)
+    return score
+
+
+def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Kendall's tau-b between two scorings of the same items (None with fewer than 2 or a constant side).
+
+    Example:
+        >>> kendall_tau([1, 2, 3, 4], [0.5, 0.7, 0.6, 0.9])
+        0.6667
+    """
+    from scipy.stats import kendalltau
+
+    if len(a) < 2:
+        return None
+    tau = kendalltau(a, b)[0]
+    return None if np.isnan(tau) else round(float(tau), 4)
+
+
+def cv_ranking(source: ImageSource, ranked: list[dict[str, Any]], *, train_idx: np.ndarray, val_idx: np.ndarray,
+               k: int, seed: int, progress: bool = False) -> dict[str, Any]:
+    """``recommend --cv K``: every ranked backbone's linear probe scored by :func:`probe_cv` (its row gains
+    cv_mean, cv_std, cv_loss_mean, C and cv_rank); returns the CV pick, LogME's pick and the Kendall tau
+    between the two rankings."""
+    for row in ranked:
+        t0 = time.perf_counter()
+        score = probe_cv(source, [train_idx, val_idx], row["backbone"], k=k, seed=seed, progress=progress)
+        row.update({"cv_mean": round(score.mean, 6), "cv_std": round(score.std, 6),
+                    "cv_loss_mean": round(score.loss_mean, 6), "C": score.C,
+                    "cv_s": round(time.perf_counter() - t0, 2)})
+        log.info("%s: linear probe %d-fold CV accuracy %.4f ± %.4f (C=%g, %.1fs)", row["backbone"], k,
+                 score.mean, score.std, score.C, row["cv_s"])
+    by_cv = sorted(ranked, key=lambda r: (-r["cv_mean"], r["cv_loss_mean"], -r["logme"]))
+    for i, row in enumerate(by_cv, start=1):
+        row["cv_rank"] = i
+    return {"k": k, "pool": int(len(train_idx) + len(val_idx)), "fold_seed": seed,
+            "cv_pick": by_cv[0]["backbone"], "logme_pick": ranked[0]["backbone"],
+            "agree": by_cv[0]["backbone"] == ranked[0]["backbone"],
+            "kendall_tau": kendall_tau([r["logme"] for r in ranked], [r["cv_mean"] for r in ranked]),
+            "backbones": len(ranked)}
+
+
+def choose_backbone(source: ImageSource, train_idx: np.ndarray, *, max_latency_ms: float | None = None,
+                    max_params: float | None = None, progress: bool = False, cv: int | None = None,
+                    val_idx: np.ndarray | None = None, seed: int = 0
+                    ) -> tuple[str, list[dict[str, Any]], str, dict[str, Any] | None]:
+    """``recommend``'s backbone: the best LogME among those with weights here within the budgets; with
+    ``cv``, the best ``cv``-fold CV accuracy of a linear probe over ``train_idx`` + ``val_idx`` (the pool's
+    folds seeded by ``seed``), LogME's pick and the rank agreement reported beside it.
+
+    Returns ``(name, ranking, reason, cv_record or None)``; ``ranking`` is best LogME first.
+
+    Example:
+        >>> name, ranking, why, _ = choose_backbone(src, split.train, max_params=5e6)  # doctest: +SKIP
+    """
+    if cv is not None:  # the folds are checked before any forward pass
+        from transferlab.experiments.cv import check_cv
+
+        pool = np.concatenate([train_idx, val_idx if val_idx is not None else train_idx[:0]])
+        check_cv(cv, source.labels[pool], list(source.classes))
     ranked = rank_backbones(source, train_idx, max_latency_ms=max_latency_ms, max_params=max_params,
                             progress=progress)
     best = ranked[0]
     budgets = [f"{f} {v:g}" for f, v in (("--max-latency-ms", max_latency_ms), ("--max-params", max_params))
                if v is not None]
-    others = ", ".join(f"{r['backbone']} {r['logme']:.3f}" for r in ranked[1:])
-    why = (f"backbone {best['backbone']}: highest LogME {best['logme']:.3f} (You et al., ICML 2021; the evidence of "
-           f"a linear model on its pooled features of the {best['images']} training images) of "
-           f"{len(ranked)} with weights here{' within ' + ' and '.join(budgets) if budgets else ''}"
-           f"{'; ' + others if others else ''}")
-    return best["backbone"], ranked, why
+    within = f"{len(ranked)} with weights here{' within ' + ' and '.join(budgets) if budgets else ''}"
+    logme_why = (f"LogME (You et al., ICML 2021; the evidence of a linear model on its pooled features of the "
+                 f"{best['images']} training images)")
+    if cv is None:
+        others = ", ".join(f"{r['backbone']} {r['logme']:.3f}" for r in ranked[1:])
+        why = (f"backbone {best['backbone']}: highest {logme_why} {best['logme']:.3f} of {within}"
+               f"{'; ' + others if others else ''}")
+        return best["backbone"], ranked, why, None
+    record = cv_ranking(source, ranked, train_idx=train_idx,
+                        val_idx=val_idx if val_idx is not None else train_idx[:0], k=cv, seed=seed, progress=progress)
+    pick = next(r for r in ranked if r["backbone"] == record["cv_pick"])
+    tau = "-" if record["kendall_tau"] is None else f"{record['kendall_tau']:+.2f}"
+    why = (f"backbone {pick['backbone']}: highest {cv}-fold CV accuracy of a linear probe, {pick['cv_mean']:.4f} ± "
+           f"{pick['cv_std']:.4f} over the {record['pool']} non-test images, of {within}; "
+           + (f"{logme_why} agrees" if record["agree"] else
+              f"{logme_why} would pick {best['backbone']} ({best['logme']:.3f}; CV {best['cv_mean']:.4f} ± "
+              f"{best['cv_std']:.4f})")
+           + f"; Kendall tau between the LogME and the CV rankings {tau} over {len(ranked)} backbones: "
+           + ", ".join(f"{r['backbone']} LogME {r['logme']:.3f} / CV {r['cv_mean']:.4f}" for r in ranked))
+    return pick["backbone"], ranked, why, record

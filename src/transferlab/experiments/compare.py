@@ -29,7 +29,7 @@ import platform
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +41,15 @@ from transferlab.data import ImageSource, Split, atomic_write_text, make_split, 
 from transferlab.engine import ActivationStore, init_distributed
 from transferlab.engine.feature_cache import FeatureCache
 from transferlab.errors import BadFileError, ConfigError, DataError
+from transferlab.experiments.cv import check_cv
+from transferlab.experiments.cvsupport import check_cv_entries
 from transferlab.experiments.inference import measure_tta
 from transferlab.experiments.rundir import claim_run_dir
 from transferlab.experiments.train import feature_cache, plan_options, run_training, setup_logging, versions
 from transferlab.options import DataOptions, TrainOptions, with_overrides
 from transferlab.progress import Counter
 from transferlab.strategies import build_plan, check_cut
-from transferlab.strategies.plans import STRATEGIES
+from transferlab.strategies.plans import FEATURE_BASELINES, STRATEGIES
 from transferlab.tta import check_tta
 from transferlab.zoo import create_backbone
 
@@ -169,6 +171,10 @@ def summarize_runs(runs: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
            "val_accuracy_mean": stat(val, np.mean), "val_accuracy_std": stat(val, np.std),
            "macro_f1_mean": stat(f1, np.mean), "macro_f1_std": stat(f1, np.std),
            "wall_s": round(wall_s, 3), "n_ok": len(ok), "n_failed": len(runs) - len(ok), "runs": runs}
+    cv = [r for r in ok if r.get("cv_mean") is not None]
+    if cv:  # --cv: the CV mean (over seeds) and the spread across folds (fold std, mean over seeds)
+        out.update({"cv_k": cv[0]["cv_k"], **{key: stat(np.array([r[key] for r in cv], dtype=float), np.mean)
+                                              for key in ("cv_mean", "cv_std", "cv_loss_mean")}})
     tta = [r["tta"] for r in ok if "tta" in r]
     if tta:
         out["tta"] = {"mode": tta[0]["mode"], **{f"{k}_mean": stat(np.array([x[k] for x in tta]), np.mean)
@@ -184,18 +190,26 @@ def _run_record(run: Any, *, seed: int, run_dir: Path) -> dict[str, Any]:
 def _finished_record(run_dir: Path, *, seed: int) -> dict[str, Any] | None:
     """The record of a run that finished earlier (its ``metrics.json`` is written last), else None."""
     path = run_dir / "metrics.json"
-    if not (path.is_file() and (run_dir / "model.json").is_file()):
+    if not path.is_file():
         return None
     try:
-        return _record(json.loads(path.read_text()), seed=seed, run_dir=run_dir)
+        m = json.loads(path.read_text())
+        if not (run_dir / "model.json").is_file() and m.get("strategy") not in FEATURE_BASELINES:
+            return None  # a network run writes model.json before metrics.json; hog-svm has no model file
+        return _record(m, seed=seed, run_dir=run_dir)
     except (ValueError, KeyError, TypeError):
         log.warning("compare --resume: %s is unreadable; training that run again", path)
         return None
 
 
 def _record(m: dict[str, Any], *, seed: int, run_dir: Path) -> dict[str, Any]:
+    """One run row; a cross-validated run (``--cv``) adds its fold scores (its ``val_accuracy`` is then the
+    accuracy of the out-of-fold predictions)."""
+    cv = m.get("cv") or {}
     return {"seed": seed, "status": "ok", "backbone": m["backbone"], "run_dir": str(run_dir),
             "test_accuracy": m["test"]["accuracy"],
+            **({"cv_k": cv["k"], **{key: cv[key] for key in ("cv_mean", "cv_std", "cv_loss_mean", "cv_loss_std")}}
+               if cv else {}),
             "macro_f1": m["test"]["macro_f1"], "top5": m["test"]["top5"], "test_loss": m["test"]["loss"],
             "val_accuracy": m["val"]["accuracy"], "best_epoch": m["best_epoch"], "timing": m["timing"]}
 
@@ -247,39 +261,32 @@ def _leakage_once(data: str, src: ImageSource, split: Split, d: DataOptions, t: 
                                workers=d.num_workers, split_option=opt)
 
 
-def compare(
-    data: str,
-    *,
-    strategies: Sequence[str] | str,
-    seeds: int,
-    out: str | os.PathLike[str],
-    train_per_class: Sequence[int] | str | None = None,
-    data_options: DataOptions | None = None,
-    train_options: TrainOptions | None = None,
-    val_subset: int | None = None,
-    test_subset: int | None = None,
-    source: ImageSource | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    tta: str = "none",
-) -> dict[str, Any]:
-    """Run every strategy for every seed on one split; write ``out/results.json`` after each run.
+@dataclass
+class CompareSetup:
+    """What a compare runs on, checked before any run: its entries, the opened dataset and the split per
+    training-set size (``whole``: the full training split, for the leakage check)."""
 
-    ``tta`` (``flip``, ``flip+crops``): each run's record gains ``tta``, its test accuracy and
-    inference seconds without and with test-time augmentation (:func:`inference.measure_tta`).
-    ``train_per_class``: one value subsamples the training split; several values add a
-    data-efficiency study (``results["efficiency"]``) and the main table is the largest value.
-    ``val_subset``/``test_subset``: a seeded, stratified subset of the val/test split (e.g. the
-    demo's fixed 2000 test images). A run that raises is recorded with its error; the others go on.
-    ``resume`` continues a killed compare in ``out``: finished runs are read back, an interrupted
-    one resumes from its checkpoint, the rest run; the options must be those it was started with.
-    A non-empty ``out`` is refused unless ``resume`` or ``overwrite``.
+    names: list[str]
+    source: ImageSource
+    splits: list[tuple[int | None, Split]]
+    whole: Split
+
+
+def prepare_compare(data: str, *, strategies: Sequence[str] | str, seeds: int,
+                    train_per_class: Sequence[int] | str | None, data_options: DataOptions,
+                    train_options: TrainOptions, val_subset: int | None = None, test_subset: int | None = None,
+                    source: ImageSource | None = None, tta: str = "none") -> CompareSetup:
+    """Every check of a compare that needs no training (options, plans, ``--cv`` against the strategies and
+    the non-test pool's smallest class), the dataset opened and split; one-line errors, nothing written.
 
     Example:
-        >>> compare("flowers17/", strategies="scratch,fine-tune", seeds=2, out="cmp")  # doctest: +SKIP
+        >>> prepare_compare("flowers17/", strategies="fine-tune", seeds=1, train_per_class=None,
+        ...                 data_options=DataOptions(), train_options=TrainOptions(cv=5))  # doctest: +SKIP
+        Traceback (most recent call last):
+        ...
+        transferlab.errors.ConfigError: --cv 5: fine-tune cannot be cross-validated yet (...)
     """
-    d = data_options or DataOptions()
-    t = train_options or TrainOptions()
+    d, t = data_options, train_options
     check_tta(tta)
     names = parse_strategies(strategies)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
@@ -297,9 +304,10 @@ def compare(
         stage_names = create_backbone(tn.backbone, pretrained=False).stage_names
         kept = check_cut(tn.cut, stage_names=stage_names, backbone=tn.backbone)
         build_plan(tn.strategy, stage_names=kept, options=plan_options(tn)).validate(kept)
+    if t.cv is not None:
+        check_cv_entries([(name, variant_options(name, t)) for name in names], k=t.cv)
 
     setup_logging(quiet=d.quiet)
-    out_dir = Path(out)
     src = source if source is not None else open_dataset(data, quiet=d.quiet)
     base = make_split(src, fractions=parse_fractions(d.split, option="--split"), seed=d.split_seed)
     counts = src.class_counts(base.train)
@@ -311,11 +319,78 @@ def compare(
     test = base.test if test_subset is None else stratified_subset(src, base.test, test_subset,
                                                                      seed=d.split_seed + 2)
     splits: list[tuple[int | None, Split]] = []
-    leakage = _leakage_once(str(data), src, Split(train=base.train, val=val, test=test), d, t)
     for n in sizes or [None]:
         train = base.train if n is None else make_split(
             src, fractions=parse_fractions(d.split, option="--split"), seed=d.split_seed, train_per_class=n).train
         splits.append((n, Split(train=train, val=val, test=test)))
+        if t.cv is not None:  # the folds split the non-test pool (train+val) of every training-set size
+            check_cv(t.cv, src.labels[np.concatenate([train, val])], list(src.classes))
+    return CompareSetup(names=names, source=src, splits=splits, whole=Split(train=base.train, val=val, test=test))
+
+
+def default_seeds(seeds: int | None, t: TrainOptions) -> int:
+    """``seeds``, or the default: 3, or 1 with ``--cv`` (the folds give the spread), said in one line.
+
+    Example:
+        >>> default_seeds(None, TrainOptions()), default_seeds(2, TrainOptions(cv=5))
+        (3, 2)
+    """
+    if seeds is not None:
+        return seeds
+    if t.cv is None:
+        return 3
+    log.info("compare --cv %d: 1 seed per entry (the %d folds give the spread; --seeds N repeats each entry N times)",
+             t.cv, t.cv)
+    return 1
+
+
+def compare(
+    data: str,
+    *,
+    strategies: Sequence[str] | str,
+    seeds: int | None = None,
+    out: str | os.PathLike[str],
+    train_per_class: Sequence[int] | str | None = None,
+    data_options: DataOptions | None = None,
+    train_options: TrainOptions | None = None,
+    val_subset: int | None = None,
+    test_subset: int | None = None,
+    source: ImageSource | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    tta: str = "none",
+) -> dict[str, Any]:
+    """Run every strategy for every seed on one split; write ``out/results.json`` after each run.
+
+    ``train_options.cv`` (``--cv K``): every run is scored by stratified K-fold CV over the non-test
+    pool (train+val; the test split is in no fold and scored once by the run's final model); its
+    row and the entry's summary carry ``cv_mean``, ``cv_std`` (across folds), ``cv_loss_mean``.
+    Entries whose strategy cannot be cross-validated (:mod:`transferlab.experiments.cvsupport`) and
+    a K above the pool's smallest class are one-line errors before any run. ``seeds``: default 3,
+    or 1 with ``--cv``.
+
+    ``tta`` (``flip``, ``flip+crops``): each run's record gains ``tta``, its test accuracy and
+    inference seconds without and with test-time augmentation (:func:`inference.measure_tta`).
+    ``train_per_class``: one value subsamples the training split; several values add a
+    data-efficiency study (``results["efficiency"]``) and the main table is the largest value.
+    ``val_subset``/``test_subset``: a seeded, stratified subset of the val/test split (e.g. the
+    demo's fixed 2000 test images). A run that raises is recorded with its error; the others go on.
+    ``resume`` continues a killed compare in ``out``: finished runs are read back, an interrupted
+    one resumes from its checkpoint, the rest run; the options must be those it was started with.
+    A non-empty ``out`` is refused unless ``resume`` or ``overwrite``.
+
+    Example:
+        >>> compare("flowers17/", strategies="scratch,fine-tune", seeds=2, out="cmp")  # doctest: +SKIP
+    """
+    d = data_options or DataOptions()
+    t = train_options or TrainOptions()
+    setup = prepare_compare(data, strategies=strategies, seeds=3 if seeds is None else seeds,
+                            train_per_class=train_per_class, data_options=d, train_options=t, val_subset=val_subset,
+                            test_subset=test_subset, source=source, tta=tta)
+    seeds = default_seeds(seeds, t)
+    names, src, splits = setup.names, setup.source, setup.splits
+    out_dir = Path(out)
+    leakage = _leakage_once(str(data), src, setup.whole, d, t)
 
     lock = claim_run_dir(out_dir, resume=resume, overwrite=overwrite)
     if resume:
@@ -332,8 +407,14 @@ def compare(
                   "classes": list(src.classes)},
         "data_options": asdict(d), "train_options": asdict(t), "leakage": leakage,
         "sharing": {"rule": "every run shares the preprocessed images (boundary 0); pretrained runs also "
-                            "share activations up to their lowest trainable stage", "forward_images": 0},
+                            "share activations up to their lowest trainable stage" + (
+                                "; a cross-validated run computes its features once for all its folds (pooled "
+                                "features or HOG descriptors of pool+test, through the on-disk feature cache)"
+                                if t.cv is not None else ""), "forward_images": 0},
     }
+    if t.cv is not None:
+        results["cv"] = {"k": t.cv, "folds": f"stratified over the non-test pool (train+val), seeded by the split "
+                                             f"seed {d.split_seed}; the test split is in no fold"}
     if len(splits) > 1:
         results["efficiency"] = {"train_per_class": [n for n, _ in splits], "strategies": {}}
     total = len(splits) * len(names) * seeds
@@ -394,15 +475,24 @@ def compare(
                 bar.update()
                 if runs[-1]["status"] == "ok" and not d.quiet:
                     r = runs[-1]
-                    log.info("compare %d/%d: %s: val %.4f, test %.4f (%.1fs)", bar.done, total, label,
-                             r["val_accuracy"], r["test_accuracy"], r["timing"]["total_s"])
+                    scored = (f"{r['cv_k']}-fold CV {r['cv_mean']:.4f} ± {r['cv_std']:.4f}" if "cv_mean" in r
+                              else f"val {r['val_accuracy']:.4f}")
+                    log.info("compare %d/%d: %s: %s, test %.4f (%.1fs)", bar.done, total, label, scored,
+                             r["test_accuracy"], r["timing"]["total_s"])
     bar.close()
     results["status"] = "done"
     disk = stores.store.disk
     results["sharing"]["feature_cache_hits"] = disk.hits if disk is not None else 0
-    log.info("compare: %d activation sets from the feature cache, %d images through the frozen prefix%s",
-             results["sharing"]["feature_cache_hits"], stores.forward_images,
-             " (every activation came from the cache)" if stores.forward_images == 0 else "")
+    n_cv = sum(1 for s in results["strategies"].values() for r in s["runs"] if "cv_mean" in r)
+    n_runs = sum(len(s["runs"]) for s in results["strategies"].values())
+    results["sharing"]["cv_runs"] = n_cv
+    if n_cv < n_runs:
+        log.info("compare: %d activation sets from the feature cache, %d images through the frozen prefix%s",
+                 results["sharing"]["feature_cache_hits"], stores.forward_images,
+                 " (every activation came from the cache)" if stores.forward_images == 0 else "")
+    if n_cv:
+        log.info("compare: %d cross-validated run(s) computed their features once for all %d folds (their log "
+                 "lines say which came from the feature cache)", n_cv, t.cv)
     atomic_write_text(out_dir / RESULTS, json.dumps(results, indent=2))
     lock.release()
     return CompareResults(results)
@@ -435,12 +525,17 @@ def _check_resumable(out_dir: Path, *, data: str, names: list[str], seeds: int, 
 
 
 def best_strategy(results: dict[str, Any]) -> str | None:
-    """The strategy with the highest mean test accuracy (None if every run failed).
+    """The entry with the highest mean CV accuracy when every scored entry was cross-validated (``--cv``),
+    else the highest mean test accuracy (None if every run failed).
 
     Example:
         >>> best_strategy({"strategies": {"a": {"test_accuracy_mean": 0.5}, "b": {"test_accuracy_mean": 0.9}}})
         'b'
+        >>> best_strategy({"strategies": {"a": {"test_accuracy_mean": 0.5, "cv_mean": 0.9},
+        ...                               "b": {"test_accuracy_mean": 0.9, "cv_mean": 0.8}}})
+        'a'
     """
-    scored = [(v["test_accuracy_mean"], k) for k, v in results["strategies"].items()
-              if v.get("test_accuracy_mean") is not None]
+    ok = {k: v for k, v in results["strategies"].items() if v.get("test_accuracy_mean") is not None}
+    key = "cv_mean" if ok and all(v.get("cv_mean") is not None for v in ok.values()) else "test_accuracy_mean"
+    scored = [(v[key], k) for k, v in ok.items()]
     return max(scored)[1] if scored else None

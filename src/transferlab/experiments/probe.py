@@ -5,7 +5,9 @@ average-pooled on the way (one forward pass per image for all stages, per resolu
 classifier (StandardScaler + logistic regression, C chosen on the validation split, then refit on
 train+val, as the ``linear-probe`` strategy) is fitted per stage. ``DIR/probe.json`` holds, shallow
 to deep, ``{"name", "width", "val_accuracy", "test_accuracy", "seconds"}`` per stage; ``DIR/probe.png``
-plots accuracy against depth.
+plots accuracy against depth. With ``--cv K`` each stage's probe is scored by stratified K-fold CV
+over train+val instead (``cv_mean``, ``cv_std``, ``fold_accuracy`` in place of ``val_accuracy``; error
+bars in the plot) from the same features, computed once for all folds.
 
 The recommendation rule (:func:`transfer_point`, :func:`advice_from_probe`): the stages up to the
 point where validation probing accuracy stops rising (or starts to fall) are general for this
@@ -75,6 +77,10 @@ class ProbeOptions:
                                  "the plateau")
     feature_cache: str = opt("auto", "on-disk feature cache shared with train/compare (pooled per-stage features "
                                      "are kept there): auto ($TRANSFERLAB_CACHE/features), off, or a folder")
+    cv: int | None = opt(None, "K >= 2: score each stage's probe by stratified K-fold cross-validation over the "
+                               "non-test pool (train+val; mean ± std across folds, C chosen by it; the advice uses "
+                               "the CV means; test scored once by the probe refit on the pool); features per stage "
+                               "are computed once for all folds")
 
 
 # ----------------------------------------------------------------------------- the rule
@@ -128,8 +134,10 @@ def transfer_point(accuracies: Sequence[float], *, tolerance: float = 0.01) -> i
     return next(i for i, a in enumerate(acc, start=1) if a >= best - tolerance - 1e-12)
 
 
-def advice_from_probe(stages: Sequence[Mapping[str, Any]], *, tolerance: float = 0.01) -> LayerAdvice:
-    """:func:`transfer_point` applied to probe stages (``{"name", "val_accuracy", ...}``, shallow to deep).
+def advice_from_probe(stages: Sequence[Mapping[str, Any]], *, tolerance: float = 0.01,
+                      key: str = "val_accuracy") -> LayerAdvice:
+    """:func:`transfer_point` applied to probe stages (``{"name", "val_accuracy", ...}``, shallow to deep);
+    ``key="cv_mean"`` uses the stages' mean cross-validated accuracies (``probe-layers --cv``).
 
     Example:
         >>> a = advice_from_probe([{"name": "s1", "val_accuracy": 0.5}, {"name": "s2", "val_accuracy": 0.9},
@@ -140,20 +148,21 @@ def advice_from_probe(stages: Sequence[Mapping[str, Any]], *, tolerance: float =
     if not stages:
         raise ConfigError("advice_from_probe: expected probe stages, got none")
     names = [str(s["name"]) for s in stages]
-    acc = [float(s["val_accuracy"]) for s in stages]
+    acc = [float(s[key]) for s in stages]
+    probing = "validation probing accuracy" if key == "val_accuracy" else "cross-validated probing accuracy"
     point = transfer_point(acc, tolerance=tolerance)
     n = len(acc)
     best_i = int(np.argmax(acc))
     falls = acc[-1] < acc[point - 1] - tolerance  # the deepest stage is measurably worse
     stage = names[point - 1]
     if point == n:
-        reason = (f"validation probing accuracy still rises at the last stage ({stage}, {acc[-1]:.3f}): "
+        reason = (f"{probing} still rises at the last stage ({stage}, {acc[-1]:.3f}): "
                   "every stage transfers; keep them all and train a new head (feature extraction)")
     elif falls:
-        reason = (f"validation probing accuracy peaks at {stage} ({acc[point - 1]:.3f}) and falls after it "
+        reason = (f"{probing} peaks at {stage} ({acc[point - 1]:.3f}) and falls after it "
                   f"(to {acc[-1]:.3f} at {names[-1]}): cut at {stage}, or fine-tune the {n - point} stage(s) above")
     else:
-        reason = (f"validation probing accuracy stops rising at {stage} ({acc[point - 1]:.3f}; best "
+        reason = (f"{probing} stops rising at {stage} ({acc[point - 1]:.3f}; best "
                   f"{acc[best_i]:.3f} at {names[best_i]}, tolerance {tolerance}): the {n - point} stage(s) above "
                   "add little; cut there for speed, or fine-tune them")
     return LayerAdvice(point=point, stage=stage, cut=point, unfreeze=n - point, best_stage=names[best_i],
@@ -293,6 +302,44 @@ def probe_stages(train: StageFeatures, val: StageFeatures, test: StageFeatures, 
     return rows
 
 
+def probe_stages_cv(train: StageFeatures, val: StageFeatures, test: StageFeatures, *, names: Sequence[str],
+                    num_classes: int, k: int, classifier: str = "logreg", seed: int = 0,
+                    fold_seed: int = 0) -> list[dict[str, Any]]:
+    """One linear probe per stage scored by stratified ``k``-fold CV over train+val (the same folds for
+    every stage, seeded by ``fold_seed``; C from the probe's grid by mean CV accuracy), and on test by the
+    probe refit on the whole pool at that C. Each stage's features are the ones computed once (no fold
+    runs a forward pass).
+
+    Example:
+        >>> rows = probe_stages_cv(tr, va, te, names=bb.stage_names, num_classes=17, k=5)  # doctest: +SKIP
+        >>> rows[-1]["cv_mean"], rows[-1]["cv_std"]  # doctest: +SKIP
+        (0.951, 0.012)
+    """
+    from transferlab.experiments.cv import cv_linear_probe, fit_head, head_probs, stratified_folds
+    from transferlab.strategies.linear_probe import C_GRID
+
+    y = np.concatenate([train.labels, val.labels])
+    folds = stratified_folds(y, k=k, seed=fold_seed)
+    pool = np.arange(len(y))
+    rows = []
+    for i, name in enumerate(names):
+        t0 = time.perf_counter()
+        x = np.vstack([train.features[i], val.features[i]])
+        score, _ = cv_linear_probe([x], y, folds, num_classes=num_classes, classifier=classifier, grid=C_GRID,
+                                   seed=seed)
+        head = fit_head([x], y, pool, C=score.C, num_classes=num_classes, classifier=classifier, seed=seed)
+        probs = head_probs([test.features[i]], np.arange(len(test.labels)), head)
+        test_acc = float((probs.argmax(1) == test.labels).mean()) if len(test.labels) else 0.0
+        fit_s = time.perf_counter() - t0
+        forward_s = train.forward_s[i] + val.forward_s[i] + test.forward_s[i]
+        rows.append({"name": name, "width": int(x.shape[1]), "cv_mean": round(score.mean, 6),
+                     "cv_std": round(score.std, 6), "cv_loss_mean": round(score.loss_mean, 6),
+                     "fold_accuracy": [round(a, 6) for a in score.fold_accuracy],
+                     "test_accuracy": round(test_acc, 6), "seconds": round(forward_s + fit_s, 3),
+                     "forward_s": round(forward_s, 3), "fit_s": round(fit_s, 3), "C": score.C})
+    return rows
+
+
 # ----------------------------------------------------------------------------- the command
 
 def probe_layers(data: str, *, out: str | os.PathLike[str], options: ProbeOptions | None = None,
@@ -326,6 +373,13 @@ def probe_layers(data: str, *, out: str | os.PathLike[str], options: ProbeOption
     sp = split if split is not None else make_split(
         src, fractions=parse_fractions(d.split, option="--split"), seed=d.split_seed,
         train_per_class=d.train_per_class)
+    if o.cv is not None:  # before any forward pass
+        from transferlab.experiments.cv import check_cv
+
+        check_cv(o.cv, src.labels[np.concatenate([sp.train, sp.val])], list(src.classes))
+        log.info("probe-layers --cv %d: %d non-test images (train %d + val %d) in %d stratified folds; test %d "
+                 "scored once per stage by the probe refit on them", o.cv, len(sp.train) + len(sp.val),
+                 len(sp.train), len(sp.val), o.cv, len(sp.test))
     bb = bb.to(ctx.device).to(memory_format=torch.channels_last)
     names = bb.stage_names
     results = []
@@ -341,9 +395,14 @@ def probe_layers(data: str, *, out: str | os.PathLike[str], options: ProbeOption
                                                  device=ctx.device, progress=None if d.quiet else f"{size}px {part}")
             images += feats[part].images
         extract_s = time.perf_counter() - t0
-        rows = probe_stages(feats["train"], feats["val"], feats["test"], names=names,
-                            num_classes=len(src.classes), classifier=o.classifier, seed=d.seed)
-        advice = advice_from_probe(rows, tolerance=o.tolerance)
+        if o.cv is None:
+            rows = probe_stages(feats["train"], feats["val"], feats["test"], names=names,
+                                num_classes=len(src.classes), classifier=o.classifier, seed=d.seed)
+        else:
+            rows = probe_stages_cv(feats["train"], feats["val"], feats["test"], names=names,
+                                   num_classes=len(src.classes), k=o.cv, classifier=o.classifier, seed=d.seed,
+                                   fold_seed=d.split_seed)
+        advice = advice_from_probe(rows, tolerance=o.tolerance, key="val_accuracy" if o.cv is None else "cv_mean")
         results.append({"resolution": size, "stages": rows, "extract_s": round(extract_s, 3),
                         "advice": advice.to_dict()})
         log.info("%s at %d px: %s", o.backbone, size, advice.reason)
@@ -353,12 +412,16 @@ def probe_layers(data: str, *, out: str | os.PathLike[str], options: ProbeOption
         "data": str(data), "backbone": o.backbone, "weights": bb.weights.source,
         "resolution": first["resolution"], "stages": first["stages"], "advice": first["advice"],
         "resolutions": results,
-        "rule": "advice.point = the shallowest stage whose validation probing accuracy is within "
-                f"{o.tolerance} of the best stage's (where accuracy stops rising or falls); cut = point, "
-                "unfreeze = stages above it",
+        "rule": f"advice.point = the shallowest stage whose {'validation' if o.cv is None else 'mean CV'} probing "
+                f"accuracy is within {o.tolerance} of the best stage's (where accuracy stops rising or falls); "
+                "cut = point, unfreeze = stages above it",
         "pooling": "global average pooling of each stage's output, one forward pass per image",
         "classifier": {"kind": o.classifier, "C": "chosen on val from the train-only fit; test uses the refit "
-                                                   "on train+val"},
+                                                   "on train+val" if o.cv is None else
+                       f"chosen by mean {o.cv}-fold CV accuracy over train+val (the same folds for every stage, "
+                       f"seeded by the split seed); test uses the refit on train+val"},
+        "cv": None if o.cv is None else {"k": o.cv, "pool": int(len(sp.train) + len(sp.val)),
+                                         "fold_seed": d.split_seed},
         "split": {"fractions": d.split, "split_seed": d.split_seed, "train_per_class": d.train_per_class,
                   "sizes": sp.sizes()},
         "classes": list(src.classes), "forward_images": images,
@@ -382,12 +445,18 @@ def probe_figure_png(report: Mapping[str, Any]) -> bytes:
     names = [s["name"] for s in report["stages"]]
     x = np.arange(1, len(names) + 1)
     fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(names) + 2), 3.6))
+    k = (report.get("cv") or {}).get("k")
     for i, res in enumerate(report["resolutions"]):
         colour = f"C{i}"
         ax.plot(x, [s["test_accuracy"] for s in res["stages"]], "-o", color=colour, ms=4,
                 label=f"test, {res['resolution']} px")
-        ax.plot(x, [s["val_accuracy"] for s in res["stages"]], "--s", color=colour, ms=3, alpha=0.7,
-                label=f"val, {res['resolution']} px")
+        if k:
+            ax.errorbar(x, [s["cv_mean"] for s in res["stages"]], yerr=[s["cv_std"] for s in res["stages"]],
+                        fmt="--s", color=colour, ms=3, alpha=0.7, capsize=3,
+                        label=f"{k}-fold CV mean ± fold std, {res['resolution']} px")
+        else:
+            ax.plot(x, [s["val_accuracy"] for s in res["stages"]], "--s", color=colour, ms=3, alpha=0.7,
+                    label=f"val, {res['resolution']} px")
     point = report["advice"]["point"]
     ax.axvline(point, color="#888", ls=":", lw=1)
     ax.text(point, 0.02, f" advice: {report['advice']['stage']}", fontsize=7, color="#555", rotation=90,
@@ -408,7 +477,8 @@ def probe_figure_png(report: Mapping[str, Any]) -> bytes:
 
 
 def format_probe_table(report: Mapping[str, Any]) -> str:
-    """A Markdown table of every resolution's stages (what the CLI prints and the README shows).
+    """A Markdown table of every resolution's stages (what the CLI prints and the README shows); with
+    ``--cv`` the val column is the CV mean ± std across folds.
 
     Example:
         >>> print(format_probe_table({"resolutions": [{"resolution": 32, "stages": [{"name": "s1", "width": 8,
@@ -417,9 +487,12 @@ def format_probe_table(report: Mapping[str, Any]) -> str:
         |---:|---:|---|---:|---:|---:|---:|
         | 32 | 1 | s1 | 8 | 0.500 | 0.250 | 1.0 |
     """
-    lines = ["| px | k | stage | width | val acc | test acc | seconds |", "|---:|---:|---|---:|---:|---:|---:|"]
+    k = (report.get("cv") or {}).get("k")
+    lines = [f"| px | k | stage | width | {f'{k}-fold CV acc' if k else 'val acc'} | test acc | seconds |",
+             "|---:|---:|---|---:|---:|---:|---:|"]
     for res in report["resolutions"]:
-        for k, s in enumerate(res["stages"], start=1):
-            lines.append(f"| {res['resolution']} | {k} | {s['name']} | {s['width']} | {s['val_accuracy']:.3f} | "
+        for i, s in enumerate(res["stages"], start=1):
+            score = f"{s['cv_mean']:.3f} ± {s['cv_std']:.3f}" if k else f"{s['val_accuracy']:.3f}"
+            lines.append(f"| {res['resolution']} | {i} | {s['name']} | {s['width']} | {score} | "
                          f"{s['test_accuracy']:.3f} | {s['seconds']:.1f} |")
     return "\n".join(lines)

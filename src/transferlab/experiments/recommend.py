@@ -22,6 +22,10 @@ fine-tune the top third of the stages after a head phase (on flowers17 it beat t
 on val by 0.9 points, where the lectures' table says "train only the classifier", and tied the top
 half at less cost); large (similar or different) -> fine-tune the top half.
 
+Without ``--backbone`` the backbones with weights here are ranked by LogME (and with ``--cv K`` also by
+the K-fold CV accuracy of their linear probes, which then names the backbone; see
+:func:`transferlab.experiments.backbones.choose_backbone`).
+
 Example:
     >>> from transferlab.experiments.recommend import recommend
     >>> recommend("flowers17/", backbone="efficientnet_lite0")["compare_entry"]  # doctest: +SKIP
@@ -99,12 +103,16 @@ def bn_similarity(backbone: nn.Module, images: torch.Tensor) -> dict[str, float]
 def recommend(data: str, *, backbone: str | None = "efficientnet_lite0", sample: int = 64,
               split: str = "0.5,0.25,0.25", train_per_class: int | None = None, seed: int = 0,
               source: ImageSource | None = None, weights: str | os.PathLike[str] | None = None,
-              max_latency_ms: float | None = None, max_params: float | None = None) -> dict[str, Any]:
+              max_latency_ms: float | None = None, max_params: float | None = None,
+              cv: int | None = None) -> dict[str, Any]:
     """Measure ``data`` and recommend a strategy (see the module docstring for the rules).
 
     ``backbone=None``: first rank the backbones with weights here by LogME on the training images,
     within the budgets ``max_latency_ms`` (batch 1, measured here) and ``max_params``, and use the best
-    (``experiments.backbones.choose_backbone``).
+    (``experiments.backbones.choose_backbone``). ``cv``: also score each of them by ``cv``-fold CV of a
+    linear probe over the non-test pool (train+val, folds seeded by ``seed``) on the same cached pooled
+    features, name the best by CV, and report LogME's pick and the Kendall tau between the two rankings
+    (``backbone_cv``).
 
     Example:
         >>> rec = recommend("fashion-mnist", backbone="efficientnet_lite0", train_per_class=20)  # doctest: +SKIP
@@ -122,15 +130,17 @@ def recommend(data: str, *, backbone: str | None = "efficientnet_lite0", sample:
         train_idx = make_split(src, fractions=parse_fractions(split, option="--split"), seed=seed).train
         per_class = int(src.class_counts(train_idx).min())
     ranking: list[dict[str, Any]] | None = None
-    if backbone is None:  # LogME on the training images train would use
+    cv_record: dict[str, Any] | None = None
+    if backbone is None:  # LogME on the training images train would use (and with cv, CV over train+val)
         from transferlab.experiments.backbones import choose_backbone
 
-        train_idx = make_split(src, fractions=parse_fractions(split, option="--split"), seed=seed,
-                               train_per_class=train_per_class).train
-        backbone, ranking, backbone_reason = choose_backbone(src, train_idx, max_latency_ms=max_latency_ms,
-                                                             max_params=max_params)
-    elif max_latency_ms is not None or max_params is not None:
-        raise ConfigError("--max-latency-ms/--max-params choose among the backbones; they need no --backbone "
+        parts = make_split(src, fractions=parse_fractions(split, option="--split"), seed=seed,
+                           train_per_class=train_per_class)
+        backbone, ranking, backbone_reason, cv_record = choose_backbone(
+            src, parts.train, max_latency_ms=max_latency_ms, max_params=max_params, cv=cv, val_idx=parts.val,
+            seed=seed)
+    elif max_latency_ms is not None or max_params is not None or cv is not None:
+        raise ConfigError("--max-latency-ms/--max-params/--cv choose among the backbones; they need no --backbone "
                           f"(got --backbone {backbone})")
     idx = stratified_subset(src, np.arange(len(src)), sample, seed=seed)
     sizes = np.array([src.load(int(i)).size for i in idx])
@@ -185,4 +195,5 @@ def recommend(data: str, *, backbone: str | None = "efficientnet_lite0", sample:
         },
         "thresholds": {"large_per_class": LARGE_PER_CLASS, "similar_at": SIMILAR_AT},
         "backbone_ranking": ranking,
+        "backbone_cv": cv_record,
     }

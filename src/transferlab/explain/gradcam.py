@@ -127,7 +127,7 @@ class Explainer:
 
         # on the input crop, the eval resize and centre crop are identities: only the normalisation acts
         crop_pre = replace(lm.preprocessing, resize_size=lm.preprocessing.input_size)
-        return cls(model=lm.model, target_layer=list(lm.model.stages)[-1], preprocessing=lm.preprocessing,
+        return cls(model=lm.model, target_layer=target_layer(lm.model), preprocessing=lm.preprocessing,
                    normalise=build_transform(crop_pre, norm=lm.norm), classes=lm.classes, method=method,
                    temperature=lm.temperature)
 
@@ -195,6 +195,26 @@ def explain_files(images: Sequence[str | os.PathLike[str]], *, model_dir: str | 
                         "target": lm.classes[e.target], "target_probability": round(e.target_probability, 6),
                         "predicted": lm.classes[e.predicted], "probability": round(e.probability, 6)})
     return results
+
+
+def target_layer(model: nn.Module) -> nn.Module:
+    """The layer Grad-CAM reads: the model's last kept stage; for a saved ensemble (``MultiModel``, e.g. a
+    ``--cv`` linear probe) that of its only member, if it has one and no flip view.
+
+    Example:
+        >>> from transferlab.strategies import HeadConfig, TransferModel
+        >>> from transferlab.zoo import create_backbone
+        >>> m = TransferModel(backbone=create_backbone("small_cnn", pretrained=False), num_classes=2, head=HeadConfig())
+        >>> target_layer(m) is list(m.stages)[-1]
+        True
+    """
+    if hasattr(model, "stages"):
+        return list(model.stages)[-1]
+    members = list(getattr(model, "members", []))
+    if len(members) == 1 and not getattr(model, "flip", False):
+        return list(members[0].stages)[-1]
+    raise ConfigError(f"Grad-CAM explains one network at a time; this model averages {len(members)} backbone(s)"
+                      f"{' and the flipped image' if getattr(model, 'flip', False) else ''}")
 
 
 def overlays_for_run(run_dir: str | os.PathLike[str], images: Sequence[Image.Image], *,

@@ -179,14 +179,19 @@ def build_report(path: str | os.PathLike[str], *, source: ImageSource | None = N
 
     # results table
     rows = []
+    k = (results.get("cv") or {}).get("k")
     for name, s in strategies.items():
         failed = [r for r in s["runs"] if r["status"] != "ok"]
         note = "; ".join(f"seed {r['seed']} failed: {html.escape(r['error'])}" for r in failed)
-        rows.append([html.escape(name), _fmt(s["test_accuracy_mean"], s["test_accuracy_std"]),
+        rows.append([html.escape(name), *([_fmt(s.get("cv_mean"), s.get("cv_std"))] if k else []),
+                     _fmt(s["test_accuracy_mean"], s["test_accuracy_std"]),
                      _fmt(s["macro_f1_mean"], s["macro_f1_std"]), f"{s['n_ok']}/{len(s['runs'])}",
                      f"{s['wall_s']:.1f}", f'<span class="failed">{note}</span>' if note else "ok"])
-    parts += ["<h2>Results (test split, mean ± std over seeds)</h2>",
-              _table(["strategy", "test accuracy", "macro F1", "runs ok", "wall s", "status"], rows, cls="results")]
+    parts += ["<h2>Results (test split, mean ± std over seeds)</h2>" if not k else
+              f"<h2>Results ({k}-fold CV over the non-test pool, mean ± std across folds; test split, mean ± std "
+              f"over seeds)</h2><p>{html.escape(results['cv']['folds'])}.</p>",
+              _table(["strategy", *([f"{k}-fold CV accuracy"] if k else []), "test accuracy", "macro F1", "runs ok",
+                      "wall s", "status"], rows, cls="results")]
     if "split" in results and results["split"].get("sizes"):
         parts.append(f"<p>Split sizes: {html.escape(json.dumps(results['split']['sizes']))}; "
                      f"training images per class: {results['split'].get('train_per_class') or 'all'}.</p>")
@@ -222,8 +227,10 @@ def build_report(path: str | os.PathLike[str], *, source: ImageSource | None = N
         run_dir = Path(run["run_dir"])
         m = _read_json(run_dir / "metrics.json")
         classes = list(m["test"]["per_class"])
+        by = f", chosen by {k}-fold CV accuracy {strategies[best]['cv_mean']:.4f}" if k and strategies[best].get(
+            "cv_mean") is not None else ""
         parts += [f"<h2>Best strategy: {html.escape(best)} (seed {run['seed']}, test accuracy "
-                  f"{run['test_accuracy']:.4f})</h2>",
+                  f"{run['test_accuracy']:.4f}{by})</h2>",
                   _png(figures.confusion(m["test"]["confusion"], classes, title=f"{best}: test confusion"),
                        "confusion", fig_dir),
                   _table(["class", "precision", "recall", "F1", "support"],
@@ -237,10 +244,15 @@ def build_report(path: str | os.PathLike[str], *, source: ImageSource | None = N
             parts += ["<h3>Calibration (reliability diagram, 15 confidence bins)</h3>",
                       _png(reliability_diagram(curves), "reliability", fig_dir)]
         if wrong:
-            heat = overlays_for_run(run_dir, [src.load(i) for i, *_ in wrong], targets=[p for _, _, p, _ in wrong])
+            images = [src.load(i) for i, *_ in wrong]
+            try:
+                heat, how = overlays_for_run(run_dir, images, targets=[p for _, _, p, _ in wrong]), (
+                    "with the Grad-CAM heatmap of the predicted class")
+            except ConfigError as exc:  # e.g. an averaged ensemble of backbones: no single layer to read
+                heat, how = images, f"without heatmaps ({exc})"
             items = [(h, classes[y], classes[p], c) for h, (i, y, p, c) in zip(heat, wrong)]
             parts += [f"<h3>Misclassified test images ({sum(p[1] != p[2] for p in preds)} of {len(preds)}; "
-                      f"most confident first), with the Grad-CAM heatmap of the predicted class</h3>",
+                      f"most confident first), {html.escape(how)}</h3>",
                       _png(figures.misclassified_grid(items), "misclassified", fig_dir)]
         else:
             parts.append("<p>No misclassified test images.</p>")
@@ -260,8 +272,9 @@ def build_report(path: str | os.PathLike[str], *, source: ImageSource | None = N
                            f"epoch {o['best_epoch']}, last {o['last_val_loss']:.4f}) while train loss fell "
                            f"{o['train_loss_at_min']:.4f} → {o['last_train_loss']:.4f}")
             diag_rows.append([html.escape(name), r["seed"], len(hist), r["best_epoch"], html.escape(verdict)])
-            t = r["timing"]
-            time_rows.append((f"{name} s{r['seed']}", t["total_s"], t["extract_s"], t["train_s"]))
+            t = r["timing"]  # a cross-validated search reports its whole search (features + folds) as training
+            time_rows.append((f"{name} s{r['seed']}", t["total_s"], t.get("extract_s", 0.0),
+                              t.get("train_s", t.get("search_s", 0.0))))
     parts += ["<h2>Overfitting diagnosis</h2>",
               _table(["strategy", "seed", "epochs", "best epoch (kept)", "overfitting"], diag_rows)]
     if time_rows:
@@ -269,6 +282,9 @@ def build_report(path: str | os.PathLike[str], *, source: ImageSource | None = N
                   _table(["run", "total s", "feature extraction s", "training s", "other s"],
                          [[html.escape(a), f"{b:.1f}", f"{c:.1f}", f"{d:.1f}", f"{max(b - c - d, 0):.1f}"]
                           for a, b, c, d in time_rows])]
+        if any("search_s" in r["timing"] for rs in ok_runs.values() for r in rs):
+            parts.append("<p>Cross-validated linear probes report one search time (pooled features of pool+test "
+                         "once, then the K folds' fits and the final fit); it is drawn as training.</p>")
         if results.get("wall_s") is not None:
             parts.append(f"<p>Wall time of the whole job: {results['wall_s']:.1f} s.</p>")
     parts += budget_section(results, table=_table)
@@ -293,7 +309,8 @@ _CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222
 
 
 def report_summary(path: str | os.PathLike[str]) -> list[str]:
-    """Lines for the terminal: per strategy, mean ± std val and test accuracy and the wall time of its runs.
+    """Lines for the terminal: per strategy, mean ± std val (with ``--cv``: CV mean ± std across folds) and
+    test accuracy and the wall time of its runs.
 
     Example:
         >>> report_summary("cmp")  # doctest: +SKIP
@@ -310,9 +327,12 @@ def report_summary(path: str | os.PathLike[str]) -> list[str]:
             return [f"{m['strategy']:<20}{get_task(m['task']).summary_line(m)}"]
     results = _read_json(root / RESULTS) if (root / RESULTS).is_file() else _single_run_results(root)
     width = max([20] + [len(n) + 2 for n in results["strategies"]])
-    lines = [f"{'strategy':<{width}}{'val accuracy':<19}{'test accuracy':<19}wall"]
+    k = (results.get("cv") or {}).get("k")
+    head = f"{k}-fold CV acc" if k else "val accuracy"  # CV: mean ± std across folds
+    lines = [f"{'strategy':<{width}}{head:<19}{'test accuracy':<19}wall"]
     for name, s in results["strategies"].items():
-        val = _fmt(s.get("val_accuracy_mean"), s.get("val_accuracy_std")) if "val_accuracy_mean" in s else "-"
+        val = (_fmt(s.get("cv_mean"), s.get("cv_std")) if k else
+               _fmt(s.get("val_accuracy_mean"), s.get("val_accuracy_std")) if "val_accuracy_mean" in s else "-")
         lines.append(f"{name:<{width}}{val:<19}{_fmt(s['test_accuracy_mean'], s['test_accuracy_std']):<19}"
                      f"{s['wall_s']:.0f}s ({s['n_ok']} run{'s' if s['n_ok'] != 1 else ''})")
     return lines
