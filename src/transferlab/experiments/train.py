@@ -26,6 +26,7 @@ from transferlab.data import ImageSource, Split, atomic_write_text, load_split, 
 from transferlab.engine import ActivationStore, Engine, SplitInputs, init_distributed
 from transferlab.errors import BadFileError, ConfigError
 from transferlab.experiments.artifacts import save_model
+from transferlab.experiments.cv import check_cv
 from transferlab.experiments.pipeline import (
     Outcome,
     RunSetup,
@@ -198,7 +199,7 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
 
         return run_hog_svm(data, source=source, split=split, data_options=d, train_options=t,
                            run_dir=run_dir if ctx.is_main else None, save_predictions=save_predictions)
-    _check_selection(t, split, resume=resume)
+    _check_selection(t, split, source, resume=resume)
     if (t.strategy == "auto" or (t.cv is not None and t.strategy == "linear-probe")) and not t.plan:
         from transferlab.experiments.auto import Search, auto_run  # CV on cached pooled features
 
@@ -208,7 +209,8 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
     setup = RunSetup.build(spec=spec, prepared=prepared, split=split, data_options=d, train_options=t,
                            task_options=to, ctx=ctx, store=store,
                            norm_idx=None if t.cv is None else np.concatenate([split.train, split.val]))
-    engine = setup.engine(callbacks=callbacks)  # options checked before anything is written
+    inputs = _split_inputs(setup) if t.cv is None else None  # checked (e.g. --unlabeled) before anything is written
+    engine = setup.engine(callbacks=callbacks)
     config = _config(data, d, t, setup.plan, task=spec.name, task_options=to)
     if run_dir is not None and ctx.is_main:  # everything is validated: the run is about to happen
         save_split(split, source, run_dir)
@@ -219,7 +221,8 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
 
         outcome = run_cv(setup, callbacks=callbacks)
     else:
-        outcome = _fit_split(setup, engine, run_dir=run_dir, resume=resume)
+        assert inputs is not None
+        outcome = _fit_split(setup, engine, inputs, run_dir=run_dir, resume=resume)
     metrics, temperature = _metrics(setup, outcome, data=data, own_split=own_split, skipped=skipped, t_start=t_start)
     _write_run(setup, outcome, metrics, temperature, run_dir=run_dir, save_predictions=save_predictions)
     ctx.barrier()
@@ -247,7 +250,7 @@ def _open_data(data: str, spec: Any, to: Any, d: DataOptions, *, source: ImageSo
                                          seed=d.split_seed, train_per_class=d.train_per_class)
 
 
-def _check_selection(t: TrainOptions, split: Split, *, resume: bool) -> None:
+def _check_selection(t: TrainOptions, split: Split, source: ImageSource, *, resume: bool) -> None:
     """How the run selects (one split, ``--refit``, ``--cv``, ``--ensemble``, ``--calibrate``): bad combinations
     are one line each, before any training."""
     if t.ensemble and t.cv is None and t.strategy != "auto":
@@ -265,17 +268,24 @@ def _check_selection(t: TrainOptions, split: Split, *, resume: bool) -> None:
                           f"non-test pool (or keeps the fold models with --ensemble); drop --refit")
     if t.unlabeled:
         raise ConfigError(f"--unlabeled with --cv {t.cv}: pseudo-labels are fitted on one train split; drop one")
+    check_cv(t.cv, source.labels[np.concatenate([split.train, split.val])], list(source.classes))
     check_calibration(t.calibrate, n_val=len(split.train) + len(split.val), refit=False)
     if resume:
         log.info("--resume: a cross-validated run keeps no checkpoint; its folds run again from the start")
 
 
-def _fit_split(setup: RunSetup, engine: Engine, *, run_dir: Path | None, resume: bool) -> Outcome:
+def _split_inputs(setup: RunSetup) -> tuple[SplitInputs, SplitInputs, SplitInputs, SplitInputs | None]:
+    """train (with its augmented view), val, test, and the ``--unlabeled`` folder's images (or None)."""
+    split = setup.split
+    return (setup.inputs("train", split.train, training=True), setup.inputs("val", split.val),
+            setup.inputs("test", split.test), _unlabeled_inputs(setup) if setup.t.unlabeled else None)
+
+
+def _fit_split(setup: RunSetup, engine: Engine, inputs: tuple[SplitInputs, SplitInputs, SplitInputs, SplitInputs | None],
+               *, run_dir: Path | None, resume: bool) -> Outcome:
     """The single run: train on the train split, select on val (``--refit``: then train on train+val)."""
-    split, t, model = setup.split, setup.t, setup.model
-    train_in, val_in = setup.inputs("train", split.train, training=True), setup.inputs("val", split.val)
-    test_in = setup.inputs("test", split.test)
-    unl_in = _unlabeled_inputs(setup) if t.unlabeled else None
+    t, model = setup.t, setup.model
+    train_in, val_in, test_in, unl_in = inputs
     extra: dict[str, Any] = {}
     if unl_in is not None and setup.plan.strategy == "feature-extraction":
         from transferlab.unlabeled.train import add_pseudo_labelled
