@@ -89,7 +89,7 @@ def test_fold_ensemble_averages_the_fold_models_probabilities(tiny_folder: Path,
     base = TransferModel(backbone=create_backbone("mobilenet_v2", pretrained=False), num_classes=3,
                          head=HeadConfig(kind="dense", hidden=(8,)), cut=4).eval()
     states = []
-    for _ in range(3):  # the frozen prefix (stages 0-1) is shared; stages above and the head differ per fold
+    for _ in range(2):  # the frozen prefix (stages 0-1) is shared; stages above and the head differ per fold
         fold = TransferModel(backbone=create_backbone("mobilenet_v2", pretrained=False), num_classes=3,
                              head=HeadConfig(kind="dense", hidden=(8,)), cut=4)
         state = fold.state_dict()
