@@ -120,35 +120,39 @@ class BudgetPace:
     fold_start: float = 0.0
 
     def begin_folds(self) -> None:
+        """After the prefix pass: the folds start now."""
         self.fold_start = self.clock()
-        self.check(prefix_done=True)
+        self.check()
 
     def epoch(self, fold: int, record: dict[str, Any]) -> None:
         p = int(record["phase_index"])
         self.epoch_s.setdefault(p, []).append(float(record["seconds"]))
         self.in_fold[p] = self.in_fold.get(p, 0) + 1
-        self.check(prefix_done=True)
+        self.check()
 
     def fold_done(self, run: FoldRun) -> None:
         now = self.clock()
         self.fold_s.append(now - self.fold_start)
         self.fold_start, self.in_fold = now, {}
-        self.check(prefix_done=True)
+        self.check()
 
-    def projected(self, *, prefix_done: bool) -> float:
-        """Seconds from the candidate's start to its final model's test predictions, as measured so far."""
+    def projected(self) -> float:
+        """Seconds from the candidate's start to its final model's test predictions, as measured so far: the
+        rest of the running fold, the folds still to run, the refit on the pool (K/(K-1) of a fold), the test."""
         pr = self.prior
         pace = [float(np.mean(self.epoch_s[p])) if p in self.epoch_s else s for p, s in enumerate(pr.epoch_s)]
         planned = sum(e * s for e, s in zip(pr.epochs, pace)) + pr.fold_overhead_s
         fold = float(np.mean(self.fold_s)) if self.fold_s else planned
-        running = sum(max(e - self.in_fold.get(p, 0), 0) * pace[p] for p, e in enumerate(pr.epochs)) \
-            + pr.fold_overhead_s if self.in_fold else 0.0
+        running = 0.0
+        if self.in_fold:
+            left = [max(e - self.in_fold.get(p, 0), 0) for p, e in enumerate(pr.epochs)]
+            running = sum(n * s for n, s in zip(left, pace)) + pr.fold_overhead_s
         whole = pr.k - len(self.fold_s) - (1 if self.in_fold else 0)
-        rest = running + whole * fold + fold * pr.k / (pr.k - 1) + pr.test_s + (0.0 if prefix_done else pr.prefix_s)
+        rest = running + whole * fold + fold * pr.k / (pr.k - 1) + pr.test_s
         return self.clock() - self.start + rest
 
-    def check(self, *, prefix_done: bool) -> None:
-        est = self.projected(prefix_done=prefix_done)
+    def check(self) -> None:
+        est = self.projected()
         if est > self.allowed_s:
             raise Stopped(f"measured pace: {est:.0f}s in all (folds {len(self.fold_s)}/{self.prior.k} done) > "
                           f"{self.allowed_s:.0f}s left of --time-budget")
