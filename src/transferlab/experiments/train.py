@@ -197,6 +197,10 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
     elif t.strategy in FEATURE_BASELINES:  # no network: hand-crafted features and a classifier
         from transferlab.experiments.baselines import run_hog_svm
 
+        if t.cv is not None or t.ensemble:
+            log.info("--strategy %s fits its classifier on the train split and scores val once: --cv/--ensemble "
+                     "do not apply to it (no metrics[\"cv\"])", t.strategy)
+
         return run_hog_svm(data, source=source, split=split, data_options=d, train_options=t,
                            run_dir=run_dir if ctx.is_main else None, save_predictions=save_predictions)
     _check_selection(t, split, source, resume=resume)
