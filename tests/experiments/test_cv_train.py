@@ -197,3 +197,21 @@ def test_bad_cv_input_of_backprop_strategies_is_one_line(tiny_folder: Path, tmp_
                  *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0]
+
+
+def test_budget_pace_projects_from_measured_epochs_and_folds():
+    from transferlab.experiments.auto_finetune import BudgetPace, Stopped
+
+    now = [0.0]
+    prior = FinetuneCost(prefix_s=10.0, epoch_s=[0.1, 1.0], epochs=[2, 4], k=3, fold_overhead_s=1.0, test_s=2.0)
+    pace = BudgetPace(prior=prior, clock=lambda: now[0], allowed_s=100.0, start=0.0)
+    now[0] = 10.0  # the prefix pass took 10 s
+    pace.begin_folds()  # 10 s done + a fold (2 x 0.1 + 4 x 1 + 1 = 5.2) x (3 folds + the refit's 1.5) + 2 s test
+    assert pace.projected() == pytest.approx(10.0 + 5.2 * 4.5 + 2.0)
+    pace.epoch(0, {"phase_index": 0, "seconds": 0.1})
+    pace.epoch(0, {"phase_index": 0, "seconds": 0.1})
+    now[0] = 20.0
+    with pytest.raises(Stopped, match="measured pace"):  # fine-tune epochs 9x slower than estimated
+        pace.epoch(0, {"phase_index": 1, "seconds": 9.0})
+    # the running fold: 3 epochs x 9 + 1 left; 2 more folds and the refit at 2 x 0.1 + 4 x 9 + 1 = 37.2 each
+    assert pace.projected() == pytest.approx(20.0 + 28.0 + 37.2 * 3.5 + 2.0)
