@@ -119,17 +119,19 @@ def test_fold_ensemble_averages_the_fold_models_probabilities(tiny_folder: Path,
 
 
 class FakeCost(CostModel):
-    """Fine-tune estimates scripted per call; the second call also makes every clock tick last 1000 s."""
+    """Fine-tune estimates: 1 s, but 1e9 s with a fixed view (pool rows doubled); the second backbone's plain
+    candidate also makes every clock tick last 1000 s from then on (its measured pace is slow)."""
 
-    def __init__(self, estimates: list[float], tick: list[float], **kwargs: Any) -> None:
+    def __init__(self, tick: list[float], **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.estimates, self.tick, self.calls = estimates, tick, 0
+        self.tick, self.plain = tick, 0
 
-    def finetune_estimate(self, backbone: str, **kwargs: Any) -> FinetuneCost:
-        self.calls += 1
-        if self.calls == 2:
-            self.tick[0] = 1000.0  # from here on the measured pace is slow
-        est = self.estimates[self.calls - 1]
+    def finetune_estimate(self, backbone: str, *, pool_rows: int, **kwargs: Any) -> FinetuneCost:
+        if pool_rows == 18:
+            self.plain += 1
+            if self.plain == 2:
+                self.tick[0] = 1000.0
+        est = 1e9 if pool_rows > 18 else 1.0
         return FinetuneCost(prefix_s=est / 2, epoch_s=[0.0, 0.0], epochs=[2, 1], k=2, fold_overhead_s=0.0,
                             test_s=est / 2)
 
@@ -144,7 +146,7 @@ def test_auto_runs_stops_and_skips_fine_tune_candidates_within_its_budget(tiny_f
         now[0] += tick[0]
         return now[0]
 
-    cost = FakeCost([1.0, 1.0, 1e9, 1e9], tick, relative={"mobilenet_v2": 1.0, "efficientnet_lite0": 1.0},
+    cost = FakeCost(tick, relative={"mobilenet_v2": 1.0, "efficientnet_lite0": 1.0},
                     measured={"mobilenet_v2": 1e-4, "efficientnet_lite0": 1e-4})
     t = TrainOptions(time_budget=1e4, cv=2, epochs=2, finetune_epochs=1, runtime="torch")
     search = Search(backbones=("mobilenet_v2", "efficientnet_lite0"), flip=False)
@@ -157,7 +159,8 @@ def test_auto_runs_stops_and_skips_fine_tune_candidates_within_its_budget(tiny_f
     assert ran["cv_mean"] is not None and len(ran["fold_accuracy"]) == 2 and ran["prefix_s"] >= 0
     assert "measured pace" in stopped["reason"] and stopped["cv_mean"] is None
     assert skipped["estimated_s"] == 1e9 and "left" in skipped["reason"]
-    assert ":views=basic1" in skipped["name"]
+    assert skipped["name"].endswith(":unfreeze=1:views=basic1")  # unfreeze 3 and 2 did not fit either
+    assert set(skipped["deeper_estimated_s"]) == {"unfreeze=3", "unfreeze=2"}
     on_disk = json.loads((tmp_path / "auto.json").read_text())
     assert [r["status"] for r in on_disk["candidates"] if r["strategy"] == "fine-tune"] == [r["status"] for r in tuned]
 
@@ -174,7 +177,7 @@ def test_auto_saves_a_chosen_fine_tune_candidate(tiny_folder: Path, tmp_path: Pa
     src = open_dataset(str(tiny_folder), quiet=True)
     split = make_split(src, fractions=(0.5, 0.25, 0.25), seed=0)
     t = TrainOptions(time_budget=1e4, cv=2, epochs=2, finetune_epochs=1, runtime="torch")
-    cost = FakeCost([1.0, 1e9], [0.0], relative={"mobilenet_v2": 1.0})  # the views variant: skipped
+    cost = FakeCost([0.0], relative={"mobilenet_v2": 1.0})  # the views variant: skipped
     run = auto_mod.auto_run(str(tiny_folder), source=src, split=split, data_options=DataOptions(quiet=True),
                             train_options=t, run_dir=tmp_path, t_start=0.0, cost=cost,
                             search=Search(backbones=("mobilenet_v2",), flip=False))

@@ -520,10 +520,10 @@ def finetune_search(a: AutoContext, cands: list[Candidate]) -> list[Candidate]:
 
     t = a.t
 
-    def make(b: str, views: int) -> Candidate:
-        return Candidate(name=f"fine-tune:{b}:unfreeze={t.unfreeze}" + (":views=basic1" if views else ""),
+    def make(b: str, views: int, depth: int) -> Candidate:
+        return Candidate(name=f"fine-tune:{b}:unfreeze={depth}" + (":views=basic1" if views else ""),
                          backbone=b, strategy="fine-tune", members=[], groups=[], flip=False, status="scored",
-                         options={"unfreeze": t.unfreeze, "augment": "basic" if views else "none", "views": views,
+                         options={"unfreeze": depth, "augment": "basic" if views else "none", "views": views,
                                   "epochs": t.epochs, "finetune_epochs": t.finetune_epochs})
 
     return finetune_candidates(a, ranked_backbones(cands), make=make)

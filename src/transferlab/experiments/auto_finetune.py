@@ -1,9 +1,10 @@
 """``--strategy auto``'s fine-tune candidates, run on the feature candidates' folds within what is left of the budget.
 
 The best one or two backbones by feature CV are fine-tuned (the plan of ``--strategy fine-tune``:
-a head warm-up on cached features, then the top ``--unfreeze`` stages with discriminative rates),
-first on the plain images, then with one fixed ``basic``-augmented view per image (``--views 1``:
-deterministic, so the frozen prefix still runs once per view). Each is scored by the K-fold CV of
+a head warm-up on cached features, then the top stages with discriminative rates), first on the
+plain images, then with one fixed ``basic``-augmented view per image (``--views 1``: deterministic,
+so the frozen prefix still runs once per view). Each at the deepest ``--unfreeze`` (the run's,
+else fewer top stages, down to one) whose estimate fits what is left of the budget. Each is scored by the K-fold CV of
 :mod:`transferlab.experiments.cvfit` on the same folds as the feature candidates, so the scores
 compare directly.
 
@@ -173,19 +174,43 @@ def variants(ranked: list[str], t: Any) -> list[tuple[str, int]]:
     return [(b, 0) for b in top] + ([(b, 1) for b in top] if t.cache else [])
 
 
-def candidate_setup(a: Any, backbone: str, views: int) -> Any:
+def candidate_options(a: Any, backbone: str, views: int, depth: int) -> tuple[Any, Any]:
+    """Train and data options of one candidate: ``--strategy fine-tune --unfreeze depth`` on auto's split."""
+    t = replace(a.t, backbone=backbone, strategy="fine-tune", plan=None, cut=None, weights=None, input_size=None,
+                cv=a.k, views=views, unfreeze=depth, refit=False, calibrate="none", unlabeled=None)
+    return t, replace(a.d, augment="basic" if views else "none", batch_augment="none", normalize="pretrained")
+
+
+def candidate_setup(a: Any, backbone: str, views: int, depth: int) -> Any:
     """The ``--strategy fine-tune`` setup of one candidate on auto's split (pretrained normalisation)."""
     from transferlab.engine import init_distributed
     from transferlab.experiments.pipeline import RunSetup
     from transferlab.tasks import get_task
 
-    t = replace(a.t, backbone=backbone, strategy="fine-tune", plan=None, cut=None, weights=None, input_size=None,
-                cv=a.k, views=views, refit=False, calibrate="none", unlabeled=None)
-    d = replace(a.d, augment="basic" if views else "none", batch_augment="none", normalize="pretrained")
+    t, d = candidate_options(a, backbone, views, depth)
     spec = get_task("classification")
     return RunSetup.build(spec=spec, prepared=spec.prepare(a.source, options=None), split=a.split, data_options=d,
                           train_options=t, task_options=None, ctx=init_distributed(d.device),
                           norm_idx=np.concatenate([a.split.train, a.split.val]))
+
+
+def fitting_depth(a: Any, backbone: str, views: int) -> tuple[int, FinetuneCost, dict[str, float]]:
+    """The deepest ``--unfreeze`` (from the run's, down to 1) whose estimate fits what is left of the budget (else
+    1), its estimate, and the estimates of the deeper ones that did not fit."""
+    from transferlab.experiments.pipeline import make_plan
+    from transferlab.zoo import create_backbone
+
+    stages = create_backbone(backbone, pretrained=False).stage_names
+    deeper: dict[str, float] = {}
+    for depth in range(min(max(a.t.unfreeze, 1), len(stages)), 0, -1):
+        plan = make_plan(candidate_options(a, backbone, views, depth)[0], stages)
+        prior = a.cost.finetune_estimate(backbone, frozen=mac_fractions(backbone, plan.lowest_trainable_stage(stages)),
+                                         plan=plan, pool_rows=len(a.pool) * (views + 1), n_test=len(a.split.test),
+                                         k=a.k, runtime=a.runtime)
+        if a.budget.fits(prior.total_s(), reserve=a.cost.candidate_cost()) or depth == 1:
+            return depth, prior, deeper
+        deeper[f"unfreeze={depth}"] = round(prior.total_s(), 1)
+    raise AssertionError("unreachable: depth 1 always returns")
 
 
 def run_candidate(a: Any, c: Any, setup: Any, prior: FinetuneCost) -> None:
@@ -208,28 +233,28 @@ def run_candidate(a: Any, c: Any, setup: Any, prior: FinetuneCost) -> None:
 def finetune_candidates(a: Any, ranked: list[str], *, make: Any) -> list[Any]:
     """Fine-tune candidates of the best backbones (``ranked`` by feature CV): run, stopped or skipped.
 
-    ``make(name, backbone, views)`` builds the candidate record (``auto.Candidate``).
+    Each backbone and view policy is tried at the deepest ``--unfreeze`` that fits (:func:`fitting_depth`).
+    ``make(backbone, views, depth)`` builds the candidate record (``auto.Candidate``).
     """
     out = []
     for backbone, views in variants(ranked, a.t):
-        c = make(backbone, views)
+        depth, prior, deeper = fitting_depth(a, backbone, views)
+        c = make(backbone, views, depth)
         out.append(c)
-        setup = candidate_setup(a, backbone, views)
-        frozen = mac_fractions(backbone, setup.boundary)
-        prior = a.cost.finetune_estimate(backbone, frozen=frozen, plan=setup.plan,
-                                         pool_rows=len(a.pool) * (views + 1), n_test=len(a.split.test), k=a.k,
-                                         runtime=a.runtime)
         c.notes["estimated_s"] = round(prior.total_s(), 1)
+        if deeper:
+            c.notes["deeper_estimated_s"] = deeper
         if not a.budget.fits(prior.total_s(), reserve=a.cost.candidate_cost()):
             c.status, c.reason = "skipped", (f"estimated {prior.total_s():.0f}s (prefix {prior.prefix_s:.0f}s, "
                                              f"{prior.fold_s():.0f}s per fold) > {a.budget.left():.0f}s left")
             log.info("auto: skipped %s: %s", c.name, c.reason)
             continue
-        log.info("auto: %s: estimated %.0fs (prefix %.0fs once, %.0fs per fold), %.0fs left of the budget", c.name,
-                 prior.total_s(), prior.prefix_s, prior.fold_s(), a.budget.left())
+        log.info("auto: %s: estimated %.0fs (prefix %.0fs once, %.0fs per fold), %.0fs left of the budget%s", c.name,
+                 prior.total_s(), prior.prefix_s, prior.fold_s(), a.budget.left(),
+                 f" (deeper: {', '.join(f'{k} {v:.0f}s' for k, v in deeper.items())}, too slow)" if deeper else "")
         t0 = time.perf_counter()
         try:
-            run_candidate(a, c, setup, prior)
+            run_candidate(a, c, candidate_setup(a, backbone, views, depth), prior)
         except Stopped as stop:
             c.status, c.reason, c.score, c.seconds = "stopped", str(stop), None, time.perf_counter() - t0
             log.info("auto: stopped %s after %.0fs: %s", c.name, c.seconds, stop)
