@@ -194,9 +194,9 @@ def candidate_setup(a: Any, backbone: str, views: int, depth: int) -> Any:
                           norm_idx=np.concatenate([a.split.train, a.split.val]))
 
 
-def fitting_depth(a: Any, backbone: str, views: int) -> tuple[int, FinetuneCost, dict[str, float]]:
-    """The deepest ``--unfreeze`` (from the run's, down to 1) whose estimate fits what is left of the budget (else
-    1), its estimate, and the estimates of the deeper ones that did not fit."""
+def fitting_depth(a: Any, backbone: str, views: int, *, reserve: float) -> tuple[int, FinetuneCost, dict[str, float]]:
+    """The deepest ``--unfreeze`` (from the run's, down to 1) whose estimate fits what is left of the budget after
+    ``reserve`` (else 1), its estimate, and the estimates of the deeper ones that did not fit."""
     from transferlab.experiments.pipeline import make_plan
     from transferlab.zoo import create_backbone
 
@@ -207,16 +207,17 @@ def fitting_depth(a: Any, backbone: str, views: int) -> tuple[int, FinetuneCost,
         prior = a.cost.finetune_estimate(backbone, frozen=mac_fractions(backbone, plan.lowest_trainable_stage(stages)),
                                          plan=plan, pool_rows=len(a.pool) * (views + 1), n_test=len(a.split.test),
                                          k=a.k, runtime=a.runtime)
-        if a.budget.fits(prior.total_s(), reserve=a.cost.candidate_cost()) or depth == 1:
+        if a.budget.fits(prior.total_s(), reserve=reserve) or depth == 1:
             return depth, prior, deeper
         deeper[f"unfreeze={depth}"] = round(prior.total_s(), 1)
     raise AssertionError("unreachable: depth 1 always returns")
 
 
-def run_candidate(a: Any, c: Any, setup: Any, prior: FinetuneCost) -> None:
-    """Score candidate ``c`` on auto's folds, or stop it (:class:`Stopped`) when its pace would overrun."""
+def run_candidate(a: Any, c: Any, setup: Any, prior: FinetuneCost, *, reserve: float) -> float:
+    """Score candidate ``c`` on auto's folds, or stop it (:class:`Stopped`) when its pace would overrun what is
+    left after ``reserve``; returns the seconds its final model would take (refit and test), as measured."""
     start = a.budget.clock()
-    pace = BudgetPace(prior=prior, clock=a.budget.clock, allowed_s=a.budget.left(), start=start)
+    pace = BudgetPace(prior=prior, clock=a.budget.clock, allowed_s=a.budget.left() - reserve, start=start)
     t0 = time.perf_counter()
     pool_in = pool_inputs(setup, a.pool)
     prefix_s = warm_prefix(setup, pool_in)
@@ -228,6 +229,7 @@ def run_candidate(a: Any, c: Any, setup: Any, prior: FinetuneCost) -> None:
     c.notes.update({"epoch_s": {setup.plan.phases[p].name: round(float(np.mean(v)), 3)
                                 for p, v in pace.epoch_s.items()},
                     "epochs_per_fold": [r.epochs for r in fit.runs]})
+    return float(np.mean(pace.fold_s)) * a.k / (a.k - 1) + prior.test_s
 
 
 def finetune_candidates(a: Any, ranked: list[str], *, make: Any) -> list[Any]:
@@ -237,16 +239,19 @@ def finetune_candidates(a: Any, ranked: list[str], *, make: Any) -> list[Any]:
     ``make(backbone, views, depth)`` builds the candidate record (``auto.Candidate``).
     """
     out = []
+    final_s = 0.0  # the final model of the slowest scored candidate: reserved while the next ones run
     for backbone, views in variants(ranked, a.t):
-        depth, prior, deeper = fitting_depth(a, backbone, views)
+        reserve = a.cost.candidate_cost() + final_s
+        depth, prior, deeper = fitting_depth(a, backbone, views, reserve=reserve)
         c = make(backbone, views, depth)
         out.append(c)
         c.notes["estimated_s"] = round(prior.total_s(), 1)
         if deeper:
             c.notes["deeper_estimated_s"] = deeper
-        if not a.budget.fits(prior.total_s(), reserve=a.cost.candidate_cost()):
+        if not a.budget.fits(prior.total_s(), reserve=reserve):
+            kept = f" less {final_s:.0f}s kept for a scored candidate's final model" if final_s else ""
             c.status, c.reason = "skipped", (f"estimated {prior.total_s():.0f}s (prefix {prior.prefix_s:.0f}s, "
-                                             f"{prior.fold_s():.0f}s per fold) > {a.budget.left():.0f}s left")
+                                             f"{prior.fold_s():.0f}s per fold) > {a.budget.left():.0f}s left{kept}")
             log.info("auto: skipped %s: %s", c.name, c.reason)
             continue
         log.info("auto: %s: estimated %.0fs (prefix %.0fs once, %.0fs per fold), %.0fs left of the budget%s", c.name,
@@ -254,7 +259,8 @@ def finetune_candidates(a: Any, ranked: list[str], *, make: Any) -> list[Any]:
                  f" (deeper: {', '.join(f'{k} {v:.0f}s' for k, v in deeper.items())}, too slow)" if deeper else "")
         t0 = time.perf_counter()
         try:
-            run_candidate(a, c, candidate_setup(a, backbone, views, depth), prior)
+            final_s = max(final_s, run_candidate(a, c, candidate_setup(a, backbone, views, depth), prior,
+                                                 reserve=reserve))
         except Stopped as stop:
             c.status, c.reason, c.score, c.seconds = "stopped", str(stop), None, time.perf_counter() - t0
             log.info("auto: stopped %s after %.0fs: %s", c.name, c.seconds, stop)
