@@ -233,7 +233,7 @@ def final_model(setup: Any, fit: CVFit, pool_in: PoolInputs, test_in: SplitInput
 
     The test split is predicted here, once, by the final model.
     """
-    engine = setup.engine(train_labels=pool_in.train.labels.numpy())
+    engine = setup.engine(train_labels=pool_in.train.labels.numpy(), quiet=True)  # its "val" trains too: not logged
     if ensemble:
         probs = []
         for run in fit.runs:
