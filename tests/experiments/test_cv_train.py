@@ -61,7 +61,8 @@ def test_cv_of_a_backprop_strategy_end_to_end(tiny_folder: Path, tmp_path: Path,
     # one pass through the frozen prefix for the pool, one for the test split: not one per fold
     assert prefix_passes == [("pool", boundary, 18), ("test", boundary, 6)]
     assert refits == [18]  # the final model trained on every non-test image
-    assert run.metrics["final"]["items"] == 18 and run.metrics["final"]["epochs_per_phase"] == cv["refit_epochs_per_phase"]
+    assert run.metrics["final"]["items"] == 18
+    assert run.metrics["final"]["epochs_per_phase"] == cv["refit_epochs_per_phase"]
     assert json.loads((tmp_path / "r" / "cv.json").read_text())["cv_mean"] == cv["cv_mean"]
     assert {h["fold"] for h in run.history} == {1, 2, 3}
     again = evaluate_run(tmp_path / "r", str(tiny_folder), subset="test")

@@ -91,9 +91,10 @@ def subset_inputs(parent: SplitInputs, rows: Any, *, name: str) -> SplitInputs:
         3
     """
     idx = torch.as_tensor(rows, dtype=torch.long)
-    return SplitInputs(name=name, labels=parent.labels[idx], eval_dataset=Subset(parent.eval_dataset, idx.tolist()),
-                       train_dataset=None if parent.train_dataset is None else Subset(parent.train_dataset, idx.tolist()),
-                       items=None if parent.items is None else [parent.items[i] for i in idx.tolist()],
+    rows_list = idx.tolist()
+    train = None if parent.train_dataset is None else Subset(parent.train_dataset, rows_list)
+    return SplitInputs(name=name, labels=parent.labels[idx], eval_dataset=Subset(parent.eval_dataset, rows_list),
+                       train_dataset=train, items=None if parent.items is None else [parent.items[i] for i in rows_list],
                        parent=parent, rows=idx)
 
 

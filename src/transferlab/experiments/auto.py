@@ -470,8 +470,9 @@ def extract_features(a: AutoContext) -> tuple[dict[str, Features], list[dict[str
                     allowed_s=None if last_resort else a.budget.left() - reserve)
             except OverBudget as over:
                 a.cost.measured[b] = over.per_image
-                skipped.append(_skip_row(b, view, "stopped", over.estimate, f"measured pace {over.per_image:.3f}s/image: "
-                                         f"{over.estimate:.0f}s + {reserve:.0f}s for scoring > {a.budget.left():.0f}s left"))
+                why = (f"measured pace {over.per_image:.3f}s/image: {over.estimate:.0f}s + {reserve:.0f}s for scoring "
+                       f"> {a.budget.left():.0f}s left")
+                skipped.append(_skip_row(b, view, "stopped", over.estimate, why))
                 log.info("auto: stopped %s features of %s after its first batches: at %.3fs/image they would take "
                          "%.0fs (+%.0fs scoring) > %.0fs left of the budget", view, b, over.per_image, over.estimate,
                          reserve, a.budget.left())

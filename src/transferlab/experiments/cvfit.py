@@ -177,7 +177,8 @@ def run_fold(setup: Any, pool_in: PoolInputs, held: np.ndarray, *, index: int, k
     probs = logits.softmax(1).double().numpy()
     acc, loss = (x[0] for x in fold_metrics(probs, labels, [np.arange(len(labels))]))
     run = FoldRun(index=index, n_train=len(train_in), n_val=len(val_in), best_epoch=fit.best_epoch, epochs=epochs,
-                  accuracy=acc, loss=loss, seconds=time.perf_counter() - t0, extract_s=engine.extract_s, train_s=fit.train_s,
+                  accuracy=acc, loss=loss, seconds=time.perf_counter() - t0, extract_s=engine.extract_s,
+                  train_s=fit.train_s,
                   restored=fit.restored, early_stops=fit.early_stops,
                   state={n: v.detach().clone() for n, v in setup.model.state_dict().items()} if keep_state else None)
     per_phase = ", ".join(f"{p.name} {e}" for p, e in zip(setup.plan.phases, epochs))

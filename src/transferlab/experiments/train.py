@@ -278,15 +278,17 @@ def _check_selection(t: TrainOptions, split: Split, source: ImageSource, *, resu
         log.info("--resume: a cross-validated run keeps no checkpoint; its folds run again from the start")
 
 
-def _split_inputs(setup: RunSetup) -> tuple[SplitInputs, SplitInputs, SplitInputs, SplitInputs | None]:
+SplitsIn = tuple[SplitInputs, SplitInputs, SplitInputs, SplitInputs | None]  # train, val, test, unlabeled
+
+
+def _split_inputs(setup: RunSetup) -> SplitsIn:
     """train (with its augmented view), val, test, and the ``--unlabeled`` folder's images (or None)."""
     split = setup.split
     return (setup.inputs("train", split.train, training=True), setup.inputs("val", split.val),
             setup.inputs("test", split.test), _unlabeled_inputs(setup) if setup.t.unlabeled else None)
 
 
-def _fit_split(setup: RunSetup, engine: Engine, inputs: tuple[SplitInputs, SplitInputs, SplitInputs, SplitInputs | None],
-               *, run_dir: Path | None, resume: bool) -> Outcome:
+def _fit_split(setup: RunSetup, engine: Engine, inputs: SplitsIn, *, run_dir: Path | None, resume: bool) -> Outcome:
     """The single run: train on the train split, select on val (``--refit``: then train on train+val)."""
     t, model = setup.t, setup.model
     train_in, val_in, test_in, unl_in = inputs
