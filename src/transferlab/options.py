@@ -123,8 +123,10 @@ class TrainOptions:
                                               "any timm model (`transferlab models --timm PATTERN`)")
     weights: str | None = opt(None, "explicit weights file (.pth/.safetensors) for the backbone")
     strategy: str = opt("auto", "transfer strategy; auto: candidates (backbones with weights here x linear probes, "
-                                "cuts, flip view, concatenated and averaged backbones) scored by --cv on cached "
-                                "features within --time-budget, the best refit on all non-test images (auto.json)",
+                                "cuts, flip view, concatenated and averaged backbones on cached features; then "
+                                "fine-tune of the best backbones above their cached frozen prefix) scored by --cv "
+                                "on the same folds within --time-budget, the best refit on all non-test images "
+                                "(auto.json)",
                         choices=("auto", *STRATEGIES))
     plan: str | None = opt(None, "a custom plan (YAML/JSON list of phases) instead of --strategy's")
     classifier: str = opt("logreg", "linear-probe classifier", choices=("logreg", "svm"))
@@ -171,12 +173,14 @@ class TrainOptions:
                              "initial weights on train+val for exactly those epochs; val metrics stay those of "
                              "the held-out selection run, test metrics and the saved model are the refit's")
     cv: int | None = opt(None, "K >= 2: stratified K-fold cross-validation over the non-test pool (train+val; "
-                               "test is in no fold); scores are mean ± std over folds, the final model is refit on "
-                               "the whole pool (auto: default 5)")
+                               "test is in no fold), for any strategy but hog-svm: each fold trains from the same initial "
+                               "weights with its held-out part as val, the frozen prefix runs once for all folds; "
+                               "scores are mean ± std over folds (cv.json), the final model is refit on the whole "
+                               "pool for the epochs the folds chose (auto: default 5)")
     ensemble: bool = opt(False, "with --cv (or auto): keep the K fold models and average their probabilities "
-                                "instead of one refit")
-    time_budget: float = opt(900.0, "--strategy auto: seconds for the whole search (a cost model from measured "
-                                    "passes decides what still fits)")
+                                "instead of one refit (one saved model; the shared frozen prefix runs once)")
+    time_budget: float = opt(900.0, "--strategy auto: seconds for the whole search, fine-tune candidates and their "
+                                    "refit included (a cost model from measured passes decides what still fits)")
     views: int = opt(0, "K > 0: K fixed, seeded --augment views of each training image, cached like plain "
                         "images (augmentation in feature space: frozen stages run once per view)", lo=0)
     runtime: str = opt("auto", "what runs the frozen prefix when activations are extracted: auto (ONNX Runtime on the "

@@ -153,24 +153,26 @@ def test_compare_results_print_the_cv_score() -> None:
 
 
 def test_cv_support_is_asked_in_one_place() -> None:
-    assert supports_cv(TrainOptions(strategy="hog-svm")) and supports_cv(TrainOptions(strategy="linear-probe"))
-    assert not supports_cv(TrainOptions(strategy="linear-probe", plan="p.yaml"))
-    with pytest.raises(ConfigError, match=r"--cv 5: fine-tune, scratch cannot be cross-validated yet"):
-        check_cv_entries([("fine-tune", TrainOptions(strategy="fine-tune")), ("hog-svm", TrainOptions(strategy="hog-svm")),
-                          ("scratch", TrainOptions(strategy="scratch"))], k=5)
+    assert all(supports_cv(TrainOptions(strategy=s)) for s in ("hog-svm", "linear-probe", "fine-tune", "scratch"))
+    assert supports_cv(TrainOptions(strategy="fine-tune", plan="p.yaml"))
+    assert not supports_cv(TrainOptions(strategy="feature-extraction", unlabeled="u/"))
+    check_cv_entries([("fine-tune", TrainOptions(strategy="fine-tune")), ("scratch", TrainOptions(strategy="scratch"))],
+                     k=5)
+    with pytest.raises(ConfigError, match=r"--cv 5: feature-extraction:unlabeled=u/ cannot be cross-validated"):
+        check_cv_entries([("fine-tune", TrainOptions(strategy="fine-tune")),
+                          ("feature-extraction:unlabeled=u/", TrainOptions(strategy="feature-extraction", unlabeled="u/"))],
+                         k=5)
 
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["compare", "--cv", "1", "--strategies", "linear-probe"], "--cv must be an integer >= 2"),
     (["compare", "--cv", "9", "--strategies", "linear-probe"], "--cv 9 needs at least 9 non-test images per class"),
-    (["compare", "--cv", "3", "--strategies", "linear-probe,fine-tune:unfreeze=2,hog-svm"],
-     "--cv 3: fine-tune:unfreeze=2 cannot be cross-validated yet"),
+    (["compare", "--cv", "3", "--strategies", "linear-probe,feature-extraction:unlabeled=u,hog-svm"],
+     "--cv 3: feature-extraction:unlabeled=u cannot be cross-validated"),
     (["compare", "--cv", "3", "--strategies", "linear-probe", "--backbones", "mobilenet_v2,nope"],
      "unknown backbone 'nope'; those with weights here: mobilenet_v2"),
     (["compare", "--cv", "3", "--strategies", "linear-probe", "--backbones", "resnet50"],
      "resnet50 has no ImageNet weights here; those with weights here: mobilenet_v2"),
-    (["compare", "--cv", "3", "--strategies", "linear-probe,fine-tune", "--backbones", "mobilenet_v2,efficientnet_lite0"],
-     "fine-tune cannot be cross-validated yet"),
     (["recommend", "--cv", "1"], "--cv must be an integer >= 2"),
     (["recommend", "--cv", "9"], "--cv 9 needs at least 9 non-test images per class"),
     (["recommend", "--cv", "3", "--backbone", "mobilenet_v2"], "need no --backbone"),

@@ -1,6 +1,6 @@
 """The training engine: one loop for every plan, caching, checkpoints, metrics, DDP."""
 
-from transferlab.engine.activations import ActivationStore, SplitInputs, concat_inputs
+from transferlab.engine.activations import ActivationStore, SplitInputs, concat_inputs, subset_inputs
 from transferlab.engine.distributed import DistContext, init_distributed, shutdown_distributed
 from transferlab.engine.metrics import classification_metrics
 from transferlab.engine.schedules import make_scheduler, stlr_factor
@@ -32,4 +32,5 @@ __all__ = [
     "param_groups",
     "shutdown_distributed",
     "stlr_factor",
+    "subset_inputs",
 ]

@@ -55,6 +55,8 @@ class SplitInputs:
     train_dataset: Dataset | None = None  # augmented view (train split only)
     items: list[str] | None = None  # "identity|size|mtime" per item: keys the on-disk feature cache
     parts: tuple["SplitInputs", ...] = ()  # set by concat_inputs: activations are the parts' concatenated
+    parent: "SplitInputs | None" = None  # set by subset_inputs: these are rows ``rows`` of ``parent``
+    rows: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -75,6 +77,25 @@ def concat_inputs(*parts: SplitInputs) -> SplitInputs:
     return SplitInputs(name="+".join(p.name for p in parts), labels=torch.cat([p.labels for p in parts]),
                        eval_dataset=ConcatDataset([p.eval_dataset for p in parts]),
                        train_dataset=ConcatDataset(train_sets), items=items, parts=tuple(parts))
+
+
+def subset_inputs(parent: SplitInputs, rows: Any, *, name: str) -> SplitInputs:
+    """Rows ``rows`` of ``parent`` as a split of its own (e.g. one cross-validation fold of the pool).
+
+    Its frozen-prefix activations are sliced from the parent's (computed once, for every subset),
+    never computed from its images: K folds cost one pass through the frozen stages, not K.
+
+    Example:
+        >>> fold = subset_inputs(pool_in, np.array([0, 2, 5]), name="fold1-val")  # doctest: +SKIP
+        >>> len(fold)  # doctest: +SKIP
+        3
+    """
+    idx = torch.as_tensor(rows, dtype=torch.long)
+    rows_list = idx.tolist()
+    train = None if parent.train_dataset is None else Subset(parent.train_dataset, rows_list)
+    return SplitInputs(name=name, labels=parent.labels[idx], eval_dataset=Subset(parent.eval_dataset, rows_list),
+                       train_dataset=train, items=None if parent.items is None else [parent.items[i] for i in rows_list],
+                       parent=parent, rows=idx)
 
 
 class ActivationStore:
@@ -157,6 +178,8 @@ class ActivationStore:
             log.info("%s: %s not cached: over the %d MB budget (computed every epoch)", split.name,
                      self.label(boundary), self.max_bytes >> 20)
             return None
+        if split.parent is not None and split.rows is not None and boundary <= self.pristine_upto:
+            return self._slice(split, boundary)
         below = [b for (s, b) in self._cache if s == split.name and b <= boundary]
         if not below and split.parts and all(self.cached(p, boundary) for p in split.parts):
             out = torch.cat([self._cache[(p.name, boundary)] for p in split.parts])
@@ -181,6 +204,23 @@ class ActivationStore:
         log.info("%s: %s, %d images: %s in %.1fs, cached in memory (%.0f MB)", split.name, self.label(boundary),
                  len(split), self._how, time.perf_counter() - t0, out.numel() * out.element_size() / 2**20)
         return out
+
+    def _slice(self, split: SplitInputs, boundary: int) -> torch.Tensor | None:
+        """A subset's activations at a boundary no phase trains: its rows of the parent's (computed once)."""
+        assert split.parent is not None and split.rows is not None
+        src = self.get(split.parent, boundary)
+        if src is None:
+            return None
+        out = src[split.rows]
+        self._cache[(split.name, boundary)] = out
+        log.info("%s: %s, %d images: rows of %s's (no forward pass)", split.name, self.label(boundary), len(split),
+                 split.parent.name)
+        return out
+
+    def forget(self, split: SplitInputs) -> None:
+        """Drop every boundary cached for ``split`` (e.g. a finished cross-validation fold)."""
+        for key in [k for k in self._cache if k[0] == split.name]:
+            del self._cache[key]
 
     def disk_key(self, split: SplitInputs, boundary: int, *, runtime: str = "torch") -> str | None:
         if (self.disk is None or self.fingerprint is None or split.items is None

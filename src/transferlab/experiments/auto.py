@@ -15,11 +15,15 @@ What it does, in order (every step logged in one line, every candidate in ``RUN_
 3. Candidates, each a linear probe (logistic regression, C by CV) scored by K-fold CV: every
    backbone at each cut, with and without the flip view; the concatenated features of all
    backbones; the averaged ensemble of the best candidate per backbone.
-4. Fine-tuning candidates are costed by the same model (K folds x epochs x images x the
-   backbone's forward+backward time) and run only when they fit the remaining budget.
+4. Fine-tune candidates (:mod:`transferlab.experiments.auto_finetune`): the best one or two
+   backbones by feature CV, fine-tuned above their cached frozen prefix, plain and with one fixed
+   augmented view, scored on the same folds (:mod:`transferlab.experiments.cvfit`). The cost model
+   prices the prefix pass once and each fold's epochs above it; a candidate runs only when that
+   fits what is left of the budget, and stops (``stopped``) when its measured pace would overrun.
 5. The best mean CV accuracy wins (ties: lower CV log loss, then cheaper). The chosen model is
-   refit on the whole pool (or, with ``--ensemble``, its K fold heads are averaged) and saved as a
-   :class:`~transferlab.strategies.ensemble.MultiModel` that predict, evaluate, serve and export use.
+   refit on the whole pool (or, with ``--ensemble``, its K fold heads or fold models are averaged)
+   and saved as a :class:`~transferlab.strategies.ensemble.MultiModel` (a refit fine-tune: a plain
+   network) that predict, evaluate, serve and export use.
 
 Example:
     >>> run = transferlab.train("flowers17/", out="runs/auto")  # doctest: +SKIP
@@ -53,7 +57,6 @@ from transferlab.zoo import create_backbone, get_entry, list_backbones, weights_
 log = logging.getLogger("transferlab")
 AUTO_JSON = "auto.json"
 CV_JSON = "cv.json"
-FINETUNE_SPEEDUP = 3.0  # forward+backward of a fine-tuned image vs one forward pass (cost model)
 RESERVE_S_PER_CANDIDATE = 8.0  # prior for one CV candidate before any was measured
 #: C values tried by CV (standardised features; a third of the probe's grid, to keep K folds cheap)
 AUTO_GRID = (0.01, 0.1, 1.0)
@@ -98,6 +101,16 @@ class CostModel:
 
     def record(self, backbone: str, *, seconds: float, images: int) -> None:
         self.measured[backbone] = seconds / max(images, 1)
+
+    def finetune_estimate(self, backbone: str, *, frozen: float, plan: Any, pool_rows: int, n_test: int, k: int,
+                          runtime: str) -> Any:
+        """Seconds of a fine-tune candidate (:class:`~transferlab.experiments.auto_finetune.FinetuneCost`): the
+        backbone's per-image seconds split by the share ``frozen`` of its multiply-adds in the frozen prefix
+        (run once for the pool) and the rest (every epoch of every fold, forward and backward)."""
+        from transferlab.experiments.auto_finetune import prior_cost
+
+        return prior_cost(self.per_image(backbone), frozen=frozen, plan=plan, pool_rows=pool_rows, n_test=n_test,
+                          k=k, runtime=runtime)
 
     @classmethod
     def for_backbones(cls, names: list[str]) -> "CostModel":
@@ -171,14 +184,20 @@ class Candidate:
     seconds: float = 0.0
     status: str = "scored"
     reason: str = ""
+    notes: dict[str, Any] = field(default_factory=dict)  # e.g. a fine-tune candidate's estimate and measured pace
+    fitted: Any = field(default=None, repr=False)  # a fine-tune candidate's fold runs (for its final model)
 
     def row(self) -> dict[str, Any]:
         r: dict[str, Any] = {"name": self.name, "backbone": self.backbone, "strategy": self.strategy,
                              "options": self.options, "status": self.status, "seconds": round(self.seconds, 3)}
         if self.score is not None:
             r.update(self.score.summary())
+            if self.strategy == "fine-tune":  # no C: the folds trained by backprop
+                for key in ("C", "cv_accuracy_by_C"):
+                    r.pop(key)
         else:
             r.update({"cv_mean": None, "cv_std": None})
+        r.update(self.notes)
         if self.reason:
             r["reason"] = self.reason
         return r
@@ -354,12 +373,31 @@ def choose(cands: list[Candidate]) -> tuple[Candidate, str]:
 
 # ----------------------------------------------------------------------------- the run
 
-def run_auto(data: str, *, source: ImageSource, split: Split, data_options: DataOptions, train_options: TrainOptions,
-             run_dir: Path | None, config: dict[str, Any], cost: CostModel | None = None,
-             clock: Callable[[], float] = time.perf_counter, search: Search = Search()
-             ) -> tuple[MultiModel, dict[str, Any], dict[str, Any]]:
-    """Search, choose by CV, refit on the pool; returns (model, metrics, auto record). See the module docstring."""
-    d, t = data_options, train_options
+@dataclass
+class AutoContext:
+    """One search's inputs: the data and its folds, the options, the budget and the cost model."""
+
+    source: ImageSource
+    split: Split
+    d: DataOptions
+    t: TrainOptions
+    search: Search
+    budget: Budget
+    cost: CostModel
+    pool: np.ndarray  # split train then val
+    labels: np.ndarray  # pool labels
+    k: int
+    folds: list[np.ndarray]
+    names: list[str]  # backbones to try, in order
+    order: str  # how they were ordered
+    master: Any  # the one preprocessing of the feature passes
+    norm: NormStats
+    runtime: str  # of the feature passes
+
+
+def auto_context(source: ImageSource, split: Split, d: DataOptions, t: TrainOptions, *, search: Search,
+                 cost: CostModel | None, clock: Callable[[], float]) -> AutoContext:
+    """Options checked, the pool cut into folds, the backbones listed and ordered, the budget started."""
     budget = Budget(t.time_budget, clock=clock)
     if d.normalize != "pretrained":
         raise ConfigError(f"--strategy {search.label} with cross-validation uses the backbone's pretrained "
@@ -372,7 +410,6 @@ def run_auto(data: str, *, source: ImageSource, split: Split, data_options: Data
     labels = source.labels[pool].astype(np.int64)
     counts = np.bincount(labels, minlength=len(source.classes))
     k = check_cv(t.cv if t.cv is not None else max(2, min(5, int(counts.min()))), labels, list(source.classes))
-    folds = stratified_folds(labels, k=k, seed=d.split_seed)
     get_entry(t.backbone)  # an unknown --backbone is an error even where auto picks the backbones itself
     names, order = backbones_here()
     if search.backbones is not None:
@@ -380,138 +417,173 @@ def run_auto(data: str, *, source: ImageSource, split: Split, data_options: Data
     if not names:
         raise ConfigError("--strategy auto needs a backbone with pretrained weights here; `transferlab models` "
                           "lists none (pass an explicit --strategy with --weights)")
-    cost = cost or CostModel.for_backbones(names)
-    log.info("%s: pool %d non-test images (train %d + val %d) in %d stratified folds of %d-%d; test %d untouched; "
-             "backbones: %s (%s); budget %.0fs", search.label, len(pool), len(split.train), len(split.val), k,
-             min(map(len, folds)), max(map(len, folds)), len(split.test), ", ".join(names), order, t.time_budget)
     entries = {n: get_entry(n) for n in names}
     master = create_backbone(max(names, key=lambda n: entries[n].input_size), pretrained=False).preprocessing
-    norm = NormStats("pretrained", master.mean, master.std)
-    rows_all = np.concatenate([pool, split.test])
-    dataset = ImageDataset(source, rows_all, build_transform(master, norm=norm), draft_size=master.resize_size)
+    a = AutoContext(source=source, split=split, d=d, t=t, search=search, budget=budget,
+                    cost=cost or CostModel.for_backbones(names), pool=pool, labels=labels, k=k,
+                    folds=stratified_folds(labels, k=k, seed=d.split_seed), names=names, order=order, master=master,
+                    norm=NormStats("pretrained", master.mean, master.std),
+                    runtime="onnx" if t.runtime == "onnx" or ort_available() else "torch")
+    log.info("%s: pool %d non-test images (train %d + val %d) in %d stratified folds of %d-%d; test %d untouched; "
+             "backbones: %s (%s); budget %.0fs", search.label, len(pool), len(split.train), len(split.val), k,
+             min(map(len, a.folds)), max(map(len, a.folds)), len(split.test), ", ".join(names), order, t.time_budget)
+    return a
+
+
+def _skip_row(b: str, view: str, status: str, estimate: float, reason: str) -> dict[str, Any]:
+    return {"name": f"features:{b}:{view}", "backbone": b, "strategy": "features", "options": {"views": view},
+            "status": status, "cv_mean": None, "cv_std": None, "seconds": 0.0, "estimated_s": round(estimate, 1),
+            "reason": reason}
+
+
+def extract_features(a: AutoContext) -> tuple[dict[str, Features], list[dict[str, Any]]]:
+    """Pooled features of every backbone that fits the budget (plain, then flipped); rows of those skipped."""
     from transferlab.experiments.train import feature_cache, item_keys
 
-    items = item_keys(source, rows_all)
-    runtime = "onnx" if t.runtime == "onnx" or ort_available() else "torch"
-    if runtime == "onnx":
+    rows_all = np.concatenate([a.pool, a.split.test])
+    dataset = ImageDataset(a.source, rows_all, build_transform(a.master, norm=a.norm), draft_size=a.master.resize_size)
+    items = item_keys(a.source, rows_all)
+    if a.runtime == "onnx":
         log.info("auto: the frozen featurizers run in ONNX Runtime for the feature passes (2-4x faster on this CPU, "
                  "features within ~1e-5 of PyTorch); the saved model runs in either")
-    cache = feature_cache(t)
+    cache = feature_cache(a.t)
     feats: dict[str, Features] = {}
     skipped: list[dict[str, Any]] = []
     n_cands_left = lambda: 2 * (len(feats) + 1) + 2  # noqa: E731  (candidates still to score, for the reserve)
-    for view in ("plain", "flip") if search.flip else ("plain",):
-        for b in names:
+    for view in ("plain", "flip") if a.search.flip else ("plain",):
+        for b in a.names:
             if view == "flip" and b not in feats:
                 continue
-            est = cost.extract_s(b, images=len(rows_all))
-            reserve = cost.candidate_cost() * n_cands_left()
-            if not (not feats and b == names[-1]) and not budget.fits(est, reserve=reserve):
-                skipped.append({"name": f"features:{b}:{view}", "backbone": b, "strategy": "features",
-                                "options": {"views": view}, "status": "skipped", "cv_mean": None, "cv_std": None,
-                                "seconds": 0.0, "estimated_s": round(est, 1),
-                                "reason": f"estimated {est:.0f}s + {reserve:.0f}s for scoring > {budget.left():.0f}s left"})
+            est = a.cost.extract_s(b, images=len(rows_all))
+            reserve = a.cost.candidate_cost() * n_cands_left()
+            last_resort = not feats and b == a.names[-1]  # at least one backbone's features, whatever they cost
+            if not last_resort and not a.budget.fits(est, reserve=reserve):
+                skipped.append(_skip_row(b, view, "skipped", est, f"estimated {est:.0f}s + {reserve:.0f}s for "
+                                                                  f"scoring > {a.budget.left():.0f}s left"))
                 log.info("auto: skipped %s features of %s: estimated %.0fs (+%.0fs scoring) > %.0fs left of the budget",
-                         view, b, est, reserve, budget.left())
+                         view, b, est, reserve, a.budget.left())
                 continue
-            last_resort = not feats and b == names[-1]  # at least one backbone's features, whatever they cost
             try:
                 x, seconds, dims, cuts = pooled_features(
-                    b, dataset=dataset, items=items, master=master, norm=norm, flip=view == "flip", cache=cache,
-                    workers=d.num_workers, runtime=runtime, cut=search.cut,
-                    allowed_s=None if last_resort else budget.left() - reserve)
+                    b, dataset=dataset, items=items, master=a.master, norm=a.norm, flip=view == "flip", cache=cache,
+                    workers=a.d.num_workers, runtime=a.runtime, cut=a.search.cut,
+                    allowed_s=None if last_resort else a.budget.left() - reserve)
             except OverBudget as over:
-                cost.measured[b] = over.per_image
-                skipped.append({"name": f"features:{b}:{view}", "backbone": b, "strategy": "features",
-                                "options": {"views": view}, "status": "stopped", "cv_mean": None, "cv_std": None,
-                                "seconds": 0.0, "estimated_s": round(over.estimate, 1),
-                                "reason": f"measured pace {over.per_image:.3f}s/image: {over.estimate:.0f}s + "
-                                          f"{reserve:.0f}s for scoring > {budget.left():.0f}s left"})
+                a.cost.measured[b] = over.per_image
+                why = (f"measured pace {over.per_image:.3f}s/image: {over.estimate:.0f}s + {reserve:.0f}s for scoring "
+                       f"> {a.budget.left():.0f}s left")
+                skipped.append(_skip_row(b, view, "stopped", over.estimate, why))
                 log.info("auto: stopped %s features of %s after its first batches: at %.3fs/image they would take "
                          "%.0fs (+%.0fs scoring) > %.0fs left of the budget", view, b, over.per_image, over.estimate,
-                         reserve, budget.left())
+                         reserve, a.budget.left())
                 continue
-            hit = seconds is None
             if seconds is not None:
-                cost.record(b, seconds=seconds, images=len(rows_all))
+                a.cost.record(b, seconds=seconds, images=len(rows_all))
             feats.setdefault(b, Features(backbone=b, cuts=cuts, dims=dims)).views[view] = x
             log.info("auto: %s features of %s for %d images: %s", view, b, len(rows_all),
-                     "from the feature cache (no forward pass)" if hit else f"{seconds:.1f}s ({seconds / len(rows_all):.3f}s/image, {runtime})")
-    pool_rows = np.arange(len(pool))
-    nc = len(source.classes)
-    cands = feature_candidates(feats, only_cut=search.cut or (None if search.label == "auto" else
-                                                              next(iter(feats.values())).cuts[1]))
+                     "from the feature cache (no forward pass)" if seconds is None else
+                     f"{seconds:.1f}s ({seconds / len(rows_all):.3f}s/image, {a.runtime})")
+    return feats, skipped
+
+
+def score_features(a: AutoContext, feats: dict[str, Features]) -> list[Candidate]:
+    """The linear-probe candidates scored by CV (as the budget allows), and the averaged ensembles."""
+    nc = len(a.source.classes)
+    only = a.search.cut or (None if a.search.label == "auto" else next(iter(feats.values())).cuts[1])
+    cands = feature_candidates(feats, only_cut=only)
     for c in cands:
-        if c is not cands[0] and not budget.fits(cost.candidate_cost()):
-            c.status, c.reason = "skipped", f"estimated {cost.candidate_cost():.0f}s > {budget.left():.0f}s left"
+        if c is not cands[0] and not a.budget.fits(a.cost.candidate_cost()):
+            c.status, c.reason = "skipped", f"estimated {a.cost.candidate_cost():.0f}s > {a.budget.left():.0f}s left"
             continue
-        score(c, feats, labels, folds, pool_rows=pool_rows, num_classes=nc, classifier=t.classifier, seed=d.seed)
-        cost.candidate_s.append(c.seconds)
+        score(c, feats, a.labels, a.folds, pool_rows=np.arange(len(a.pool)), num_classes=nc, classifier=a.t.classifier,
+              seed=a.d.seed)
+        a.cost.candidate_s.append(c.seconds)
     for flip in (False, True):  # the averaged ensemble of each backbone's best, one view policy
         per_bb = [choose(mine)[0] for b in feats
                   if (mine := [c for c in cands if c.score is not None and c.backbone == b and c.flip == flip])]
         if len(per_bb) > 1:
-            cands.append(ensemble_candidate(per_bb, labels, folds))
-    rows = [c.row() for c in cands] + skipped
-    if search.finetune:
-        rows += finetune_rows(names, feats, cost, budget, n_pool=len(pool), k=k, t=t)
-    chosen, reason = choose(cands)
+            cands.append(ensemble_candidate(per_bb, a.labels, a.folds))
+    return cands
+
+
+def ranked_backbones(cands: list[Candidate]) -> list[str]:
+    """Backbones by their best single-backbone candidate's CV accuracy, best first."""
+    best: dict[str, float] = {}
+    for c in cands:
+        if c.score is not None and c.strategy == "linear-probe":
+            best[c.backbone] = max(best.get(c.backbone, 0.0), c.score.mean)
+    return sorted(best, key=lambda b: -best[b])
+
+
+def finetune_search(a: AutoContext, cands: list[Candidate]) -> list[Candidate]:
+    """auto's fine-tune candidates (:mod:`transferlab.experiments.auto_finetune`): run, stopped or skipped."""
+    from transferlab.experiments.auto_finetune import finetune_candidates
+
+    t = a.t
+
+    def make(b: str, views: int, depth: int) -> Candidate:
+        return Candidate(name=f"fine-tune:{b}:unfreeze={depth}" + (":views=basic1" if views else ""),
+                         backbone=b, strategy="fine-tune", members=[], groups=[], flip=False, status="scored",
+                         options={"unfreeze": depth, "augment": "basic" if views else "none", "views": views,
+                                  "epochs": t.epochs, "finetune_epochs": t.finetune_epochs})
+
+    return finetune_candidates(a, ranked_backbones(cands), make=make)
+
+
+def run_auto(data: str, *, source: ImageSource, split: Split, data_options: DataOptions, train_options: TrainOptions,
+             run_dir: Path | None, config: dict[str, Any], cost: CostModel | None = None,
+             clock: Callable[[], float] = time.perf_counter, search: Search = Search()
+             ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Search, choose by CV, refit on the pool; returns (model, metrics, auto record). See the module docstring."""
+    a = auto_context(source, split, data_options, train_options, search=search, cost=cost, clock=clock)
+    feats, skipped = extract_features(a)
+    cands = score_features(a, feats)
+    tuned = finetune_search(a, cands) if search.finetune else []
+    chosen, reason = choose(cands + tuned)
     log.info("%s: %d candidate(s) scored by %d-fold CV in %.0fs; chosen %s: %s", search.label,
-             sum(c.score is not None for c in cands), k, budget.elapsed(), chosen.name, reason)
-    model, test_probs = final_model(chosen, feats, labels, folds, n_pool=len(pool), nc=nc, master=master,
-                                    classifier=t.classifier, seed=d.seed, ensemble=t.ensemble)
-    test_labels = source.labels[split.test].astype(np.int64)
-    record = {"k": k, "fold_sizes": [int(len(f)) for f in folds], "pool": int(len(pool)), "test": int(len(split.test)),
-              "backbones": names, "backbone_order": order, "time_budget_s": t.time_budget,
-              "cost_model_s_per_image": {b: round(s, 5) for b, s in cost.measured.items()},
-              "candidates": rows,
-              "chosen": {**chosen.row(), "reason": reason,
-                         "final": "K fold heads averaged (--ensemble)" if t.ensemble else
-                                  f"refit on all {len(pool)} non-test images at the chosen C"},
-              "seconds": round(budget.elapsed(), 3)}
-    val_logits = torch.tensor(np.log(np.clip(chosen.score.oof, 1e-12, None)), dtype=torch.float32)  # type: ignore[union-attr]
-    test_logits = torch.tensor(np.log(np.clip(test_probs, 1e-12, None)), dtype=torch.float32)
-    classes = list(source.classes)
-    metrics = {
-        "strategy": search.label, "backbone": model.backbone_name, "chosen": chosen.name,
-        "val": {**classification_metrics(val_logits, labels, classes=classes,
-                                         loss=float(torch.nn.functional.nll_loss(val_logits, torch.as_tensor(labels)))),
-                "what": f"out-of-fold predictions of {k}-fold CV over the {len(pool)} non-test images"},
-        "cv": {"k": k, **{key: v for key, v in chosen.row().items() if key.startswith("cv_")}},
-        "test": classification_metrics(test_logits, test_labels, classes=classes,
-                                       loss=float(torch.nn.functional.nll_loss(test_logits, torch.as_tensor(test_labels)))),
-        "best_epoch": -1,
-    }
-    log.info("%s: final model %s; test touched once", search.label, record["chosen"]["final"])
+             sum(c.score is not None for c in cands + tuned), a.k, a.budget.elapsed(), chosen.name, reason)
+    if chosen.strategy == "fine-tune":
+        from transferlab.experiments.auto_finetune import finetuned_final
+
+        model, test_probs, norm, final = finetuned_final(chosen, ensemble=a.t.ensemble)
+    else:
+        model, test_probs = final_model(chosen, feats, a.labels, a.folds, n_pool=len(a.pool), nc=len(source.classes),
+                                        master=a.master, classifier=a.t.classifier, seed=a.d.seed,
+                                        ensemble=a.t.ensemble)
+        norm, final = a.norm, ("K fold heads averaged (--ensemble)" if a.t.ensemble else
+                               f"refit on all {len(a.pool)} non-test images at the chosen C")
+    record = {"k": a.k, "fold_sizes": [int(len(f)) for f in a.folds], "pool": int(len(a.pool)),
+              "test": int(len(split.test)), "backbones": a.names, "backbone_order": a.order,
+              "time_budget_s": a.t.time_budget,
+              "cost_model_s_per_image": {b: round(s, 5) for b, s in a.cost.measured.items()},
+              "candidates": [c.row() for c in cands] + skipped + [c.row() for c in tuned],
+              "chosen": {**chosen.row(), "reason": reason, "final": final}, "seconds": round(a.budget.elapsed(), 3)}
+    metrics = _auto_metrics(a, chosen, test_probs)
+    log.info("%s: final model %s; test touched once", search.label, final)
     if run_dir is not None:
         save_split(split, source, run_dir)
         atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
         atomic_write_text(run_dir / (AUTO_JSON if search.label == "auto" else CV_JSON), json.dumps(record, indent=2))
-    return model, metrics, record | {"norm": norm}
+    return model, {**metrics, "backbone": model.backbone_name}, record | {"norm": norm}
 
 
-def finetune_rows(names: list[str], feats: dict[str, Features], cost: CostModel, budget: Budget, *, n_pool: int,
-                  k: int, t: TrainOptions) -> list[dict[str, Any]]:
-    """Fine-tune candidates of the best backbones, costed: K folds x epochs x images x forward+backward."""
-    rows = []
-    for b in list(feats)[:2]:
-        for aug in ("none", "basic", "randaugment"):
-            per = cost.per_image(b) or 0.0
-            est = k * t.finetune_epochs * n_pool * (k - 1) / k * per * FINETUNE_SPEEDUP + n_pool * per
-            fits = budget.fits(est)
-            rows.append({"name": f"fine-tune:{b}:unfreeze={t.unfreeze}:augment={aug}", "backbone": b,
-                         "strategy": "fine-tune", "options": {"unfreeze": t.unfreeze, "augment": aug,
-                                                              "finetune_epochs": t.finetune_epochs},
-                         "status": "skipped", "cv_mean": None, "cv_std": None, "seconds": 0.0,
-                         "estimated_s": round(est, 1),
-                         "reason": (f"estimated {est:.0f}s > {budget.left():.0f}s left of --time-budget" if not fits else
-                                    "fits the budget, but fold fine-tuning is not part of auto yet: run "
-                                    "`--strategy fine-tune --refit` to measure it")})
-    if rows:
-        log.info("auto: fine-tune candidates (%s) estimated %.0f-%.0fs each by the cost model; %.0fs left: not run",
-                 ", ".join(dict.fromkeys(r["backbone"] for r in rows)), min(r["estimated_s"] for r in rows),
-                 max(r["estimated_s"] for r in rows), budget.left())
-    return rows
+def _auto_metrics(a: AutoContext, chosen: Candidate, test_probs: np.ndarray) -> dict[str, Any]:
+    """``metrics.json`` of a search: out-of-fold predictions of the chosen candidate as val, its CV, the test."""
+    assert chosen.score is not None
+    classes = list(a.source.classes)
+    test_labels = a.source.labels[a.split.test].astype(np.int64)
+
+    def scores(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+        logits = torch.tensor(np.log(np.clip(probs, 1e-12, None)), dtype=torch.float32)
+        loss = float(torch.nn.functional.nll_loss(logits, torch.as_tensor(labels)))
+        return classification_metrics(logits, labels, classes=classes, loss=loss)
+
+    return {"strategy": a.search.label, "backbone": chosen.backbone, "chosen": chosen.name,
+            "val": {**scores(chosen.score.oof, a.labels),
+                    "what": f"out-of-fold predictions of {a.k}-fold CV over the {len(a.pool)} non-test images"},
+            "cv": {"k": a.k, **{key: v for key, v in chosen.row().items() if key.startswith("cv_")},
+                   "fold_accuracy": [round(x, 6) for x in chosen.score.fold_accuracy]},
+            "test": scores(test_probs, test_labels), "best_epoch": -1}
 
 
 def final_model(c: Candidate, feats: dict[str, Features], labels: np.ndarray, folds: list[np.ndarray], *, n_pool: int,

@@ -281,10 +281,10 @@ def prepare_compare(data: str, *, strategies: Sequence[str] | str, seeds: int,
 
     Example:
         >>> prepare_compare("flowers17/", strategies="fine-tune", seeds=1, train_per_class=None,
-        ...                 data_options=DataOptions(), train_options=TrainOptions(cv=5))  # doctest: +SKIP
+        ...                 data_options=DataOptions(), train_options=TrainOptions(cv=99))  # doctest: +SKIP
         Traceback (most recent call last):
         ...
-        transferlab.errors.ConfigError: --cv 5: fine-tune cannot be cross-validated yet (...)
+        transferlab.errors.ConfigError: --cv 99: ...
     """
     d, t = data_options, train_options
     check_tta(tta)

@@ -22,41 +22,31 @@ import numpy as np
 import torch
 
 from transferlab.calibration import calibrate_splits, check_calibration
-from transferlab.data import (
-    ImageSource,
-    NormStats,
-    Split,
-    atomic_write_text,
-    batch_augmentation,
-    compute_norm_stats,
-    load_split,
-    make_split,
-    parse_fractions,
-    save_split,
-)
-from transferlab.engine import (
-    ActivationStore,
-    Engine,
-    EngineOptions,
-    SplitInputs,
-    concat_inputs,
-    init_distributed,
-)
-from transferlab.engine.feature_cache import FeatureCache
+from transferlab.data import ImageSource, Split, atomic_write_text, load_split, make_split, parse_fractions, save_split
+from transferlab.engine import ActivationStore, Engine, SplitInputs, init_distributed
 from transferlab.errors import BadFileError, ConfigError
 from transferlab.experiments.artifacts import save_model
+from transferlab.experiments.cv import check_cv
+from transferlab.experiments.pipeline import (
+    Outcome,
+    RunSetup,
+    cache_fingerprint,
+    feature_cache,
+    make_plan,
+    plan_options,
+)
 from transferlab.experiments.rundir import claim_run_dir
 from transferlab.experiments.schema import read_config_json
 from transferlab.options import DataOptions, TrainOptions, options_from_kwargs
-from transferlab.strategies import Plan, PlanOptions, TransferModel, build_plan, check_cut, fit_linear_probe, load_plan
+from transferlab.strategies import Plan, TransferModel, fit_linear_probe
 from transferlab.strategies.plans import FEATURE_BASELINES
 from transferlab.tasks import DEFAULT_TASK, canonical, get_task
 from transferlab.tasks.base import item_keys
 from transferlab.tasks.classify import head_config
-from transferlab.zoo import Backbone, check_backbone_name, create_backbone
+from transferlab.zoo import check_backbone_name
 
-__all__ = ["CONFIG", "METRICS", "Run", "head_config", "item_keys", "localize", "make_plan", "resume_training",
-           "run_localization", "run_training", "train"]
+__all__ = ["CONFIG", "METRICS", "Run", "cache_fingerprint", "feature_cache", "head_config", "item_keys", "localize",
+           "make_plan", "plan_options", "resume_training", "run_localization", "run_training", "train"]
 
 log = logging.getLogger("transferlab")
 CONFIG = "config.json"
@@ -120,17 +110,6 @@ def versions() -> dict[str, str]:
             "torchvision": torchvision.__version__, "timm": timm.__version__}
 
 
-def plan_options(t: TrainOptions) -> PlanOptions:
-    names = PlanOptions.__dataclass_fields__
-    return PlanOptions(**{k: v for k, v in asdict(t).items() if k in names})
-
-
-def make_plan(t: TrainOptions, stage_names: list[str]) -> Plan:
-    if t.plan:
-        return load_plan(t.plan)
-    return build_plan(t.strategy, stage_names=stage_names, options=plan_options(t))
-
-
 def _config(data: str, d: DataOptions, t: TrainOptions, plan: Plan, *, task: str = DEFAULT_TASK,
             task_options: Any = None) -> dict[str, Any]:
     return _config_dict(data, d, t, plan=plan.to_dict(), task=task, task_options=task_options)
@@ -185,11 +164,15 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
     The one pipeline of every task: data -> task targets -> split -> plan -> engine -> artifacts.
     ``task`` is a registry name or alias (``classify``, ``localize``); ``task_options`` the task's
     own options (e.g. ``LocalizeOptions``; its defaults when None).
-    ``callbacks`` are called with each epoch's history record, after its checkpoint is written.
+    ``callbacks`` are called with each epoch's history record, after its checkpoint is written
+    (``--cv``: every fold's records, with their ``fold`` and epochs numbered on across the folds).
     ``source``/``split`` reuse an already opened dataset and split (``data`` is then only recorded);
     ``store`` shares cached frozen-prefix activations between runs (the caller guarantees its entries
     were computed with this run's stages below each boundary, see ``experiments.compare``);
     ``save_predictions`` writes ``predictions_test.csv`` (classification; other tasks always do).
+    With ``train_options.cv = K`` the strategy is scored by K-fold cross-validation over the
+    non-test pool (:mod:`transferlab.experiments.cvfit`; linear-probe: :mod:`transferlab.experiments.auto`)
+    and ``metrics["cv"]`` holds ``k, cv_mean, cv_std, cv_loss_mean, cv_loss_std, fold_accuracy``.
     The run folder is locked for the run; a non-empty one is refused unless ``resume`` or
     ``overwrite`` (see :mod:`transferlab.experiments.rundir`).
     """
@@ -203,182 +186,45 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
     run_dir = Path(out) if out is not None else None
     check_backbone_name(t.backbone)  # a misspelt name fails before the dataset scan and before --out exists
     lock = claim_run_dir(run_dir, resume=resume, overwrite=overwrite) if run_dir is not None and ctx.is_main else None
-
     own_split = split is None  # compare passes its split and checks it for leakage once
-    prepared = (spec.prepare(source, options=to) if source is not None
-                else spec.read(data, options=to, quiet=d.quiet))
-    skipped = list(source.skipped) if source is not None else prepared.skipped
+    prepared, skipped, split = _open_data(data, spec, to, d, source=source, split=split, resume=resume,
+                                          run_dir=run_dir)
     source = prepared.source
-    if split is not None:
-        pass
-    elif resume and run_dir is not None and (run_dir / "split_train.txt").is_file():
-        split = load_split(run_dir, source)
-    else:
-        split = make_split(source, fractions=parse_fractions(d.split, option="--split"), seed=d.split_seed,
-                           train_per_class=d.train_per_class)
     if ctx.is_main:
         log.info("%s", describe_split(split, source, train_per_class=d.train_per_class, resumed=resume))
     if spec.name != "classification":
         t = _for_task(spec.name, t)
     elif t.strategy in FEATURE_BASELINES:  # no network: hand-crafted features and a classifier
-        from transferlab.experiments.baselines import run_hog_svm
+        from transferlab.experiments.baselines import run_hog_svm  # --cv: C chosen by the folds
 
         return run_hog_svm(data, source=source, split=split, data_options=d, train_options=t,
                            run_dir=run_dir if ctx.is_main else None, save_predictions=save_predictions)
-    check_calibration(t.calibrate, n_val=len(split.val), refit=t.refit)
-    if t.ensemble and t.cv is None and t.strategy != "auto":
-        raise ConfigError("--ensemble averages the K fold models of cross-validation: give --cv K (or --strategy auto)")
-    if (t.strategy == "auto" or t.cv is not None) and not t.plan:  # experiments.auto: CV on cached features
-        from transferlab.experiments.auto import Search, auto_run
+    _check_selection(t, split, source, resume=resume)
+    if (t.strategy == "auto" or (t.cv is not None and t.strategy == "linear-probe")) and not t.plan:
+        from transferlab.experiments.auto import Search, auto_run  # CV on cached pooled features
 
-        if t.strategy not in ("auto", "linear-probe"):
-            raise ConfigError(f"--cv applies to --strategy auto and linear-probe (features computed once for all "
-                              f"folds); got --strategy {t.strategy}: use --refit for one held-out selection")
-        if t.calibrate != "none":
-            raise ConfigError(f"--calibrate {t.calibrate} fits a temperature on the val split of one run; the "
-                              f"cross-validated search (--strategy auto or --cv) has no such split: give an "
-                              f"explicit --strategy (e.g. fine-tune) without --cv")
         return auto_run(data, source=source, split=split, data_options=d, train_options=t,
                         run_dir=run_dir if ctx.is_main else None, t_start=t_start,
                         search=Search() if t.strategy == "auto" else Search.probe(t))
-    torch.manual_seed(d.seed)
-    backbone = create_backbone(t.backbone, pretrained=False)  # random init: the scratch baseline's
-    kept = check_cut(t.cut, stage_names=backbone.stage_names, backbone=t.backbone)
-    if t.runtime == "onnx" and ctx.device.type != "cpu":
-        raise ConfigError(f"--runtime onnx runs on the CPU only; got --device {d.device} ({ctx.device})")
-    plan = make_plan(t, kept)
-    plan.validate(kept)
-    if plan.pretrained:
-        backbone = create_backbone(t.backbone, pretrained=True, weights=t.weights)
-    if t.input_size is not None:
-        backbone.preprocessing = backbone.preprocessing.with_input_size(t.input_size)
-    classes = list(prepared.classes or source.classes)
-    model = spec.build_model(backbone, train_options=t, options=to, num_classes=len(classes))
-    pre = model.preprocessing
-    norm = compute_norm_stats(d.normalize, source=source, indices=split.train, preprocessing=pre)
-    eval_tf, train_tf = spec.transforms(pre, norm, data_options=d, options=to)
-
-    def inputs(name: str, idx: np.ndarray, *, training: bool = False) -> SplitInputs:
-        got = spec.inputs(prepared, idx, training=training, eval_tf=eval_tf, train_tf=train_tf, preprocessing=pre,
-                          data_options=d, train_options=t, options=to)
-        return SplitInputs(name=name + got.name_suffix, labels=got.labels, eval_dataset=got.eval_dataset,
-                           train_dataset=got.train_dataset, items=got.items)
-
-    train_in, val_in, test_in = inputs("train", split.train, training=True), inputs("val", split.val), inputs("test", split.test)
-    unl_in = None
-    if t.unlabeled:
-        from transferlab.unlabeled.train import open_for_run, unlabeled_inputs
-
-        unl_in = unlabeled_inputs(open_for_run(t.unlabeled, strategy=plan.strategy, source=source, split=split),
-                                  transform=eval_tf, draft_size=pre.resize_size)
-    config = _config(data, d, t, plan, task=spec.name, task_options=to)
-    class_weights = None
-    if t.class_weights == "auto":
-        counts = np.bincount(source.labels[split.train], minlength=len(classes)).astype(float)
-        class_weights = tuple(float(x) for x in counts.sum() / (len(counts) * np.maximum(counts, 1)))
-    if store is None:
-        store = ActivationStore(
-            model, device=ctx.device, batch_size=max(t.batch_size, 64), num_workers=d.num_workers,
-            progress=not d.quiet and ctx.is_main, disk=feature_cache(t),
-            fingerprint=cache_fingerprint(backbone, norm) if plan.pretrained else None, runtime=t.runtime,
-        )
-    elif store.runtime != t.runtime:
-        raise ConfigError(f"--runtime {t.runtime}: the shared activation store runs {store.runtime}")
-    else:  # a shared store (compare) keys its disk entries with this run's weights and normalisation
-        store.fingerprint = cache_fingerprint(backbone, norm) if plan.pretrained else None
-    store.pristine_upto = len(kept)  # before any phase runs, nothing has trained
-    objective = spec.objective(train_options=t, class_weights=class_weights, options=to, device=ctx.device,
-                               num_classes=len(classes))
-    engine = Engine(
-        model, ctx=ctx,
-        options=EngineOptions(batch_size=t.batch_size, seed=d.seed, patience=t.patience,
-                              label_smoothing=t.label_smoothing, class_weights=class_weights,
-                              balanced_sampler=t.balanced_sampler, precision=t.precision, num_workers=d.num_workers,
-                              cache=t.cache, quiet=d.quiet, monitor=t.monitor),
-        store=_adopt(store, model),
-        cacheable_train=spec.cacheable_train(data_options=d, train_options=t, options=to),
-        batch_augment=batch_augmentation(None if d.batch_augment == "none" else d.batch_augment,
-                                         num_classes=len(classes)),
-        callbacks=callbacks, task=objective,
-    )
+    setup = RunSetup.build(spec=spec, prepared=prepared, split=split, data_options=d, train_options=t,
+                           task_options=to, ctx=ctx, store=store,
+                           norm_idx=None if t.cv is None else np.concatenate([split.train, split.val]))
+    inputs = _split_inputs(setup) if t.cv is None else None  # checked (e.g. --unlabeled) before anything is written
+    engine = setup.engine(callbacks=callbacks)
+    config = _config(data, d, t, setup.plan, task=spec.name, task_options=to)
     if run_dir is not None and ctx.is_main:  # everything is validated: the run is about to happen
         save_split(split, source, run_dir)
         if not (resume and (run_dir / CONFIG).is_file()):
             atomic_write_text(run_dir / CONFIG, json.dumps(config, indent=2))
-    n_kept = len(kept)
-    extra: dict[str, Any] = {}
-    if unl_in is not None and plan.strategy == "feature-extraction":
-        from transferlab.unlabeled.train import add_pseudo_labelled
+    if t.cv is not None:
+        from transferlab.experiments.cvfit import run_cv
 
-        train_in, extra["unlabeled"] = add_pseudo_labelled(
-            store, model, train_in, unl_in, boundary=n_kept, method=t.unlabeled_method,
-            threshold=t.unlabeled_threshold, seed=d.seed, folder=t.unlabeled)
-    if plan.strategy == "linear-probe" and not plan.phases:
-        if d.augment != "none" and t.views == 0 and ctx.is_main:
-            log.info("linear-probe fits on the features of the clean training images: --augment %s applies to "
-                     "phases trained by backprop (--views K gives the probe K augmented copies)", d.augment)
-        probe, fit_s = _linear_probe(engine, train_in, val_in, t, n_kept, len(classes), d.seed)
-        if unl_in is not None:
-            from transferlab.unlabeled.train import pooled, probe_with_unlabeled
-
-            xs = [pooled(engine.store, model, s, n_kept) for s in (train_in, val_in, unl_in)]
-            probe, extra["unlabeled"] = probe_with_unlabeled(
-                probe, xs[0], train_in.labels.numpy(), xs[1], val_in.labels.numpy(), xs[2],
-                num_classes=len(classes), classifier=t.classifier, method=t.unlabeled_method,
-                threshold=t.unlabeled_threshold, seed=d.seed, folder=t.unlabeled)
-        extra["probe"] = {"classifier": probe.classifier, "C": probe.C, "refit_on": "train+val",
-                          "val_accuracy_by_C": {str(k): v for k, v in probe.grid.items()}}
-        history: list[dict[str, Any]] = []
-        best_epoch, train_s = None, fit_s
-        boundary = n_kept
-        _set_linear_head(engine.model, probe.selection_weight, probe.selection_bias)
-        val_out = engine.predict(val_in, boundary=boundary)  # the train-only fit that val selected
-        _set_linear_head(engine.model, probe.weight, probe.bias)  # final: refit on train+val
+        outcome = run_cv(setup, callbacks=callbacks)
     else:
-        initial = {k: v.detach().clone() for k, v in model.state_dict().items()} if t.refit else None
-        fit = engine.fit(plan, train=train_in, val=val_in, run_dir=run_dir, resume=resume)
-        history, best_epoch, train_s = fit.history, fit.best_epoch, fit.train_s
-        extra["early_stops"] = fit.early_stops
-        if fit.restored is not None:
-            extra["restored"] = fit.restored
-        boundary = plan.lowest_trainable_stage(kept) if plan.pretrained else 0
-        val_out = engine.predict(val_in, boundary=boundary)  # the held-out selection run's
-        if initial is not None:
-            extra["refit"] = _refit(engine, plan, fit, initial, train_in, inputs("val", split.val, training=True),
-                                    val_in, seed=d.seed)
-            train_s += extra["refit"]["train_s"]
-    test_out = engine.predict(test_in, boundary=boundary)
-    if ctx.is_main and own_split:  # after training: from the features the run left in the cache, if any
-        extra["leakage"] = leakage_check(str(data), source, split, d, t, plan)
-    if hasattr(spec, "after_fit"):  # e.g. multilabel thresholds chosen on val
-        spec.after_fit(model, val_out, val_in.labels)
-    temperature, calibration = (calibrate_splits(t.calibrate, val=(val_out, val_in.labels), test=(test_out, test_in.labels))
-                                if spec.name == "classification" else (None, {"val": {}, "test": {}}))
-    metrics = {
-        "task": spec.name,
-        "strategy": plan.strategy,
-        "backbone": t.backbone,
-        **spec.run_metrics(prepared=prepared, options=to),
-        "val": spec.split_metrics(val_out, val_in.labels, classes=classes, objective=objective, model=model),
-        "test": spec.split_metrics(test_out, test_in.labels, classes=classes, objective=objective, model=model),
-        "timing": run_timing(total_s=time.perf_counter() - t_start, extract_s=engine.extract_s, train_s=train_s),
-        "best_epoch": best_epoch,
-        "split_sizes": split.sizes(),
-        "skipped_files": [list(s) for s in skipped],
-        **extra,
-    }
-    for name in ("val", "test"):
-        metrics[name].update(calibration[name])
-    if temperature is not None:
-        log.info("temperature scaling: T = %.3f fitted on val (%d images); test ECE %.4f -> %.4f", temperature,
-                 len(val_in.labels), calibration["test"]["ece_uncalibrated"], calibration["test"]["ece"])
-    if run_dir is not None and ctx.is_main:
-        save_model(run_dir, model, classes=classes, norm=norm, task=spec.name,
-                   extra={"strategy": plan.strategy, f"test_{spec.score_name}": spec.headline(metrics),
-                          **({"temperature": temperature} if temperature is not None else {})})
-        atomic_write_text(run_dir / METRICS, json.dumps(metrics, indent=2))
-        spec.write_outputs(run_dir, prepared=prepared, indices=split.test, outputs=test_out / (temperature or 1.0),
-                           labels=test_in.labels, classes=classes, save_predictions=save_predictions, model=model)
+        assert inputs is not None
+        outcome = _fit_split(setup, engine, inputs, run_dir=run_dir, resume=resume)
+    metrics, temperature = _metrics(setup, outcome, data=data, own_split=own_split, skipped=skipped, t_start=t_start)
+    _write_run(setup, outcome, metrics, temperature, run_dir=run_dir, save_predictions=save_predictions)
     ctx.barrier()
     if lock is not None:
         lock.release()
@@ -386,7 +232,183 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
     log.info("timings: %.1fs = extraction %.1fs + training %.1fs + other %.1fs (scan, setup, evaluation, "
              "writing)%s", tm["total_s"], tm["extract_s"], tm["train_s"], tm["other_s"],
              f"; run directory {run_dir}" if run_dir is not None else "")
-    return Run(run_dir=run_dir, metrics=metrics, history=history, config=config, classes=classes, model=model)
+    return Run(run_dir=run_dir, metrics=metrics, history=outcome.history, config=config, classes=setup.classes,
+               model=outcome.model)
+
+
+def _open_data(data: str, spec: Any, to: Any, d: DataOptions, *, source: ImageSource | None, split: Split | None,
+               resume: bool, run_dir: Path | None) -> tuple[Any, list[Any], Split]:
+    """The task's prepared dataset, the files skipped while reading it, and the split (given, read back, or made)."""
+    prepared = (spec.prepare(source, options=to) if source is not None
+                else spec.read(data, options=to, quiet=d.quiet))
+    skipped = list(source.skipped) if source is not None else prepared.skipped
+    if split is not None:
+        return prepared, skipped, split
+    if resume and run_dir is not None and (run_dir / "split_train.txt").is_file():
+        return prepared, skipped, load_split(run_dir, prepared.source)
+    return prepared, skipped, make_split(prepared.source, fractions=parse_fractions(d.split, option="--split"),
+                                         seed=d.split_seed, train_per_class=d.train_per_class)
+
+
+def _check_selection(t: TrainOptions, split: Split, source: ImageSource, *, resume: bool) -> None:
+    """How the run selects (one split, ``--refit``, ``--cv``, ``--ensemble``, ``--calibrate``): bad combinations
+    are one line each, before any training."""
+    if t.ensemble and t.cv is None and t.strategy != "auto":
+        raise ConfigError("--ensemble averages the K fold models of cross-validation: give --cv K (or --strategy auto)")
+    searched = (t.strategy == "auto" or t.strategy == "linear-probe" and t.cv is not None) and not t.plan
+    if searched and t.calibrate != "none":
+        raise ConfigError(f"--calibrate {t.calibrate} fits a temperature on the logits of one network; the probe "
+                          f"search (--strategy auto, or linear-probe with --cv) saves averaged probabilities: give "
+                          f"a backprop --strategy (e.g. fine-tune) with or without --cv")
+    if t.cv is None:
+        check_calibration(t.calibrate, n_val=len(split.val), refit=t.refit)
+        return
+    if t.refit:
+        raise ConfigError(f"--refit with --cv {t.cv}: cross-validation already trains the final model on the whole "
+                          f"non-test pool (or keeps the fold models with --ensemble); drop --refit")
+    if t.unlabeled:
+        raise ConfigError(f"--unlabeled with --cv {t.cv}: pseudo-labels are fitted on one train split; drop one")
+    check_cv(t.cv, source.labels[np.concatenate([split.train, split.val])], list(source.classes))
+    check_calibration(t.calibrate, n_val=len(split.train) + len(split.val), refit=False)
+    if resume:
+        log.info("--resume: a cross-validated run keeps no checkpoint; its folds run again from the start")
+
+
+SplitsIn = tuple[SplitInputs, SplitInputs, SplitInputs, SplitInputs | None]  # train, val, test, unlabeled
+
+
+def _split_inputs(setup: RunSetup) -> SplitsIn:
+    """train (with its augmented view), val, test, and the ``--unlabeled`` folder's images (or None)."""
+    split = setup.split
+    return (setup.inputs("train", split.train, training=True), setup.inputs("val", split.val),
+            setup.inputs("test", split.test), _unlabeled_inputs(setup) if setup.t.unlabeled else None)
+
+
+def _fit_split(setup: RunSetup, engine: Engine, inputs: SplitsIn, *, run_dir: Path | None, resume: bool) -> Outcome:
+    """The single run: train on the train split, select on val (``--refit``: then train on train+val)."""
+    t, model = setup.t, setup.model
+    train_in, val_in, test_in, unl_in = inputs
+    extra: dict[str, Any] = {}
+    if unl_in is not None and setup.plan.strategy == "feature-extraction":
+        from transferlab.unlabeled.train import add_pseudo_labelled
+
+        train_in, extra["unlabeled"] = add_pseudo_labelled(
+            setup.store, model, train_in, unl_in, boundary=len(setup.kept), method=t.unlabeled_method,
+            threshold=t.unlabeled_threshold, seed=setup.d.seed, folder=t.unlabeled)
+    if setup.plan.strategy == "linear-probe" and not setup.plan.phases:
+        val_out, train_s = _fit_probe(setup, engine, train_in, val_in, unl_in, extra)
+        history, best_epoch, boundary = [], None, len(setup.kept)
+    else:
+        if t.refit:
+            setup.snapshot()
+        fit = engine.fit(setup.plan, train=train_in, val=val_in, run_dir=run_dir, resume=resume)
+        history, best_epoch, train_s = fit.history, fit.best_epoch, fit.train_s
+        extra["early_stops"] = fit.early_stops
+        if fit.restored is not None:
+            extra["restored"] = fit.restored
+        boundary = setup.boundary
+        val_out = engine.predict(val_in, boundary=boundary)  # the held-out selection run's
+        if t.refit:
+            extra["refit"] = setup.refit_train_val(engine, fit, train_in, val_in)
+            train_s += extra["refit"]["train_s"]
+    test_out = engine.predict(test_in, boundary=boundary)
+    return Outcome(model=model, val_out=val_out, val_labels=val_in.labels, test_out=test_out,
+                   test_labels=test_in.labels, history=history, best_epoch=best_epoch, train_s=train_s,
+                   extract_s=engine.extract_s, extra=extra)
+
+
+def _fit_probe(setup: RunSetup, engine: Engine, train_in: SplitInputs, val_in: SplitInputs,
+               unl_in: SplitInputs | None, extra: dict[str, Any]) -> tuple[torch.Tensor, float]:
+    """linear-probe on one split: val logits of the train-only fit that val selected, and the fit's seconds.
+
+    The model keeps the final head (refit on train+val at the chosen C); ``extra["probe"]`` says how.
+    """
+    d, t, model, n_kept = setup.d, setup.t, setup.model, len(setup.kept)
+    if d.augment != "none" and t.views == 0 and setup.ctx.is_main:
+        log.info("linear-probe fits on the features of the clean training images: --augment %s applies to "
+                 "phases trained by backprop (--views K gives the probe K augmented copies)", d.augment)
+    probe, fit_s = _linear_probe(engine, train_in, val_in, t, n_kept, len(setup.classes), d.seed)
+    if unl_in is not None:
+        from transferlab.unlabeled.train import pooled, probe_with_unlabeled
+
+        xs = [pooled(engine.store, model, s, n_kept) for s in (train_in, val_in, unl_in)]
+        probe, extra["unlabeled"] = probe_with_unlabeled(
+            probe, xs[0], train_in.labels.numpy(), xs[1], val_in.labels.numpy(), xs[2],
+            num_classes=len(setup.classes), classifier=t.classifier, method=t.unlabeled_method,
+            threshold=t.unlabeled_threshold, seed=d.seed, folder=t.unlabeled)
+    extra["probe"] = {"classifier": probe.classifier, "C": probe.C, "refit_on": "train+val",
+                      "val_accuracy_by_C": {str(k): v for k, v in probe.grid.items()}}
+    _set_linear_head(model, probe.selection_weight, probe.selection_bias)
+    val_out = engine.predict(val_in, boundary=n_kept)  # the train-only fit that val selected
+    _set_linear_head(model, probe.weight, probe.bias)  # final: refit on train+val
+    return val_out, fit_s
+
+
+def _unlabeled_inputs(setup: RunSetup) -> SplitInputs:
+    """``--unlabeled FOLDER`` as inputs through the run's eval transform."""
+    from transferlab.unlabeled.train import open_for_run, unlabeled_inputs
+
+    t = setup.t
+    return unlabeled_inputs(open_for_run(t.unlabeled, strategy=setup.plan.strategy, source=setup.source,
+                                         split=setup.split),
+                            transform=setup.eval_tf, draft_size=setup.model.preprocessing.resize_size)
+
+
+def _metrics(setup: RunSetup, out: Outcome, *, data: str, own_split: bool, skipped: list[Any],
+             t_start: float) -> tuple[dict[str, Any], float | None]:
+    """``metrics.json`` (val/test metrics, calibrated when asked, timing, sizes, what the fit reported) and the
+    fitted temperature (``--calibrate temperature``) or None."""
+    spec, ctx, split, classes = setup.spec, setup.ctx, setup.split, setup.classes
+    extra = out.extra
+    if ctx.is_main and own_split:  # after training: from the features the run left in the cache, if any
+        extra["leakage"] = leakage_check(str(data), setup.source, split, setup.d, setup.t, setup.plan)
+    if hasattr(spec, "after_fit"):  # e.g. multilabel thresholds chosen on val
+        spec.after_fit(out.model, out.val_out, out.val_labels)
+    temperature, calibration = (calibrate_splits(setup.t.calibrate, val=(out.val_out, out.val_labels),
+                                                 test=(out.test_out, out.test_labels))
+                                if spec.name == "classification" else (None, {"val": {}, "test": {}}))
+
+    def scores(outputs: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+        return spec.split_metrics(outputs, labels, classes=classes, objective=setup.objective, model=out.model)
+
+    metrics = {
+        "task": spec.name,
+        "strategy": setup.plan.strategy,
+        "backbone": setup.t.backbone,
+        **spec.run_metrics(prepared=setup.prepared, options=setup.to),
+        "val": {**scores(out.val_out, out.val_labels), **({"what": out.val_what} if out.val_what else {})},
+        "test": scores(out.test_out, out.test_labels),
+        "timing": run_timing(total_s=time.perf_counter() - t_start, extract_s=out.extract_s, train_s=out.train_s),
+        "best_epoch": out.best_epoch,
+        "split_sizes": split.sizes(),
+        "skipped_files": [list(s) for s in skipped],
+        **extra,
+    }
+    for name in ("val", "test"):
+        metrics[name].update(calibration[name])
+    if temperature is not None:
+        fitted_on = "the out-of-fold logits of the pool" if out.val_what else "val"
+        log.info("temperature scaling: T = %.3f fitted on %s (%d images); test ECE %.4f -> %.4f", temperature,
+                 fitted_on, len(out.val_labels), calibration["test"]["ece_uncalibrated"], calibration["test"]["ece"])
+    return metrics, temperature
+
+
+def _write_run(setup: RunSetup, out: Outcome, metrics: dict[str, Any], temperature: float | None, *,
+               run_dir: Path | None, save_predictions: bool) -> None:
+    """The model, ``metrics.json`` and the task's outputs (rank 0); ``cv.json`` for a cross-validated run."""
+    if run_dir is None or not setup.ctx.is_main:
+        return
+    spec, plan = setup.spec, setup.plan
+    save_model(run_dir, out.model, classes=setup.classes, norm=setup.norm, task=spec.name,
+               extra={"strategy": plan.strategy, f"test_{spec.score_name}": spec.headline(metrics),
+                      **({"temperature": temperature} if temperature is not None else {})})
+    atomic_write_text(run_dir / METRICS, json.dumps(metrics, indent=2))
+    if "cv" in metrics:
+        atomic_write_text(run_dir / "cv.json", json.dumps({**metrics["cv"], "final": metrics.get("final")}, indent=2))
+        atomic_write_text(run_dir / "cv_history.jsonl", "".join(json.dumps(h) + "\n" for h in out.history))
+    spec.write_outputs(run_dir, prepared=setup.prepared, indices=setup.split.test,
+                       outputs=out.test_out / (temperature or 1.0), labels=out.test_labels, classes=setup.classes,
+                       save_predictions=save_predictions, model=out.model)
 
 
 def leakage_check(data: str, source: ImageSource, split: Split, d: DataOptions, t: TrainOptions,
@@ -428,41 +450,6 @@ def describe_split(split: Split, source: ImageSource, *, train_per_class: int | 
     per = f" ({train_per_class} per class)" if train_per_class else ""
     how = " (read back from the run directory)" if resumed else ""
     return f"split: train {sizes['train']}{per}, val {sizes['val']}, test {sizes['test']} images{how}"
-
-
-def _refit(engine: Engine, plan: Plan, fit: Any, initial: dict[str, torch.Tensor], train_in: SplitInputs,
-           val_as_train: SplitInputs, val_in: SplitInputs, *, seed: int) -> dict[str, Any]:
-    """Train ``plan`` again from ``initial`` on train+val, each phase for the epochs that led to the best one."""
-    replay = [sum(1 for h in fit.history if h["phase_index"] == pi and h["epoch"] <= (fit.best_epoch or 0))
-              for pi in range(len(plan.phases))]
-    engine.model.load_state_dict(initial)
-    torch.manual_seed(seed)
-    both = concat_inputs(train_in, val_as_train)
-    result = engine.fit(plan, train=both, val=val_in, run_dir=None, replay=replay)
-    log.info("refit on %s (%d items): %s epochs per phase", both.name, len(both), replay)
-    return {"on": both.name, "items": len(both), "epochs_per_phase": replay, "train_s": round(result.train_s, 3)}
-
-
-def cache_fingerprint(backbone: Backbone, norm: NormStats) -> dict[str, Any] | None:
-    """What pretrained activations depend on (besides the boundary and the images)."""
-    if not backbone.weights.pretrained or backbone.weights.sha256 is None:
-        return None
-    return {"backbone": backbone.name, "weights_sha256": backbone.weights.sha256,
-            "preprocessing": backbone.preprocessing.to_dict(), "normalization": norm.to_dict()}
-
-
-def feature_cache(t: TrainOptions) -> FeatureCache | None:
-    if t.feature_cache == "off":
-        return None
-    root = None if t.feature_cache == "auto" else Path(t.feature_cache)
-    return FeatureCache(root, max_bytes=int(t.feature_cache_gb * (1 << 30)))
-
-
-def _adopt(store: ActivationStore | None, model: TransferModel) -> ActivationStore | None:
-    """A shared store computes new boundaries with the current run's model."""
-    if store is not None:
-        store.model = model
-    return store
 
 
 def _linear_probe(engine: Engine, train_in: SplitInputs, val_in: SplitInputs, t: TrainOptions, n_kept: int,

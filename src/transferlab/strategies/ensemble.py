@@ -6,7 +6,9 @@ One class covers every combined model that ``--ensemble`` and ``--strategy auto`
 - a linear probe on the concatenated features of several backbones: several members, one head
   reading all of them;
 - an averaged ensemble of backbones: several members, one head per member;
-- fold models that were fine-tuned above a shared frozen prefix: ``shared_upto`` stages run once.
+- fold models that were fine-tuned above a shared frozen prefix (``--cv K --ensemble`` of a backprop
+  strategy, :func:`fold_ensemble`): ``shared_upto`` stages run once, each fold's own stages and head
+  (``head``: the runs' head configuration) above them.
 
 ``forward`` returns the log of the averaged class probabilities (with ``flip``, also averaged
 over the horizontally flipped image), so ``softmax(forward(x))`` are the averaged probabilities
@@ -19,6 +21,7 @@ the model, the same way during training and at inference.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -26,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from transferlab.errors import ConfigError
-from transferlab.strategies.model import HeadConfig, TransferModel
+from transferlab.strategies.model import HeadConfig, TransferModel, build_head
 from transferlab.zoo import Backbone, Preprocessing
 
 KIND = "multi"
@@ -84,7 +87,8 @@ class MultiModel(nn.Module):
     """
 
     def __init__(self, *, members: list[TransferModel], heads: list[nn.Module], groups: list[list[int]],
-                 preprocessing: Preprocessing, flip: bool = False, shared_upto: int = 0) -> None:
+                 preprocessing: Preprocessing, flip: bool = False, shared_upto: int = 0,
+                 head: HeadConfig | None = None) -> None:
         super().__init__()
         if not members or not heads or len(heads) != len(groups):
             raise ConfigError(f"MultiModel: expected >= 1 member and one group per head; got {len(members)} "
@@ -100,6 +104,7 @@ class MultiModel(nn.Module):
         self.preprocessing = preprocessing
         self.flip = flip
         self.shared_upto = shared_upto
+        self.head_config = head  # None: each head is one nn.Linear; else heads are build_head(head) (fold models)
         outs = {int(h.out_features) for h in heads if isinstance(h, nn.Linear)}
         self.num_classes = outs.pop() if len(outs) == 1 else int(heads[0](torch.zeros(1, self._width(0))).shape[1])
         self.backbone_name = "+".join(dict.fromkeys(m.backbone_name for m in members))
@@ -130,6 +135,7 @@ class MultiModel(nn.Module):
         return {"kind": KIND, "members": [{"backbone": m.backbone_name, "cut": m.cut, "pool": m.head_config.pool}
                                           for m in self.members],
                 "groups": self.groups, "flip": self.flip, "shared_upto": self.shared_upto,
+                **({"head": self.head_config.to_dict()} if self.head_config is not None else {}),
                 "preprocessing": self.preprocessing.to_dict(), "num_classes": self.num_classes}
 
 
@@ -149,7 +155,35 @@ def build_multi(spec: dict[str, Any], *, pretrained: bool = False) -> MultiModel
     members = [featurizer(create_backbone(m["backbone"], pretrained=pretrained), cut=m["cut"], pool=m["pool"])
                for m in spec["members"]]
     n = int(spec["num_classes"])
-    heads: list[nn.Module] = [nn.Linear(sum(members[i].in_features for i in g), n) for g in spec["groups"]]
+    head = HeadConfig.from_dict(spec["head"]) if spec.get("head") else None
+    widths = [sum(members[i].in_features for i in g) for g in spec["groups"]]
+    heads: list[nn.Module] = [nn.Linear(w, n) if head is None else build_head(head, in_features=w, num_classes=n)
+                              for w in widths]
     return MultiModel(members=members, heads=heads, groups=spec["groups"],
                       preprocessing=Preprocessing.from_dict(spec["preprocessing"]), flip=bool(spec["flip"]),
-                      shared_upto=int(spec.get("shared_upto", 0)))
+                      shared_upto=int(spec.get("shared_upto", 0)), head=head)
+
+
+def fold_ensemble(model: TransferModel, states: list[dict[str, torch.Tensor]], *, shared_upto: int) -> MultiModel:
+    """The fold models of cross-validation (``model``'s architecture, one state each) as one averaged model.
+
+    Stages below ``shared_upto`` (the frozen prefix, identical in every fold) run once per image.
+
+    Example:
+        >>> from transferlab.zoo import create_backbone
+        >>> m = TransferModel(backbone=create_backbone("mobilenet_v2", pretrained=False), num_classes=3,
+        ...                   head=HeadConfig(), cut=3)
+        >>> ens = fold_ensemble(m, [m.state_dict(), m.state_dict()], shared_upto=2)
+        >>> len(ens.heads), ens.shared_upto
+        (2, 2)
+    """
+    members, heads = [], []
+    for state in states:
+        member = copy.deepcopy(model)
+        member.load_state_dict(state)
+        heads.append(member.head)
+        member.head = nn.Sequential(nn.Identity())
+        member.num_classes = 0
+        members.append(member.eval())
+    return MultiModel(members=members, heads=heads, groups=[[i] for i in range(len(states))],
+                      preprocessing=model.preprocessing, shared_upto=shared_upto, head=model.head_config).eval()
