@@ -169,7 +169,10 @@ def test_onnx_sessions_sleep_instead_of_spinning_and_chunks_are_bit_identical(mo
     options = runtimes.session_options(threads=2)
     assert options.intra_op_num_threads == 2 and options.inter_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    assert runtimes.ORT_CHUNK == 8
+    assert runtimes.chunked(model, 3)  # a small prefix runs in chunks
+    big = torch.nn.Module()
+    big.stages = torch.nn.Sequential(torch.nn.Linear(3000, 3000))  # 36 MB of weights: whole batches
+    assert not runtimes.chunked(big, 1)
     monkeypatch.setattr(runtimes, "ORT_CHUNK", 2)  # fewer images for the same check
     run = runtimes.onnx_prefix(model, 3, digest=runtimes.prefix_digest(model, 3))
     n = 5  # three chunks, the last one short

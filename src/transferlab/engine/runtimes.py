@@ -32,10 +32,14 @@ PARITY_RTOL = 1e-3
 #: fp32 summation-order noise grows with the magnitude of what is summed, not of each result: a deep
 #: prefix with activations up to ~260 (resnet50, random weights) differs by ~6e-4 on near-zero outputs
 PARITY_SCALE_RTOL = 1e-4
-#: ONNX Runtime runs a batch this many images at a time: a chunk's activations stay in the CPU's cache
-#: (batch 32 of a 224 px depthwise network is ~50 MB per layer), which took 10-17 % less CPU per image
-#: than whole batches of 32 (mobilenet_v2, efficientnet_lite0); each image's output is bit-identical.
-ORT_CHUNK = 8
+#: ONNX Runtime runs a batch this many images at a time when the prefix's weights are small: the
+#: activations of a chunk stay in the CPU's cache (a batch of 32 at 224 px is ~150 MB per wide layer of a
+#: depthwise network), which took 13-17 % less CPU per image than whole batches of 32 (mobilenet_v2,
+#: efficientnet_lite0). Each image's output is bit-identical whatever the chunk.
+ORT_CHUNK = 4
+#: ... but every chunk streams all the prefix's weights once more: above this many bytes of weights a
+#: prefix runs whole batches (resnet50's 90 MiB took 20 % more CPU per image in chunks of 4).
+ORT_CHUNK_MAX_WEIGHT_BYTES = 32 << 20
 Runner = Callable[[torch.Tensor], torch.Tensor]
 _SESSIONS: OrderedDict[tuple[str, int, int], Runner] = OrderedDict()  # (prefix digest, boundary, size)
 _MAX_SESSIONS = 4
@@ -77,6 +81,19 @@ def session_options(*, threads: int | None = None) -> Any:
     return options
 
 
+def chunked(model: nn.Module, boundary: int) -> bool:
+    """Whether ONNX Runtime runs the prefix in chunks of :data:`ORT_CHUNK` (its weights are small enough).
+
+    Example:
+        >>> m = nn.Module(); m.stages = nn.Sequential(nn.Linear(2, 2))
+        >>> chunked(m, 1)
+        True
+    """
+    stages = list(model.stages)[:boundary]  # type: ignore[attr-defined]
+    size = sum(t.numel() * t.element_size() for stage in stages for t in [*stage.parameters(), *stage.buffers()])
+    return size <= ORT_CHUNK_MAX_WEIGHT_BYTES
+
+
 def onnx_available() -> bool:
     """True when onnx and onnxruntime can be imported (the ``export`` extra)."""
     return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
@@ -100,6 +117,9 @@ def prefix_digest(model: nn.Module, boundary: int) -> str:
 
 def onnx_prefix(model: nn.Module, boundary: int, *, digest: str, threads: int | None = None) -> Runner:
     """Stages ``0..boundary-1`` exported to ONNX and run in ONNX Runtime (CPU); one session per weights.
+
+    The session takes :func:`session_options`; a batch runs in chunks of :data:`ORT_CHUNK` images
+    when :func:`chunked` says so.
 
     Example:
         >>> run = onnx_prefix(model, 9, digest=prefix_digest(model, 9))  # doctest: +SKIP
@@ -136,9 +156,12 @@ def onnx_prefix(model: nn.Module, boundary: int, *, digest: str, threads: int | 
             m.training = flag
     session = ort.InferenceSession(buf.getvalue(), session_options(threads=threads), providers=["CPUExecutionProvider"])
 
+    small = chunked(model, boundary)
+
     def run(x: torch.Tensor) -> torch.Tensor:
         a = x.contiguous().numpy()
-        outs = [session.run(None, {"x": a[i : i + ORT_CHUNK]})[0] for i in range(0, max(len(a), 1), ORT_CHUNK)]
+        step = ORT_CHUNK if small else max(len(a), 1)
+        outs = [session.run(None, {"x": a[i : i + step]})[0] for i in range(0, max(len(a), 1), step)]
         return torch.from_numpy(outs[0] if len(outs) == 1 else np.concatenate(outs))
 
     _SESSIONS[key] = run
