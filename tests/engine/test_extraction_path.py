@@ -176,7 +176,8 @@ def test_onnx_sessions_sleep_instead_of_spinning_and_chunks_are_bit_identical(mo
     monkeypatch.setattr(runtimes, "ORT_CHUNK", 2)  # fewer images for the same check
     run = runtimes.onnx_prefix(model, 3, digest=runtimes.prefix_digest(model, 3))
     n = 5  # three chunks, the last one short
-    x = torch.randn(n, 3, model.preprocessing.input_size, model.preprocessing.input_size, generator=torch.Generator().manual_seed(0))
+    size = model.preprocessing.input_size
+    x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))
     rows = run(x)
     assert rows.shape[0] == n
     assert torch.equal(rows, torch.cat([run(x[i : i + 1]) for i in range(n)]))  # a chunk changes no image's output
