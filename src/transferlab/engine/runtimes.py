@@ -58,12 +58,12 @@ def machine_threads() -> int:
     return max(1, cores // max(1, local))
 
 
-def session_options(*, threads: int | None = None) -> Any:
+def session_options(*, threads: int | None = None, spinning: bool = False) -> Any:
     """ONNX Runtime ``SessionOptions`` for the CPU, shared by every session that runs a frozen prefix.
 
-    ``threads`` intra-op threads (default :func:`machine_threads`), one inter-op thread, and no spinning:
-    idle pool threads sleep instead of busy-waiting for the next op, so they do not take the cores
-    from the decode worker that runs beside the model.
+    ``threads`` intra-op threads (default :func:`machine_threads`), one inter-op thread, and (unless
+    ``spinning``) idle pool threads that sleep instead of busy-waiting for the next op, so they do not
+    take the cores from the decode worker that runs beside the model.
 
     Example:
         >>> o = session_options(threads=2)  # doctest: +SKIP
@@ -77,7 +77,7 @@ def session_options(*, threads: int | None = None) -> Any:
     options.intra_op_num_threads = threads or machine_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return options
 
 
@@ -115,26 +115,16 @@ def prefix_digest(model: nn.Module, boundary: int) -> str:
     return h.hexdigest()
 
 
-def onnx_prefix(model: nn.Module, boundary: int, *, digest: str, threads: int | None = None) -> Runner:
-    """Stages ``0..boundary-1`` exported to ONNX and run in ONNX Runtime (CPU); one session per weights.
-
-    The session takes :func:`session_options`; a batch runs in chunks of :data:`ORT_CHUNK` images
-    when :func:`chunked` says so.
+def export_prefix(model: nn.Module, boundary: int) -> bytes:
+    """Stages ``0..boundary-1`` as an ONNX graph (TorchScript exporter, batch size dynamic); flags restored.
 
     Example:
-        >>> run = onnx_prefix(model, 9, digest=prefix_digest(model, 9))  # doctest: +SKIP
-        >>> run(torch.zeros(2, 3, 224, 224)).shape  # doctest: +SKIP
-        torch.Size([2, 320, 7, 7])
+        >>> blob = export_prefix(model, 9)  # doctest: +SKIP
     """
-    size = int(model.preprocessing.input_size)  # type: ignore[attr-defined]
-    key = (digest, boundary, size)
-    if key in _SESSIONS:
-        _SESSIONS.move_to_end(key)
-        return _SESSIONS[key]
     from transferlab.export._deps import require
 
-    ort = require("onnxruntime", extra="export", feature="ONNX Runtime feature extraction")
     require("onnx", extra="export", feature="ONNX Runtime feature extraction")
+    size = int(model.preprocessing.input_size)  # type: ignore[attr-defined]
 
     class Prefix(nn.Module):
         def __init__(self) -> None:
@@ -154,8 +144,30 @@ def onnx_prefix(model: nn.Module, boundary: int, *, digest: str, threads: int | 
     finally:
         for m, flag in flags:
             m.training = flag
-    session = ort.InferenceSession(buf.getvalue(), session_options(threads=threads), providers=["CPUExecutionProvider"])
+    return buf.getvalue()
 
+
+def onnx_prefix(model: nn.Module, boundary: int, *, digest: str, threads: int | None = None) -> Runner:
+    """Stages ``0..boundary-1`` exported to ONNX and run in ONNX Runtime (CPU); one session per weights.
+
+    The session takes :func:`session_options`; a batch runs in chunks of :data:`ORT_CHUNK` images
+    when :func:`chunked` says so.
+
+    Example:
+        >>> run = onnx_prefix(model, 9, digest=prefix_digest(model, 9))  # doctest: +SKIP
+        >>> run(torch.zeros(2, 3, 224, 224)).shape  # doctest: +SKIP
+        torch.Size([2, 320, 7, 7])
+    """
+    size = int(model.preprocessing.input_size)  # type: ignore[attr-defined]
+    key = (digest, boundary, size)
+    if key in _SESSIONS:
+        _SESSIONS.move_to_end(key)
+        return _SESSIONS[key]
+    from transferlab.export._deps import require
+
+    ort = require("onnxruntime", extra="export", feature="ONNX Runtime feature extraction")
+    blob = export_prefix(model, boundary)
+    session = ort.InferenceSession(blob, session_options(threads=threads), providers=["CPUExecutionProvider"])
     small = chunked(model, boundary)
 
     def run(x: torch.Tensor) -> torch.Tensor:
