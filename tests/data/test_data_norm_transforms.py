@@ -137,6 +137,35 @@ def test_eval_transform_resizes_crops_and_normalises():
     assert torch.equal(t(img), x)
 
 
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "nearest"])
+def test_eval_transform_matches_the_pillow_resize_within_rounding(interpolation):
+    """EvalTransform resizes the uint8 tensor; the former transform resized the PIL image (the recipe's kernel)."""
+    from torchvision.transforms import v2
+
+    from transferlab.data.transforms import EvalTransform
+    from transferlab.data.geometry import eval_geometry
+
+    pp = Preprocessing(input_size=56, resize_size=64, mean=(0.5,) * 3, std=(0.25,) * 3, interpolation=interpolation)
+    norm = NormStats("pretrained", pp.mean, pp.std)
+    pillow = v2.Compose([*eval_geometry(pp).transforms, v2.Normalize(list(pp.mean), list(pp.std))])
+    fast = build_transform(pp, norm=norm)
+    assert isinstance(fast, EvalTransform)
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 255, 150)[None, :, None] * np.linspace(0.2, 1, 110)[:, None, None]
+    images = [rng.integers(0, 256, (110, 150, 3), dtype=np.uint8), np.repeat(ramp, 3, axis=2).astype(np.uint8),
+              rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)]  # down 1.7x (noise, smooth), up 1.3x
+    for arr in images:
+        a, b = pillow(Image.fromarray(arr)), fast(Image.fromarray(arr))
+        assert b.shape == (3, 56, 56) and b.dtype == torch.float32 and b.is_contiguous()
+        levels = ((a - b).abs() * 0.25 * 255).round()  # back to 0..255 steps
+        assert levels.max() <= 2 and float((levels > 0).float().mean()) < 0.05
+        if interpolation == "nearest":
+            assert torch.equal(a, b)
+    with pytest.raises(TypeError, match="PIL.Image"):
+        fast(torch.zeros(3, 8, 8))
+    pickle.dumps(fast)  # DataLoader workers may need to pickle it
+
+
 def test_eval_center_crop_keeps_the_middle():
     arr = np.zeros((40, 80, 3), np.uint8)
     arr[:, 30:50] = 255  # a white band in the middle, black sides

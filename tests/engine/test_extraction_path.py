@@ -158,3 +158,45 @@ def test_workers_auto_resolves_for_the_machine(monkeypatch: pytest.MonkeyPatch):
     assert DataOptions().num_workers == 0
     with pytest.raises(ConfigError, match="--workers must be auto or an integer"):
         DataOptions(workers="many")
+
+
+def test_onnx_sessions_sleep_instead_of_spinning_and_chunks_are_bit_identical(model: TransferModel,
+                                                                            monkeypatch: pytest.MonkeyPatch):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from transferlab.engine import runtimes
+
+    options = runtimes.session_options(threads=2)
+    assert options.intra_op_num_threads == 2 and options.inter_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert runtimes.chunked(model, 3)  # a small prefix runs in chunks
+    big = torch.nn.Module()
+    big.stages = torch.nn.Sequential(torch.nn.Linear(3000, 3000))  # 36 MB of weights: whole batches
+    assert not runtimes.chunked(big, 1)
+    monkeypatch.setattr(runtimes, "ORT_CHUNK", 2)  # fewer images for the same check
+    run = runtimes.onnx_prefix(model, 3, digest=runtimes.prefix_digest(model, 3))
+    n = 5  # three chunks, the last one short
+    size = model.preprocessing.input_size
+    x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))
+    rows = run(x)
+    assert rows.shape[0] == n
+    assert torch.equal(rows, torch.cat([run(x[i : i + 1]) for i in range(n)]))  # a chunk changes no image's output
+
+
+def test_eval_transform_features_within_tolerance_of_the_pillow_resize(model: TransferModel, tiny_folder: Path):
+    """The uint8 tensor resize (the default eval transform) against the former Pillow-resize transform."""
+    from torchvision.transforms import v2
+
+    from transferlab.data.geometry import eval_geometry
+
+    pre = model.preprocessing
+    norm = NormStats(kind="pretrained", mean=pre.mean, std=pre.std)
+    src = open_dataset(str(tiny_folder))
+    pillow = v2.Compose([*eval_geometry(pre).transforms, v2.Normalize(list(pre.mean), list(pre.std))])
+    fast = build_transform(pre, norm=norm)
+    a = torch.stack([pillow(src.load(i)) for i in range(0, len(src), 4)])
+    b = torch.stack([fast(src.load(i)) for i in range(0, len(src), 4)])
+    assert b.is_contiguous() and (a - b).abs().max() <= 2 / 255 / min(pre.std) + 1e-6
+    with torch.inference_mode():
+        fa, fb = (model.prefix(t, start=0, stop=3).mean(dim=(2, 3)) for t in (a, b))
+    assert float((fa - fb).norm() / fa.norm()) < 1e-3

@@ -8,8 +8,9 @@ from collections.abc import Callable
 import torch
 from PIL import Image
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
-from transferlab.data.geometry import eval_geometry, interpolation_mode
+from transferlab.data.geometry import interpolation_mode
 from transferlab.data.norm import NormStats
 from transferlab.errors import ConfigError
 from transferlab.zoo.preprocessing import Preprocessing
@@ -18,6 +19,7 @@ __all__ = [
     "AUGMENT_PRESETS",
     "BATCH_AUGMENTATIONS",
     "TRAIN_ZOOM_SCALE",
+    "EvalTransform",
     "PerImageStandardize",
     "batch_augmentation",
     "build_transform",
@@ -58,6 +60,44 @@ def _normalise(norm: NormStats) -> Callable[[torch.Tensor], torch.Tensor]:
     return v2.Normalize(mean=list(norm.mean), std=list(norm.std))
 
 
+class EvalTransform:
+    """The eval recipe on uint8 pixels: ``PIL.Image`` -> resize the shorter side -> centre crop -> [0, 1] -> normalise.
+
+    The same steps as ``eval_geometry`` + normalisation, but the resize runs on the uint8 tensor
+    (torch's SIMD antialiased bilinear/bicubic kernel, built to reproduce Pillow's) instead of on the
+    PIL image: 3-4x less CPU per image for bicubic, and a contiguous float32 CxHxW result. Its pixels
+    equal Pillow's but for rounding (within 2/255 on 0.3 % of the pixels of flowers17 photos;
+    ``tests/data/test_data_norm_transforms.py`` pins the bound). ``nearest`` keeps Pillow's kernel
+    (torch's nearest samples other pixels).
+
+    Example:
+        >>> pp = Preprocessing(32, 40, (0.5,) * 3, (0.25,) * 3, "bicubic")
+        >>> EvalTransform(pp, norm=NormStats("pretrained", pp.mean, pp.std))(Image.new("RGB", (80, 60))).shape
+        torch.Size([3, 32, 32])
+    """
+
+    def __init__(self, preprocessing: Preprocessing, *, norm: NormStats) -> None:
+        self.normalise = _normalise(norm)
+        self.resize_size = preprocessing.resize_size
+        self.input_size = preprocessing.input_size
+        self.interpolation = interpolation_mode(preprocessing)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"EvalTransform: expected a PIL.Image, got {type(image).__name__}")
+        if self.interpolation == v2.InterpolationMode.NEAREST:
+            image = TF.resize(image, [self.resize_size], interpolation=self.interpolation)
+        x = TF.pil_to_tensor(image)  # CxHxW view of the HxWxC pixels: the channels-last layout the kernel wants
+        x = TF.resize(x, [self.resize_size], interpolation=self.interpolation, antialias=True)
+        x = TF.center_crop(x, [self.input_size])
+        x = TF.to_dtype(x.contiguous(), torch.float32, scale=True)
+        return self.normalise(x)
+
+    def __repr__(self) -> str:
+        return (f"EvalTransform(resize={self.resize_size}, crop={self.input_size}, "
+                f"interpolation={self.interpolation.value}, normalise={self.normalise!r})")
+
+
 def build_transform(
     preprocessing: Preprocessing,
     *,
@@ -67,8 +107,8 @@ def build_transform(
 ) -> Callable[[Image.Image], torch.Tensor]:
     """A callable ``PIL.Image -> float32 CxHxW tensor`` for a backbone's ``preprocessing``.
 
-    Eval (and train with ``augment="none"``): Resize(resize_size) -> CenterCrop(input_size) ->
-    [0, 1] -> normalise by ``norm``. Training presets (``AUGMENT_PRESETS``): ``basic`` =
+    Eval (and train with ``augment="none"``): :class:`EvalTransform`, i.e. Resize(resize_size) ->
+    CenterCrop(input_size) -> [0, 1] -> normalise by ``norm``. Training presets (``AUGMENT_PRESETS``): ``basic`` =
     RandomResizedCrop(input_size, scale=TRAIN_ZOOM_SCALE) + horizontal flip + RandomRotation(15);
     ``randaugment``, ``trivialaugment``, ``augmix`` = crop + flip followed by that policy.
 
@@ -84,7 +124,7 @@ def build_transform(
         raise ConfigError(f"augment={augment!r} applies to training transforms only; got train=False")
     normalise = _normalise(norm)
     if augment == "none":
-        return v2.Compose([*eval_geometry(preprocessing).transforms, normalise])
+        return EvalTransform(preprocessing, norm=norm)
     interp = interpolation_mode(preprocessing)
     steps: list[Callable] = [
         v2.RandomResizedCrop(preprocessing.input_size, scale=TRAIN_ZOOM_SCALE, interpolation=interp, antialias=True),

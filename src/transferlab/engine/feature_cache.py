@@ -29,7 +29,8 @@ import torch
 
 log = logging.getLogger("transferlab.engine")
 
-CACHE_VERSION = 1
+#: 2: the eval transform resizes uint8 tensors (features within 0.7 % of version 1's, but not equal)
+CACHE_VERSION = 2
 _ENTRY = re.compile(r"^[0-9a-f]{40}\.npy$")
 _TEMP = re.compile(r"^\.(?P<key>[0-9a-f]{40})\.(?P<pid>\d+)\.(?P<ns>\d+)\.part$")
 _STALE_S = 24 * 3600  # a temporary file this old is stale even if its PID is alive again (reused)

@@ -242,9 +242,9 @@ def _runner(net: _Pooled, size: int, runtime: str) -> Callable[[torch.Tensor], t
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(net.eval(), (torch.zeros(1, 3, size, size),), buf, input_names=["x"], output_names=["y"],
                           dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, dynamo=False)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.inter_op_num_threads = 1
+    from transferlab.engine.runtimes import session_options  # the engine's: no spinning beside the decode worker
+
+    options = session_options(threads=torch.get_num_threads())
     session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
     return lambda x: torch.from_numpy(session.run(None, {"x": x.contiguous().numpy()})[0])
 
