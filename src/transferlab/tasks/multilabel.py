@@ -6,6 +6,12 @@ average precision per class, averaged), and micro / macro F1 at per-class thresh
 validation split (the F1-best threshold of each class on val, applied to test; kept in
 ``model.json`` for predict and serve). ``train --task multilabel``.
 
+Labels of a multi-label photo may sit anywhere in the frame (two flowers side by side, a defect in a
+corner, an X-ray finding near the edge), so the input is the whole image resized to the network's
+input size (no centre crop), and the head scores each label on the whole feature map and on a 2 x 2
+grid of overlapping windows of it, keeping the label's highest logit (``--regions``): one object
+is not averaged away by the rest of the frame. The default strategy is fine-tune (README).
+
 Example:
     >>> TASK.name, TASK.score_name
     ('multilabel', 'f1')
@@ -22,19 +28,26 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from sklearn.metrics import average_precision_score, f1_score
 from torch import nn
 from torch.utils.data import Dataset
 
+from torchvision.transforms import v2
+
 from transferlab.data import FixedViews, ImageSource, atomic_write_text, build_transform
-from transferlab.errors import ConfigError, DataError
-from transferlab.options import opt
-from transferlab.strategies.model import TransferModel
+from transferlab.data.geometry import interpolation_mode
+from transferlab.data.transforms import PerImageStandardize
+from transferlab.errors import BadFileError, ConfigError, DataError
+from transferlab.options import TrainOptions, check_options, opt
+from transferlab.strategies.model import HeadConfig, TransferModel
+from transferlab.strategies.plans import STRATEGIES
 from transferlab.tasks.base import Inputs, Prepared, item_keys
 from transferlab.tasks.classify import TASK as CLASSIFY, head_config
 
-__all__ = ["TASK", "MultiLabel", "MultiLabelDataset", "MultiLabelObjective", "MultilabelOptions",
-           "choose_thresholds", "multilabel_metrics", "read_multilabel_csv"]
+__all__ = ["TASK", "MultiLabel", "MultiLabelDataset", "MultiLabelModel", "MultiLabelObjective", "MultilabelOptions",
+           "MultilabelTrainOptions", "choose_thresholds", "multilabel_metrics", "read_multilabel_csv",
+           "region_features", "whole_image_transform"]
 
 #: separator of the labels in the CSV's ``labels`` column
 SEPARATOR = ";"
@@ -48,6 +61,86 @@ class MultilabelOptions:
 
     labels: str | None = opt(None, "multilabel: the allowed labels, comma-separated (a CSV label outside them "
                                    "is an error); default: every label the CSV uses")
+    regions: int = opt(2, "multilabel: G >= 2 scores each label on the whole feature map and on a G x G grid of "
+                          "overlapping windows, keeping the highest (an object anywhere in the frame); 1: the "
+                          "whole map's average only", lo=1, hi=4)
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+
+@dataclass(frozen=True)
+class MultilabelTrainOptions(TrainOptions):
+    """``TrainOptions`` with the defaults chosen for multi-label on a validation split (README)."""
+
+    strategy: str = opt("fine-tune", "transfer strategy",
+                        choices=tuple(s for s in STRATEGIES if s not in ("hog-svm", "linear-probe")))
+
+
+def whole_image_transform(preprocessing: Any, *, norm: Any) -> Any:
+    """The whole image resized to ``input_size`` squared (no centre crop: a label may sit at the edge).
+
+    Example:
+        >>> from transferlab.data.norm import NormStats
+        >>> from transferlab.zoo import Preprocessing
+        >>> pp = Preprocessing(32, 36, (0.5,) * 3, (0.25,) * 3)
+        >>> whole_image_transform(pp, norm=NormStats("pretrained", pp.mean, pp.std))(Image.new("RGB", (80, 40))).shape
+        torch.Size([3, 32, 32])
+    """
+    size = preprocessing.input_size
+    normalise = PerImageStandardize() if norm.kind == "sample" else v2.Normalize(mean=list(norm.mean), std=list(norm.std))
+    return v2.Compose([v2.Resize((size, size), interpolation=interpolation_mode(preprocessing), antialias=True),
+                       v2.ToImage(), v2.ToDtype(torch.float32, scale=True), normalise])
+
+
+def _starts(n: int, grid: int) -> tuple[int, list[int]]:
+    """Window length and start positions of ``grid`` overlapping windows along a side of ``n`` cells."""
+    k = min(n, n // grid + 1)
+    return k, [round(i * (n - k) / (grid - 1)) for i in range(grid)]
+
+
+def region_features(x: torch.Tensor, grid: int) -> torch.Tensor:
+    """``(N, C, H, W)`` -> ``(N, 1 + grid², C)``: the whole map's average, then the average of each of a
+    ``grid`` x ``grid`` set of overlapping windows (side ``n // grid + 1`` cells: 4 of 7 for ``grid`` 2).
+
+    Example:
+        >>> region_features(torch.arange(49.0).reshape(1, 1, 7, 7), 2)[0, :, 0].tolist()
+        [24.0, 12.0, 15.0, 33.0, 36.0]
+    """
+    feats = [x.mean((2, 3))]
+    if grid > 1:
+        kh, rows = _starts(x.shape[2], grid)
+        kw, cols = _starts(x.shape[3], grid)
+        feats += [x[:, :, r:r + kh, c:c + kw].mean((2, 3)) for r in rows for c in cols]
+    return torch.stack(feats, 1)
+
+
+class MultiLabelModel(TransferModel):
+    """A :class:`TransferModel` whose head scores every label on regions of the last feature map and
+    keeps each label's highest logit (``regions`` = grid side; 1: the whole map's average only).
+
+    Example:
+        >>> from transferlab.zoo import create_backbone
+        >>> m = MultiLabelModel(backbone=create_backbone("mobilenet_v2", pretrained=False), num_classes=5,
+        ...                     head=HeadConfig(), regions=2)
+        >>> m(torch.zeros(2, 3, 224, 224)).shape
+        torch.Size([2, 5])
+    """
+
+    def __init__(self, *, backbone: Any, num_classes: int, head: HeadConfig, cut: int | None = None,
+                 regions: int = 1) -> None:
+        super().__init__(backbone=backbone, num_classes=num_classes, head=head, cut=cut)
+        if regions > 1 and (head.pool != "avg" or backbone.token_pool is not None):
+            raise ConfigError(f"--regions {regions} scores windows of a convolutional feature map; "
+                              f"{backbone.name} with --pool {head.pool} gives no such map: use --regions 1")
+        self.regions = regions
+
+    def forward_from(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        for stage in list(self.stages)[start:]:
+            x = stage(x)
+        if self.regions == 1:
+            return self.head(self.pool(x))
+        return self.head(region_features(x, self.regions)).amax(1)
 
 
 def read_multilabel_csv(path: str | os.PathLike[str], *, allowed: list[str] | None = None) -> tuple[ImageSource, torch.Tensor]:
@@ -223,6 +316,7 @@ class MultiLabel:
     name = "multilabel"
     score_name = "f1"
     options_class = MultilabelOptions
+    train_options_class = MultilabelTrainOptions
     supports_linear_probe = False
 
     def read(self, data: str, *, options: MultilabelOptions, quiet: bool) -> Prepared:
@@ -240,10 +334,7 @@ class MultiLabel:
 
     # ---- training
     def check(self, *, data_options: Any, train_options: Any, options: MultilabelOptions) -> None:
-        t, d = train_options, data_options
-        if t.strategy == "linear-probe" and not t.plan:
-            raise ConfigError("--strategy linear-probe fits a single-label classifier; for --task multilabel use "
-                              "feature-extraction, fine-tune, chain-thaw, gradual-unfreeze, full or scratch")
+        t, d = train_options, data_options  # --strategy linear-probe (single-label) is outside the choices
         if d.batch_augment != "none":
             raise ConfigError(f"--batch-augment {d.batch_augment} mixes single labels; --task multilabel takes none")
         if t.views < 0 or (t.views > 0 and d.augment == "none"):
@@ -257,13 +348,16 @@ class MultiLabel:
         raise DataError(f"{source.root}: --task multilabel reads a CSV with the header path,labels (labels "
                         f"separated by '{SEPARATOR}'), not an opened single-label dataset")
 
-    def build_model(self, backbone: Any, *, train_options: Any, options: Any, num_classes: int) -> TransferModel:
-        return TransferModel(backbone=backbone, num_classes=num_classes, head=head_config(train_options),
-                             cut=train_options.cut)
+    def build_model(self, backbone: Any, *, train_options: Any, options: MultilabelOptions,
+                    num_classes: int) -> MultiLabelModel:
+        return MultiLabelModel(backbone=backbone, num_classes=num_classes, head=head_config(train_options),
+                               cut=train_options.cut, regions=options.regions)
 
     def transforms(self, preprocessing: Any, norm: Any, *, data_options: Any, options: Any) -> tuple[Any, Any]:
-        return (build_transform(preprocessing, norm=norm),
-                build_transform(preprocessing, norm=norm, train=True, augment=data_options.augment))
+        """Eval: the whole image (no centre crop); training presets crop from the whole image as well."""
+        ev = whole_image_transform(preprocessing, norm=norm)
+        return ev, (ev if data_options.augment == "none" else
+                    build_transform(preprocessing, norm=norm, train=True, augment=data_options.augment))
 
     def inputs(self, prepared: Prepared, idx: np.ndarray, *, training: bool, eval_tf: Any, train_tf: Any,
                preprocessing: Any, data_options: Any, train_options: Any, options: Any) -> Inputs:
@@ -273,7 +367,7 @@ class MultiLabel:
             fixed = FixedViews(ev, train_tf, views=views, seed=d.split_seed)
             return Inputs(labels=ev.targets.repeat_interleave(views + 1, dim=0), eval_dataset=fixed,
                           train_dataset=fixed, name_suffix=f"+views{views}")
-        return Inputs(labels=ev.targets, eval_dataset=ev, items=[k + "#multilabel" for k in item_keys(source, idx)],
+        return Inputs(labels=ev.targets, eval_dataset=ev, items=[k + "#multilabel-whole" for k in item_keys(source, idx)],
                       train_dataset=MultiLabelDataset(source, y, idx, train_tf, draft_size=preprocessing.resize_size)
                       if training else None)
 
@@ -316,17 +410,24 @@ class MultiLabel:
         return f"test mAP {t['map']:.4f}, micro F1 {t['micro_f1']:.4f}, macro F1 {t['macro_f1']:.4f}"
 
     # ---- a saved model
-    def model_meta(self, model: TransferModel) -> dict[str, Any]:
-        """The classification head's description plus the per-label thresholds chosen on val."""
-        return {**CLASSIFY.model_meta(model), "thresholds": getattr(model, "thresholds", None)}
+    def model_meta(self, model: MultiLabelModel) -> dict[str, Any]:
+        """The classification head's description, the region grid and the per-label thresholds chosen on val."""
+        return {**CLASSIFY.model_meta(model), "regions": model.regions, "geometry": "whole",
+                "thresholds": getattr(model, "thresholds", None)}
 
-    def model_from_meta(self, meta: dict[str, Any], backbone: Any) -> TransferModel:
-        model = CLASSIFY.model_from_meta(meta, backbone)
+    def model_from_meta(self, meta: dict[str, Any], backbone: Any) -> MultiLabelModel:
+        """A saved model; files written before regions and the whole-image geometry existed are refused."""
+        if meta.get("geometry") != "whole":
+            raise BadFileError("model.json", "a multilabel model without 'geometry': 'whole' predates the "
+                               "whole-image input and the region head", "train it again with this version")
+        model = MultiLabelModel(backbone=backbone, num_classes=int(meta["num_classes"]),
+                                head=HeadConfig.from_dict(meta["head"]), cut=int(meta["cut"]),
+                                regions=int(meta["regions"]))
         model.thresholds = meta.get("thresholds")
         return model
 
     def image_transform(self, preprocessing: Any, norm: Any) -> Any:
-        return build_transform(preprocessing, norm=norm)
+        return whole_image_transform(preprocessing, norm=norm)
 
     def draft_size(self, preprocessing: Any) -> int:
         return preprocessing.resize_size
