@@ -91,6 +91,11 @@ def test_resume_after_sigkill_mid_chain_thaw_matches_uninterrupted(tiny_folder: 
     assert thaw and all(h["cached_inputs"] == (augment == "none") for h in thaw)
     hist = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     assert len(hist) == len(whole.history)
+    # the total counts the killed session's training: the parts add up, none clipped to zero
+    tm = resumed.metrics["timing"]
+    assert 0 < resumed.metrics["resumed_train_s"] < tm["train_s"]
+    assert tm["total_s"] == pytest.approx(tm["extract_s"] + tm["train_s"] + tm["other_s"], abs=0.01)
+    assert tm["total_s"] > tm["train_s"]
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_folder: Path, tmp_path: Path):

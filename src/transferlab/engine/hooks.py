@@ -59,6 +59,7 @@ class FitState:
     phase_epochs: int = 0  # epochs this phase runs at most
     global_epoch: int = 0  # epochs done in the whole fit
     train_s: float = 0.0
+    resumed_train_s: float = 0.0  # the training seconds of the sessions before a resume (in ``train_s``)
     stop: bool = False  # set by a hook: end the running phase after this epoch
     optimizer: Any = None
     scheduler: Any = None
@@ -250,6 +251,7 @@ class Checkpoint(HookBase):
         fit.history = json.loads(ck["history"])
         fit.phase_index, fit.phase_epoch = ck["phase"], ck["phase_epoch"]
         fit.global_epoch, fit.train_s = ck["global_epoch"], ck["train_s"]
+        fit.resumed_train_s = float(ck["train_s"])
         for h in self.hooks:
             if h.name in ck["hooks"]:
                 h.load_state_dict(ck["hooks"][h.name])

@@ -82,6 +82,7 @@ class FitResult:
     phases_run: list[str] = field(default_factory=list)
     restored: dict[str, Any] | None = None  # the monitor kept an earlier epoch than the last (with the numbers)
     early_stops: list[dict[str, Any]] = field(default_factory=list)
+    resumed_train_s: float = 0.0  # of ``train_s``, what the sessions before a resume trained
 
 
 # ----------------------------------------------------------------------------- trainable sets
@@ -339,7 +340,8 @@ class Engine:
             self.store.invalidate_above(plan.lowest_trainable_stage(model.stage_names))
         return FitResult(history=fit.history, best_epoch=best.best_epoch, best_val_loss=best.best_val_loss,
                          train_s=fit.train_s, extract_s=self.extract_s, phases_run=phases_run,
-                         restored=best.restored, early_stops=list(stopping.stopped))
+                         restored=best.restored, early_stops=list(stopping.stopped),
+                         resumed_train_s=fit.resumed_train_s)
 
     def _warm_caches(self, plan: Plan, train: SplitInputs, val: SplitInputs) -> None:
         """One pass through the frozen prefix: the lowest boundary first, the others chain from it."""

@@ -229,8 +229,10 @@ def run_training(data: str, *, data_options: DataOptions, train_options: TrainOp
     if lock is not None:
         lock.release()
     tm = metrics["timing"]
+    earlier = (f", {metrics['resumed_train_s']:.1f}s of the training before the resume"
+               if "resumed_train_s" in metrics else "")
     log.info("timings: %.1fs = extraction %.1fs + training %.1fs + other %.1fs (scan, setup, evaluation, "
-             "writing)%s", tm["total_s"], tm["extract_s"], tm["train_s"], tm["other_s"],
+             "writing%s)%s", tm["total_s"], tm["extract_s"], tm["train_s"], tm["other_s"], earlier,
              f"; run directory {run_dir}" if run_dir is not None else "")
     return Run(run_dir=run_dir, metrics=metrics, history=outcome.history, config=config, classes=setup.classes,
                model=outcome.model)
@@ -304,6 +306,8 @@ def _fit_split(setup: RunSetup, engine: Engine, inputs: SplitsIn, *, run_dir: Pa
         fit = engine.fit(setup.plan, train=train_in, val=val_in, run_dir=run_dir, resume=resume)
         history, best_epoch, train_s = fit.history, fit.best_epoch, fit.train_s
         extra["early_stops"] = fit.early_stops
+        if fit.resumed_train_s:
+            extra["resumed_train_s"] = round(fit.resumed_train_s, 3)
         if fit.restored is not None:
             extra["restored"] = fit.restored
         boundary = setup.boundary
@@ -378,7 +382,8 @@ def _metrics(setup: RunSetup, out: Outcome, *, data: str, own_split: bool, skipp
         **spec.run_metrics(prepared=setup.prepared, options=setup.to),
         "val": {**scores(out.val_out, out.val_labels), **({"what": out.val_what} if out.val_what else {})},
         "test": scores(out.test_out, out.test_labels),
-        "timing": run_timing(total_s=time.perf_counter() - t_start, extract_s=out.extract_s, train_s=out.train_s),
+        "timing": run_timing(total_s=time.perf_counter() - t_start + out.extra.get("resumed_train_s", 0.0),
+                             extract_s=out.extract_s, train_s=out.train_s),
         "best_epoch": out.best_epoch,
         "split_sizes": split.sizes(),
         "skipped_files": [list(s) for s in skipped],
