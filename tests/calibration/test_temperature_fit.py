@@ -20,7 +20,7 @@ def _all_right(n: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
 def test_no_val_errors_refuses_the_fit_instead_of_running_to_the_bound() -> None:
     logits, y = _all_right()
     nll = lambda t: float(torch.nn.functional.cross_entropy(logits / t, y))  # noqa: E731
-    assert nll(T_RANGE[0]) < nll(0.5) < nll(1.0)  # what the old fit did: T at the lower bound, every p ~ 1
+    assert nll(T_RANGE[0]) < nll(0.5) < nll(1.0)  # the old fit chased this towards T_RANGE[0]: every p ~ 1
     with pytest.raises(ConfigError, match="none of the 30 val images is misclassified"):
         fit_temperature(logits, y)
 
