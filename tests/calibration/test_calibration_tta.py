@@ -63,6 +63,12 @@ def test_tta_views_are_the_crop_its_mirror_and_five_crops() -> None:
 def calibrated_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("calibrated")
     data = make_image_folder(root / "data", classes=3, per_class=8)
+    # one mislabelled image per class (one lands in val): with every val image right there is no
+    # temperature to fit, and T = 1 would hide whether the temperature reaches every output below
+    noise = make_image_folder(root / "noise", classes=3, per_class=1, seed=1)
+    for c in range(3):
+        for i, img in enumerate(sorted((noise / f"class_{c}").glob("*.png"))):
+            img.rename(data / f"class_{(c + 1) % 3}" / f"mislabelled_{i}.png")
     run = root / "run"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TRANSFERLAB_CACHE", str(root / "cache"))

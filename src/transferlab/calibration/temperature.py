@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from transferlab.errors import ConfigError
 
+log = logging.getLogger("transferlab")
 #: ``--calibrate`` choices.
 CALIBRATIONS: tuple[str, ...] = ("none", "temperature")
 #: Equal-width confidence bins of the ECE and the reliability diagram.
@@ -62,6 +64,11 @@ def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, *, n_bins: int =
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """The ``T`` in :data:`T_RANGE` minimising the cross-entropy of ``logits / T`` (use val logits).
 
+    Logits that classify every image right have no such ``T``: the cross-entropy keeps falling as
+    ``T -> 0`` (each softmax sharpens towards its correct arg-max), so a fit would end on the lower
+    bound and turn every probability into ~1.0. That is refused (:class:`ConfigError`);
+    :func:`calibrate_splits` keeps ``T = 1`` instead and says so.
+
     Example:
         >>> g = torch.Generator().manual_seed(0)
         >>> y = torch.randint(0, 3, (400,), generator=g)
@@ -77,13 +84,29 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     if len(logits) == 0:
         raise ConfigError("--calibrate temperature: the validation split is empty; expected a val split "
                           "(e.g. --split 0.5,0.25,0.25) to fit the temperature on")
+    if misclassified(logits, labels) == 0:
+        raise ConfigError(f"--calibrate temperature: none of the {len(labels)} val images is misclassified, so "
+                          f"the val cross-entropy keeps falling as T -> 0 and has no minimum to fit T at")
 
     def nll(log_t: float) -> float:
         return float(nn.functional.cross_entropy(logits / math.exp(log_t), labels))
 
-    res = minimize_scalar(nll, bounds=(math.log(T_RANGE[0]), math.log(T_RANGE[1])), method="bounded",
-                          options={"xatol": 1e-5})
+    lo, hi = math.log(T_RANGE[0]), math.log(T_RANGE[1])
+    res = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-5})
+    if min(res.x - lo, hi - res.x) < 0.01:  # within 1 % of a bound: the minimum may lie beyond it
+        log.warning("temperature scaling: T = %.4g is at the edge of the searched range %g..%g; the val "
+                    "cross-entropy may be lowest outside it", math.exp(res.x), *T_RANGE)
     return float(math.exp(res.x))
+
+
+def misclassified(logits: torch.Tensor, labels: torch.Tensor) -> int:
+    """How many rows of ``logits`` have their arg-max away from ``labels``.
+
+    Example:
+        >>> misclassified(torch.tensor([[2.0, 0.0], [2.0, 0.0]]), torch.tensor([0, 1]))
+        1
+    """
+    return int((torch.as_tensor(logits).argmax(1) != torch.as_tensor(labels)).sum())
 
 
 def calibration_summary(logits: torch.Tensor, labels: torch.Tensor, *, temperature: float | None = None,
@@ -154,14 +177,26 @@ def calibrate_splits(method: str, *, val: tuple[torch.Tensor, torch.Tensor],
                      test: tuple[torch.Tensor, torch.Tensor]) -> tuple[float | None, dict[str, dict[str, Any]]]:
     """Fit the temperature on ``val`` (logits, labels) when ``method`` asks; calibration metrics of both.
 
-    Returns ``(temperature or None, {"val": summary, "test": summary})``.
+    Returns ``(temperature or None, {"val": summary, "test": summary})``. When the model gets every
+    val image right, no temperature can be fitted (see :func:`fit_temperature`): ``T = 1`` is kept
+    (the probabilities stay uncalibrated) and the log says so in one line.
 
     Example:
         >>> y = torch.tensor([0, 1, 0, 1])
         >>> t, s = calibrate_splits("none", val=(torch.eye(2)[y] * 5, y), test=(torch.eye(2)[y] * 5, y))
         >>> t, sorted(s["test"])
         (None, ['ece', 'reliability'])
+        >>> calibrate_splits("temperature", val=(torch.eye(2)[y] * 5, y), test=(torch.eye(2)[y] * 5, y))[0]
+        1.0
     """
-    temperature = fit_temperature(*val) if method == "temperature" else None
+    temperature = None
+    if method == "temperature":
+        if misclassified(*val) == 0:
+            log.warning("temperature scaling: the model gets all %d val images right, so the val cross-entropy "
+                        "has no minimum in T (it falls as T -> 0); T = 1 kept, probabilities uncalibrated",
+                        len(val[1]))
+            temperature = 1.0
+        else:
+            temperature = fit_temperature(*val)
     return temperature, {name: calibration_summary(logits, labels, temperature=temperature)
                          for name, (logits, labels) in (("val", val), ("test", test))}
