@@ -10,7 +10,7 @@ from torch import nn
 
 from transferlab.errors import ConfigError
 from transferlab.options import check_options, opt
-from transferlab.strategies.model import POOLS, HeadConfig, TransferModel
+from transferlab.strategies.model import POOLS, HeadConfig, TransferModel, head_trunk
 from transferlab.zoo import Backbone
 
 __all__ = ["BOX_ACTIVATIONS", "LOC_HEADS", "TRUNKS", "BoxHead", "LocHeadConfig", "LocalizationModel"]
@@ -77,14 +77,8 @@ class BoxHead(nn.Module):
 
     def __init__(self, cfg: LocHeadConfig, *, in_features: int) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        width = in_features
-        if cfg.trunk == "dense":
-            for h in cfg.hidden:
-                layers += [nn.Linear(width, h), nn.ReLU(inplace=True), nn.Dropout(cfg.dropout)]
-                width = h
-        elif cfg.dropout > 0:
-            layers.append(nn.Dropout(cfg.dropout))
+        layers, width = head_trunk(dense=cfg.trunk == "dense", hidden=cfg.hidden, dropout=cfg.dropout,
+                                   in_features=in_features)
         self.trunk = nn.Sequential(*layers)
         self.box = nn.Linear(width, 4)
         self.activation: nn.Module = {"linear": nn.Identity(), "sigmoid": nn.Sigmoid(),

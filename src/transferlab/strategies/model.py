@@ -66,17 +66,31 @@ def check_cut(cut: int | None, *, stage_names: list[str], backbone: str) -> list
     return list(stage_names[:cut])
 
 
-def build_head(cfg: HeadConfig, *, in_features: int, num_classes: int) -> nn.Sequential:
+def head_trunk(*, dense: bool, hidden: tuple[int, ...] | list[int], dropout: float,
+               in_features: int) -> tuple[list[nn.Module], int]:
+    """The layers between pooled features and a head's output layer, and their output width: hidden
+    ``Linear -> ReLU -> Dropout`` blocks when ``dense``, else one ``Dropout`` (none at 0).
+
+    Example:
+        >>> layers, width = head_trunk(dense=True, hidden=(16,), dropout=0.2, in_features=8)
+        >>> len(layers), width
+        (3, 16)
+    """
     layers: list[nn.Module] = []
     width = in_features
-    if cfg.kind == "dense":
-        for h in cfg.hidden:
-            layers += [nn.Linear(width, h), nn.ReLU(inplace=True), nn.Dropout(cfg.dropout)]
+    if dense:
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(inplace=True), nn.Dropout(dropout)]
             width = h
-    elif cfg.dropout > 0:
-        layers.append(nn.Dropout(cfg.dropout))
-    layers.append(nn.Linear(width, num_classes))
-    return nn.Sequential(*layers)
+    elif dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    return layers, width
+
+
+def build_head(cfg: HeadConfig, *, in_features: int, num_classes: int) -> nn.Sequential:
+    layers, width = head_trunk(dense=cfg.kind == "dense", hidden=cfg.hidden, dropout=cfg.dropout,
+                               in_features=in_features)
+    return nn.Sequential(*layers, nn.Linear(width, num_classes))
 
 
 class StagedModel(nn.Module):
