@@ -23,7 +23,7 @@ from transferlab.zoo import Preprocessing
 
 
 @pytest.mark.parametrize("cls, augment, default", [(LocalizeOptions, "box_augment", 7),
-                                                   (SegmentOptions, "mask_augment", 2),
+                                                   (SegmentOptions, "mask_augment", 4),
                                                    (KeypointOptions, "kp_augment", 3)])
 def test_every_paired_task_checks_its_options_the_same_way(cls, augment, default):
     assert cls().views == (0 if getattr(cls(), augment) == "none" else default)

@@ -55,8 +55,9 @@ log = logging.getLogger("transferlab")
 #: trimap value - 1 -> class (Oxford-IIIT Pet: 1 pet, 2 background, 3 border)
 PET_CLASSES = ("pet", "background", "border")
 DENSE_AUGMENTS: tuple[str, ...] = ("none", "flip", "flip-scale")
-#: fixed augmented views per training image by default (with an --augment)
-DEFAULT_VIEWS = 2
+#: fixed augmented views per training image by default (with an --augment): 4 had the best val mean IoU
+#: on oxford-pets-3 of 2 / 4 views, --decoder-stride 2 and --pixel-weights 1,1,2 (README)
+DEFAULT_VIEWS = 4
 #: the generic layout's folders
 IMAGES_DIR, MASKS_DIR = "images", "masks"
 #: colours of the overlays (class index -> RGB; the second class of the pets, background, is left clear)
