@@ -362,8 +362,6 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 def add_evidence_commands(sub: Any) -> None:
     """``compare``, ``report`` and ``recommend`` subcommands."""
-    from transferlab.experiments.cvsupport import CV_STRATEGIES
-
     p = sub.add_parser("compare", help="run several strategies x seeds on one split; write results.json + report.html")
     p.add_argument("data", metavar="DATA", help="image folder, dataset layout, CSV or 'fashion-mnist'")
     p.add_argument("--strategies", default="scratch,linear-probe,feature-extraction,fine-tune,chain-thaw",
@@ -374,7 +372,7 @@ def add_evidence_commands(sub: Any) -> None:
                    help="K >= 2: score every entry (x every --backbones) by stratified K-fold cross-validation over "
                         "the non-test pool (train+val; test is in no fold and scored once by each run's final "
                         "model, refit on the pool); the summary and the backbone figures use the CV mean ± fold "
-                        "std. Strategies: " + ", ".join(sorted(CV_STRATEGIES - {"auto"})))
+                        "std. Any strategy (a backprop one trains K fold runs and a refit); not an entry with --unlabeled")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--train-per-class", dest="train_per_class_list", metavar="N[,N...]",
                    help="training images per class; several values add a data-efficiency study")

@@ -159,9 +159,9 @@ def test_cv_support_is_asked_in_one_place() -> None:
     check_cv_entries([("fine-tune", TrainOptions(strategy="fine-tune")), ("scratch", TrainOptions(strategy="scratch"))],
                      k=5)
     with pytest.raises(ConfigError, match=r"--cv 5: feature-extraction:unlabeled=u/ cannot be cross-validated"):
+        unlabeled = TrainOptions(strategy="feature-extraction", unlabeled="u/")
         check_cv_entries([("fine-tune", TrainOptions(strategy="fine-tune")),
-                          ("feature-extraction:unlabeled=u/", TrainOptions(strategy="feature-extraction", unlabeled="u/"))],
-                         k=5)
+                          ("feature-extraction:unlabeled=u/", unlabeled)], k=5)
 
 
 @pytest.mark.parametrize(("argv", "message"), [
