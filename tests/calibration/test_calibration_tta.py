@@ -125,3 +125,11 @@ def test_calibrate_without_a_held_out_val_split_is_one_line(tiny_folder: Path, t
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "Traceback" not in err
     assert len(err.splitlines()) == 1 and err.startswith("error: --calibrate temperature") and "val" in err
+
+
+def test_calibrate_with_the_probe_search_is_one_line(tiny_folder: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["train", str(tiny_folder), "--calibrate", "temperature", "--out", str(tmp_path / "r"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "saves averaged probabilities" in err
+    assert not (tmp_path / "r" / "config.json").exists()

@@ -257,13 +257,14 @@ def _check_selection(t: TrainOptions, split: Split, source: ImageSource, *, resu
     are one line each, before any training."""
     if t.ensemble and t.cv is None and t.strategy != "auto":
         raise ConfigError("--ensemble averages the K fold models of cross-validation: give --cv K (or --strategy auto)")
+    if t.cv is None:  # a held-out val split first: --calibrate with --refit is refused for that, whatever the strategy
+        check_calibration(t.calibrate, n_val=len(split.val), refit=t.refit)
     searched = (t.strategy == "auto" or t.strategy == "linear-probe" and t.cv is not None) and not t.plan
     if searched and t.calibrate != "none":
         raise ConfigError(f"--calibrate {t.calibrate} fits a temperature on the logits of one network; the probe "
                           f"search (--strategy auto, or linear-probe with --cv) saves averaged probabilities: give "
                           f"a backprop --strategy (e.g. fine-tune) with or without --cv")
     if t.cv is None:
-        check_calibration(t.calibrate, n_val=len(split.val), refit=t.refit)
         return
     if t.refit:
         raise ConfigError(f"--refit with --cv {t.cv}: cross-validation already trains the final model on the whole "
