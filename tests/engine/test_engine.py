@@ -159,12 +159,12 @@ def test_torchrun_two_processes_matches_single_process(tiny_folder: Path, tmp_pa
     args = ["train", str(tiny_folder), "--backbone", "mobilenet_v2", "--cut", "3", "--strategy", "fine-tune",
             "--unfreeze", "1", "--epochs", "2", "--finetune-epochs", "2", "--batch-size", "8", "--dropout", "0",
             "--quiet", "--device", "cpu", "--json"]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     single = subprocess.run([sys.executable, "-m", "transferlab", *args, "--out", str(tmp_path / "one")],
                             env=env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          "29517", "-m", "transferlab", *args, "--out", str(tmp_path / "two")],
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                          "127.0.0.1", "--master_port", "29517", "-m", "transferlab", *args, "--out", str(tmp_path / "two")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())

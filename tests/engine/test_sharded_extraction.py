@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -50,20 +52,32 @@ SCRIPT = textwrap.dedent('''
 
 
 def _run(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
 
 
 def _check(procs: list[subprocess.Popen]) -> None:
     for p in procs:
-        _, err = p.communicate(timeout=300)
+        try:
+            _, err = p.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)  # the launcher and its ranks: no process left holding the port
+            raise
         assert p.returncode == 0, err[-3000:]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @pytest.fixture
 def setup(tiny_folder: Path, tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
     script = tmp_path / "extract.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "TRANSFERLAB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "TRANSFERLAB_OFFLINE": "1",
+           "GLOO_SOCKET_IFNAME": "lo"}  # the ranks talk over loopback, whatever the host name resolves to
     return tiny_folder, script, env
 
 
@@ -86,7 +100,8 @@ def test_two_gloo_processes_bit_identical_to_one(setup: tuple[Path, Path, dict[s
     one = _single(setup, tmp_path / "one", "torch")
     out = tmp_path / "two"
     out.mkdir()
-    _check([_run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
+    _check([_run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                  "--master-port", str(_free_port()),
                   str(script), str(data), str(out), "torch"], env)])
     two = torch.load(out / "acts.pt", weights_only=True)
     info = json.loads((out / "info.json").read_text())
