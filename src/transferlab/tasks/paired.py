@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -50,7 +51,7 @@ def normaliser(norm: NormStats) -> Callable[[torch.Tensor], torch.Tensor]:
     return PerImageStandardize() if norm.kind == "sample" else v2.Normalize(mean=list(norm.mean), std=list(norm.std))
 
 
-class PairedTransform:
+class PairedTransform(ABC):
     """``(PIL image, target) -> (float32 C x S x S tensor, the target moved with the image)``.
 
     ``steps`` are torchvision ``v2`` transforms; a subclass says how its target becomes a
@@ -60,13 +61,13 @@ class PairedTransform:
     def __init__(self, steps: list[Any], *, size: int, normalise: Callable[[torch.Tensor], torch.Tensor]) -> None:
         self.pipeline, self.size, self.normalise = v2.Compose(steps), size, normalise
 
+    @abstractmethod
     def wrap(self, image: Image.Image, target: Any) -> Any:
         """``target`` as the ``tv_tensors`` type torchvision moves with the image."""
-        raise NotImplementedError
 
+    @abstractmethod
     def unwrap(self, moved: torch.Tensor, target: Any) -> torch.Tensor:
         """The moved target (a plain tensor) as the task's target; ``target`` is the one given."""
-        raise NotImplementedError
 
     def __call__(self, image: Image.Image, target: Any) -> tuple[torch.Tensor, torch.Tensor]:
         img, moved = self.pipeline(tv_tensors.Image(TF.pil_to_tensor(image)), self.wrap(image, target))
@@ -74,7 +75,7 @@ class PairedTransform:
         return self.normalise(x), self.unwrap(moved.as_subclass(torch.Tensor), target)
 
 
-class PairedDataset(ImageDataset):
+class PairedDataset(ImageDataset, ABC):
     """Items ``indices`` of ``source`` as ``(image tensor, target)`` through a :class:`PairedTransform`.
 
     A subclass gives :meth:`target` (the untransformed target of item ``k``);
@@ -83,9 +84,9 @@ class PairedDataset(ImageDataset):
 
     target_dtype: torch.dtype | None = None
 
+    @abstractmethod
     def target(self, k: int) -> Any:
         """The target of item ``k`` as the transform takes it."""
-        raise NotImplementedError
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.transformed(k, self.transform)
@@ -144,7 +145,7 @@ def check_paired_options(options: Any, *, augment: str, augments: tuple[str, ...
                           f"with --augment {augment}")
 
 
-class PairedTask:
+class PairedTask(ABC):
     """What the run pipeline asks of a paired task and is the same for all of them: the checks, the
     train / eval transforms and a split's inputs. A subclass gives ``verb`` (its ``--task`` word),
     ``augments``, :meth:`augment_of`, :meth:`paired_transform` and :meth:`dataset`."""
@@ -155,17 +156,17 @@ class PairedTask:
     data_skip: tuple[str, ...] = ("augment", "batch_augment")
     train_skip: tuple[str, ...] = TRAIN_SKIP
 
+    @abstractmethod
     def augment_of(self, options: Any) -> str:
         """The task's ``--augment`` value in ``options``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def paired_transform(self, preprocessing: Any, norm: Any, *, augment: str, options: Any) -> PairedTransform:
         """The transform with ``augment`` (``"none"``: the eval transform)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def dataset(self, prepared: Any, idx: np.ndarray, transform: Any, *, preprocessing: Any) -> PairedDataset:
         """Items ``idx`` of the prepared data through ``transform``."""
-        raise NotImplementedError
 
     def check(self, *, data_options: Any, train_options: Any, options: Any) -> None:
         """Refuse image-only augmentation (the target would not move), the linear probe (a classifier)
