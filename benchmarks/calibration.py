@@ -55,7 +55,7 @@ TARGET = 0.30  # the acceptance line: test ECE lowered by >= 30 %
 def run_logits(run: Path, cache: Path | None) -> dict[str, Any]:
     """Raw val/test logits (the model before any temperature) and labels, cached in ``cache``."""
     if cache is not None and cache.is_file():
-        return torch.load(cache)
+        return torch.load(cache, weights_only=True)  # dict of (logits, labels) tensors: no pickle needed
     from transferlab.data import ImageDataset, load_split, open_dataset
     from transferlab.engine import Engine, EngineOptions, SplitInputs, init_distributed
     from transferlab.experiments.artifacts import load_model
