@@ -1,6 +1,6 @@
-"""Which strategies ``run_training`` scores by stratified K-fold cross-validation (``--cv K``).
+"""Which runs ``run_training`` scores by stratified K-fold cross-validation (``--cv K``).
 
-The one place commands ask before any run starts (``compare --cv``), so a strategy that cannot be
+The one place commands ask before any run starts (``compare --cv``), so an entry that cannot be
 cross-validated is a one-line error naming it instead of a failed run later.
 
 Example:
@@ -15,17 +15,14 @@ from collections.abc import Sequence
 
 from transferlab.errors import ConfigError
 from transferlab.options import TrainOptions
-from transferlab.strategies.plans import STRATEGIES
-
-#: strategies whose ``run_training(..., cv=K)`` scores K folds of the non-test pool and returns
-#: ``metrics["cv"]`` (k, cv_mean, cv_std, cv_loss_mean, cv_loss_std) and the out-of-fold ``metrics["val"]``
-CV_STRATEGIES: frozenset[str] = frozenset({"auto", *STRATEGIES})
 
 
 def supports_cv(t: TrainOptions) -> bool:
-    """Whether ``run_training`` cross-validates a run with these options: every strategy and ``--plan``
-    (``experiments.cvfit``), not ``--unlabeled`` (pseudo-labels are fitted on one train split)."""
-    return t.strategy in CV_STRATEGIES and not t.unlabeled
+    """Whether ``run_training`` cross-validates a run with these options (scores K folds of the non-test
+    pool into ``metrics["cv"]``): every strategy and ``--plan`` (``experiments.cvfit``; auto, the
+    ``--cv`` linear probe and hog-svm their own), not ``--unlabeled`` (pseudo-labels are fitted on one
+    train split)."""
+    return not t.unlabeled
 
 
 def check_cv_entries(entries: Sequence[tuple[str, TrainOptions]], *, k: int) -> None:

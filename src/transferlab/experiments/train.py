@@ -27,6 +27,7 @@ from transferlab.engine import ActivationStore, Engine, SplitInputs, init_distri
 from transferlab.errors import BadFileError, ConfigError
 from transferlab.experiments.artifacts import save_model
 from transferlab.experiments.cv import check_cv
+from transferlab.experiments.cvsupport import supports_cv
 from transferlab.experiments.pipeline import (
     Outcome,
     RunSetup,
@@ -269,7 +270,7 @@ def _check_selection(t: TrainOptions, split: Split, source: ImageSource, *, resu
     if t.refit:
         raise ConfigError(f"--refit with --cv {t.cv}: cross-validation already trains the final model on the whole "
                           f"non-test pool (or keeps the fold models with --ensemble); drop --refit")
-    if t.unlabeled:
+    if not supports_cv(t):
         raise ConfigError(f"--unlabeled with --cv {t.cv}: pseudo-labels are fitted on one train split; drop one")
     check_cv(t.cv, source.labels[np.concatenate([split.train, split.val])], list(source.classes))
     check_calibration(t.calibrate, n_val=len(split.train) + len(split.val), refit=False)
