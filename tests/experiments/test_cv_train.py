@@ -219,3 +219,68 @@ def test_budget_pace_projects_from_measured_epochs_and_folds():
         pace.epoch(0, {"phase_index": 1, "seconds": 9.0})
     # the running fold: 3 epochs x 9 + 1 left; 2 more folds and the refit at 2 x 0.1 + 4 x 9 + 1 = 37.2 each
     assert pace.projected() == pytest.approx(20.0 + 28.0 + 37.2 * 3.5 + 2.0)
+
+
+def test_prior_cost_prices_mirrored_images_as_prefix_and_prediction_only():
+    from types import SimpleNamespace
+
+    from transferlab.experiments.auto_finetune import prior_cost
+
+    plan = SimpleNamespace(phases=[SimpleNamespace(trainable=["head"], epochs=30),
+                                   SimpleNamespace(trainable=["stage7", "head"], epochs=8)])
+    kw = dict(frozen=0.75, plan=plan, pool_rows=300, n_test=100, k=5, runtime="torch")
+    plain, flip = prior_cost(0.01, **kw), prior_cost(0.01, **kw, mirrored=300)
+    assert flip.epoch_s == plain.epoch_s  # mirrored images never train
+    assert flip.prefix_s == pytest.approx(2 * plain.prefix_s)  # the mirrored pool passes the prefix once
+    assert flip.test_s == pytest.approx(2 * plain.test_s)
+    assert flip.fold_overhead_s == pytest.approx(plain.fold_overhead_s + 0.0025 * 300 / 5)  # held-out rows, mirrored
+
+
+class CheapCost(CostModel):
+    """Every fine-tune candidate fits the budget."""
+
+    def finetune_estimate(self, backbone: str, **kwargs: Any) -> FinetuneCost:
+        return FinetuneCost(prefix_s=0.5, epoch_s=[0.0, 0.0], epochs=[2, 1], k=2, fold_overhead_s=0.0, test_s=0.5)
+
+
+@pytest.mark.usefixtures("offline_cache")
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_auto_scores_flip_tta_of_a_fine_tune_candidate_from_the_same_folds(
+        tiny_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefix_passes: list[tuple[str, int, int]],
+        ensemble: bool):
+    seen: dict[str, Any] = {}
+    real = auto_mod.choose
+
+    def prefer_the_flip_twin(cands: list[Any]) -> tuple[Any, str]:
+        tuned = [c for c in cands if c.strategy == "fine-tune" and c.score is not None]
+        seen.update({c.name: c for c in tuned})
+        twins = [c for c in tuned if c.flip]
+        return (twins[0], "test: the flip twin") if twins else real(cands)
+
+    monkeypatch.setattr(auto_mod, "choose", prefer_the_flip_twin)
+    src = open_dataset(str(tiny_folder), quiet=True)
+    split = make_split(src, fractions=(0.5, 0.25, 0.25), seed=0)
+    t = TrainOptions(time_budget=1e4, cv=2, epochs=2, finetune_epochs=1, runtime="torch", ensemble=ensemble)
+    cost = CheapCost(relative={"mobilenet_v2": 1.0})
+    run = auto_mod.auto_run(str(tiny_folder), source=src, split=split, data_options=DataOptions(quiet=True),
+                            train_options=t, run_dir=tmp_path, t_start=0.0, cost=cost,
+                            search=Search(backbones=("mobilenet_v2",), flip=True))
+    plain, twin = seen["fine-tune:mobilenet_v2:unfreeze=3"], seen["fine-tune:mobilenet_v2:unfreeze=3:flip"]
+    fit = plain.fitted.fit
+    assert twin.fitted is plain.fitted and fit.oof_flip is not None  # the same fold runs, no training of its own
+    want = 0.5 * (fit.oof.softmax(1) + fit.oof_flip.softmax(1)).double().numpy()
+    np.testing.assert_allclose(twin.score.oof, want, rtol=1e-6)
+    np.testing.assert_allclose(plain.score.oof, fit.oof.softmax(1).double().numpy(), rtol=1e-6)
+    assert not np.allclose(fit.oof, fit.oof_flip)  # the mirrored images are other inputs
+    # the mirrored pool and test split each pass the frozen prefix once, like the plain ones
+    plains = [c for c in seen.values() if not c.flip]  # plain images, then one fixed augmented view
+    assert len(plains) == 2 and len(seen) == 4
+    assert prefix_passes.count(("pool-hflip", 6, 18)) <= len(plains)  # at most once per candidate (disk cache)
+    assert ("pool-hflip", 6, 18) in prefix_passes and prefix_passes.count(("test-hflip", 6, 6)) == 1
+    m = run.model
+    assert isinstance(m, MultiModel) and m.flip and len(m.members) == (2 if ensemble else 1) and m.shared_upto == 6
+    row = json.loads((tmp_path / "auto.json").read_text())["chosen"]
+    assert row["options"]["tta"] == "flip" and row["same_folds_as"] == plain.name and "mirror" in row["final"]
+    again = evaluate_run(tmp_path, str(tiny_folder), subset="test")  # the saved model averages over the mirror too
+    assert again["accuracy"] == pytest.approx(run.metrics["test"]["accuracy"])
+    assert again["loss"] == pytest.approx(run.metrics["test"]["loss"], abs=1e-4)

@@ -1,6 +1,12 @@
 """The training engine: one loop for every plan, caching, checkpoints, metrics, DDP."""
 
-from transferlab.engine.activations import ActivationStore, SplitInputs, concat_inputs, subset_inputs
+from transferlab.engine.activations import (
+    ActivationStore,
+    SplitInputs,
+    concat_inputs,
+    mirrored_inputs,
+    subset_inputs,
+)
 from transferlab.engine.distributed import DistContext, init_distributed, shutdown_distributed
 from transferlab.engine.metrics import classification_metrics
 from transferlab.engine.schedules import make_scheduler, stlr_factor
@@ -29,6 +35,7 @@ __all__ = [
     "configure_trainable",
     "init_distributed",
     "make_scheduler",
+    "mirrored_inputs",
     "param_groups",
     "shutdown_distributed",
     "stlr_factor",

@@ -98,6 +98,37 @@ def subset_inputs(parent: SplitInputs, rows: Any, *, name: str) -> SplitInputs:
                        parent=parent, rows=idx)
 
 
+class _Mirrored(Dataset):
+    """``dataset``'s images mirrored left-right (the last axis of each image tensor), labels unchanged."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, Any]:
+        x, y = self.dataset[i]
+        return x.flip(-1), y
+
+
+def mirrored_inputs(inputs: SplitInputs, *, name: str) -> SplitInputs:
+    """``inputs``' evaluation images mirrored left-right, as a split of their own (flip test-time augmentation).
+
+    Their item keys end in ``#hflip``, so their frozen-prefix activations are cached apart from the originals'.
+
+    Example:
+        >>> flipped = mirrored_inputs(pool_in, name="pool-hflip")  # doctest: +SKIP
+        >>> len(flipped) == len(pool_in), flipped.items[0].endswith("#hflip")  # doctest: +SKIP
+        (True, True)
+    """
+    if inputs.parent is not None or inputs.parts:
+        raise ValueError(f"mirrored_inputs: expected a split read from its images; got {inputs.name!r}, a subset or "
+                         "concatenation (mirror the whole split, then take its rows)")
+    return SplitInputs(name=name, labels=inputs.labels, eval_dataset=_Mirrored(inputs.eval_dataset),
+                       items=None if inputs.items is None else [k + "#hflip" for k in inputs.items])
+
+
 class ActivationStore:
     """In-memory cache of activations per (split, boundary), bounded by ``max_bytes``."""
 

@@ -17,7 +17,9 @@ What it does, in order (every step logged in one line, every candidate in ``RUN_
    backbones; the averaged ensemble of the best candidate per backbone.
 4. Fine-tune candidates (:mod:`transferlab.experiments.auto_finetune`): the best one or two
    backbones by feature CV, fine-tuned above their cached frozen prefix, plain and with one fixed
-   augmented view, scored on the same folds (:mod:`transferlab.experiments.cvfit`). The cost model
+   augmented view, scored on the same folds (:mod:`transferlab.experiments.cvfit`); with the flip
+   view, each also scores a ``...:flip`` twin (the same fold models, each held-out image averaged
+   with its mirror: flip test-time augmentation, as the linear probes' flip view). The cost model
    prices the prefix pass once and each fold's epochs above it; a candidate runs only when that
    fits what is left of the budget, and stops (``stopped``) when its measured pace would overrun.
 5. The best mean CV accuracy wins (ties: lower CV log loss, then cheaper). The chosen model is
@@ -104,14 +106,15 @@ class CostModel:
         self.measured[backbone] = seconds / max(images, 1)
 
     def finetune_estimate(self, backbone: str, *, frozen: float, plan: Any, pool_rows: int, n_test: int, k: int,
-                          runtime: str) -> Any:
+                          runtime: str, mirrored: int = 0) -> Any:
         """Seconds of a fine-tune candidate (:class:`~transferlab.experiments.auto_finetune.FinetuneCost`): the
         backbone's per-image seconds split by the share ``frozen`` of its multiply-adds in the frozen prefix
-        (run once for the pool) and the rest (every epoch of every fold, forward and backward)."""
+        (run once for the pool, and for its ``mirrored`` images) and the rest (every epoch of every fold,
+        forward and backward)."""
         from transferlab.experiments.auto_finetune import prior_cost
 
         return prior_cost(self.per_image(backbone), frozen=frozen, plan=plan, pool_rows=pool_rows, n_test=n_test,
-                          k=k, runtime=runtime)
+                          k=k, runtime=runtime, mirrored=mirrored)
 
     @classmethod
     def for_backbones(cls, names: list[str]) -> "CostModel":
@@ -522,11 +525,13 @@ def finetune_search(a: AutoContext, cands: list[Candidate]) -> list[Candidate]:
 
     t = a.t
 
-    def make(b: str, views: int, depth: int) -> Candidate:
-        return Candidate(name=f"fine-tune:{b}:unfreeze={depth}" + (":views=basic1" if views else ""),
-                         backbone=b, strategy="fine-tune", members=[], groups=[], flip=False, status="scored",
+    def make(b: str, views: int, depth: int, flip: bool) -> Candidate:
+        return Candidate(name=f"fine-tune:{b}:unfreeze={depth}" + (":views=basic1" if views else "")
+                         + (":flip" if flip else ""),
+                         backbone=b, strategy="fine-tune", members=[], groups=[], flip=flip, status="scored",
                          options={"unfreeze": depth, "augment": "basic" if views else "none", "views": views,
-                                  "epochs": t.epochs, "finetune_epochs": t.finetune_epochs})
+                                  "tta": "flip" if flip else "none", "epochs": t.epochs,
+                                  "finetune_epochs": t.finetune_epochs})
 
     return finetune_candidates(a, ranked_backbones(cands), make=make)
 

@@ -6,7 +6,9 @@ plain images, then with one fixed ``basic``-augmented view per image (``--views 
 so the frozen prefix still runs once per view). Each at the deepest ``--unfreeze`` (the run's,
 else fewer top stages, down to one) whose estimate fits what is left of the budget. Each is scored by the K-fold CV of
 :mod:`transferlab.experiments.cvfit` on the same folds as the feature candidates, so the scores
-compare directly.
+compare directly. When the search scores flip test-time augmentation (as for the linear probes), each
+fold also predicts its held-out images mirrored (the pool's mirrored images pass the frozen prefix
+once more), which scores a twin candidate ``...:flip`` from the same fold runs at no training cost.
 
 Cost model (prefix caching): the pool passes the frozen prefix once, then each fold costs its
 epochs above it. Before a candidate starts, its cost is estimated from the measured per-image
@@ -90,16 +92,21 @@ def mac_fractions(name: str, boundary: int) -> float:
 
 
 def prior_cost(per_image: float | None, *, frozen: float, plan: Any, pool_rows: int, n_test: int, k: int,
-               runtime: str) -> FinetuneCost:
-    """The estimate before anything of the candidate ran (0 when its backbone's pace was never measured)."""
+               runtime: str, mirrored: int = 0) -> FinetuneCost:
+    """The estimate before anything of the candidate ran (0 when its backbone's pace was never measured).
+    ``mirrored``: pool images also predicted mirrored (flip TTA: prefix once, held-out rows per fold; the
+    test split mirrored too); they never train."""
     per = per_image or 0.0
     torch_x = TORCH_VS_ORT if runtime == "onnx" else 1.0
     upper = per * (1.0 - frozen) * torch_x  # one image through the trained stages
     fold_train, fold_val = pool_rows * (k - 1) / k, pool_rows / k
     epoch_s = [(upper * FINETUNE_SPEEDUP * fold_train + upper * fold_val) if set(p.trainable) - {"head"}
                else HEAD_S_PER_ITEM * pool_rows for p in plan.phases]
-    return FinetuneCost(prefix_s=per * frozen * pool_rows, epoch_s=epoch_s, epochs=[p.epochs for p in plan.phases],
-                        k=k, fold_overhead_s=2 * upper * pool_rows, test_s=(per * frozen + upper) * n_test)
+    tests = n_test * (2 if mirrored else 1)
+    return FinetuneCost(prefix_s=per * frozen * (pool_rows + mirrored), epoch_s=epoch_s,
+                        epochs=[p.epochs for p in plan.phases], k=k,
+                        fold_overhead_s=2 * upper * pool_rows + upper * mirrored / k,
+                        test_s=(per * frozen + upper) * tests)
 
 
 class Stopped(TransferlabError):
@@ -204,9 +211,10 @@ def fitting_depth(a: Any, backbone: str, views: int, *, reserve: float) -> tuple
     deeper: dict[str, float] = {}
     for depth in range(min(max(a.t.unfreeze, 1), len(stages)), 0, -1):
         plan = make_plan(candidate_options(a, backbone, views, depth)[0], stages)
+        flips = int(a.search.flip)  # the mirrored pool (scored) and test split (if a flip twin is chosen)
         prior = a.cost.finetune_estimate(backbone, frozen=mac_fractions(backbone, plan.lowest_trainable_stage(stages)),
                                          plan=plan, pool_rows=len(a.pool) * (views + 1), n_test=len(a.split.test),
-                                         k=a.k, runtime=a.runtime)
+                                         k=a.k, runtime=a.runtime, mirrored=len(a.pool) * flips)
         if a.budget.fits(prior.total_s(), reserve=reserve) or depth == 1:
             return depth, prior, deeper
         deeper[f"unfreeze={depth}"] = round(prior.total_s(), 1)
@@ -219,7 +227,7 @@ def run_candidate(a: Any, c: Any, setup: Any, prior: FinetuneCost, *, reserve: f
     start = a.budget.clock()
     pace = BudgetPace(prior=prior, clock=a.budget.clock, allowed_s=a.budget.left() - reserve, start=start)
     t0 = time.perf_counter()
-    pool_in = pool_inputs(setup, a.pool)
+    pool_in = pool_inputs(setup, a.pool, flip=a.search.flip)
     prefix_s = warm_prefix(setup, pool_in)
     c.notes["prefix_s"] = round(prefix_s, 3)
     pace.begin_folds()
@@ -236,14 +244,14 @@ def finetune_candidates(a: Any, ranked: list[str], *, make: Any) -> list[Any]:
     """Fine-tune candidates of the best backbones (``ranked`` by feature CV): run, stopped or skipped.
 
     Each backbone and view policy is tried at the deepest ``--unfreeze`` that fits (:func:`fitting_depth`).
-    ``make(backbone, views, depth)`` builds the candidate record (``auto.Candidate``).
+    ``make(backbone, views, depth, flip)`` builds the candidate record (``auto.Candidate``).
     """
     out = []
     final_s = 0.0  # the final model of the slowest scored candidate: reserved while the next ones run
     for backbone, views in variants(ranked, a.t):
         reserve = a.cost.candidate_cost() + final_s
         depth, prior, deeper = fitting_depth(a, backbone, views, reserve=reserve)
-        c = make(backbone, views, depth)
+        c = make(backbone, views, depth, False)
         out.append(c)
         c.notes["estimated_s"] = round(prior.total_s(), 1)
         if deeper:
@@ -267,7 +275,19 @@ def finetune_candidates(a: Any, ranked: list[str], *, make: Any) -> list[Any]:
             continue
         log.info("auto: %s: %d-fold CV %.4f ± %.4f (log loss %.4f) in %.0fs", c.name, a.k, c.score.mean,
                  c.score.std, c.score.loss_mean, c.seconds)
+        if c.fitted.fit.oof_flip is not None:
+            out.append(flip_twin(c, make(backbone, views, depth, True)))
+            log.info("auto: %s (the same fold runs, each image averaged with its mirror): %d-fold CV %.4f ± %.4f "
+                     "(log loss %.4f)", out[-1].name, a.k, out[-1].score.mean, out[-1].score.std,
+                     out[-1].score.loss_mean)
     return out
+
+
+def flip_twin(c: Any, twin: Any) -> Any:
+    """``twin`` (a fresh candidate record for flip TTA) scored from scored candidate ``c``'s fold runs."""
+    twin.fitted, twin.score, twin.seconds = c.fitted, c.fitted.fit.score(flip=True), c.seconds
+    twin.notes = {**c.notes, "same_folds_as": c.name}
+    return twin
 
 
 def finetuned_final(c: Any, *, ensemble: bool) -> tuple[Any, np.ndarray, Any, str]:
@@ -275,7 +295,7 @@ def finetuned_final(c: Any, *, ensemble: bool) -> tuple[Any, np.ndarray, Any, st
     probabilities, its normalisation and what it is."""
     f: Fitted = c.fitted
     test_in = f.setup.inputs("test", f.setup.split.test)
-    model, logits, info = final_model(f.setup, f.fit, f.pool_in, test_in, ensemble=ensemble)
+    model, logits, info = final_model(f.setup, f.fit, f.pool_in, test_in, ensemble=ensemble, flip=c.flip)
     probs = logits.softmax(1).double().numpy()
     return model.eval(), probs, f.setup.norm, info["what"] + (f" ({info['epochs_per_phase']} epochs per phase)"
                                                              if "epochs_per_phase" in info else "")

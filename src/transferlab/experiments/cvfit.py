@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from transferlab.engine import SplitInputs, subset_inputs
+from transferlab.engine import SplitInputs, mirrored_inputs, subset_inputs
 from transferlab.experiments.cv import CVScore, check_cv, fold_metrics, stratified_folds
 from transferlab.strategies.ensemble import fold_ensemble
 
@@ -57,6 +57,7 @@ class FoldRun:
     restored: dict[str, Any] | None = None
     early_stops: list[dict[str, Any]] = field(default_factory=list)
     state: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # its weights (--ensemble)
+    flip_logits: torch.Tensor | None = field(default=None, repr=False)  # held-out logits of the mirrored images
 
     def record(self) -> dict[str, Any]:
         r = {"fold": self.index + 1, "train": self.n_train, "val": self.n_val, "best_epoch": self.best_epoch,
@@ -79,6 +80,7 @@ class CVFit:
     labels: np.ndarray  # pool labels
     phases: list[str]
     history: list[dict[str, Any]] = field(default_factory=list)
+    oof_flip: torch.Tensor | None = None  # the same for the mirrored images (when the pool had them)
 
     @property
     def k(self) -> int:
@@ -92,9 +94,14 @@ class CVFit:
     def extract_s(self) -> float:
         return float(sum(r.extract_s for r in self.runs))
 
-    def score(self) -> CVScore:
-        """Fold accuracies and log losses from the out-of-fold probabilities (the probe's definition)."""
+    def score(self, *, flip: bool = False) -> CVScore:
+        """Fold accuracies and log losses from the out-of-fold probabilities (the probe's definition); with
+        ``flip``, of the probabilities averaged over each image and its mirror (flip test-time augmentation)."""
         probs = self.oof.softmax(1).double().numpy()
+        if flip:
+            if self.oof_flip is None:
+                raise ValueError("CVFit.score(flip=True): the folds predicted no mirrored images")
+            probs = 0.5 * (probs + self.oof_flip.softmax(1).double().numpy())
         accs, losses = fold_metrics(probs, self.labels, self.folds)
         return CVScore(C=float("nan"), fold_accuracy=accs, fold_loss=losses, oof=probs)
 
@@ -135,11 +142,13 @@ class Pace(Protocol):
 
 @dataclass
 class PoolInputs:
-    """The pool as training inputs (with ``--views``, every view) and as plain evaluation inputs."""
+    """The pool as training inputs (with ``--views``, every view), as plain evaluation inputs and, for flip
+    test-time augmentation, mirrored."""
 
     train: SplitInputs
     eval: SplitInputs
     views: int
+    flip: SplitInputs | None = None
 
     def fold(self, held: np.ndarray, index: int) -> tuple[SplitInputs, SplitInputs]:
         """Fold ``index``'s training part (the other folds, every view) and its held-out part (plain)."""
@@ -149,15 +158,21 @@ class PoolInputs:
         return (subset_inputs(self.train, rows, name=f"fold{index + 1}-train"),
                 subset_inputs(self.eval, held, name=f"fold{index + 1}-val"))
 
+    def fold_flip(self, held: np.ndarray, index: int) -> SplitInputs | None:
+        """Fold ``index``'s held-out part mirrored (None without :attr:`flip`)."""
+        return None if self.flip is None else subset_inputs(self.flip, held, name=f"fold{index + 1}-val-hflip")
 
-def pool_inputs(setup: Any, pool: np.ndarray) -> PoolInputs:
-    """The pool's inputs; with ``--views K`` the plain rows are view 0 of the viewed ones (one prefix pass)."""
+
+def pool_inputs(setup: Any, pool: np.ndarray, *, flip: bool = False) -> PoolInputs:
+    """The pool's inputs; with ``--views K`` the plain rows are view 0 of the viewed ones (one prefix pass).
+    ``flip``: also the pool's images mirrored, to score flip test-time augmentation (one more prefix pass)."""
     train = setup.inputs("pool", pool, training=True)
     views = setup.t.views
+    mirror = mirrored_inputs(setup.inputs("pool", pool), name="pool-hflip") if flip else None
     if not views:
-        return PoolInputs(train=train, eval=train, views=0)
+        return PoolInputs(train=train, eval=train, views=0, flip=mirror)
     return PoolInputs(train=train, eval=subset_inputs(train, np.arange(len(pool)) * (views + 1), name="pool"),
-                      views=views)
+                      views=views, flip=mirror)
 
 
 def run_fold(setup: Any, pool_in: PoolInputs, held: np.ndarray, *, index: int, k: int, keep_state: bool,
@@ -169,8 +184,11 @@ def run_fold(setup: Any, pool_in: PoolInputs, held: np.ndarray, *, index: int, k
     engine = setup.engine(train_labels=train_in.labels.numpy(), callbacks=callbacks, quiet=True)
     fit = engine.fit(setup.plan, train=train_in, val=val_in, run_dir=None)
     logits = engine.predict(val_in, boundary=setup.boundary)
-    for part in (train_in, val_in):
-        setup.store.forget(part)
+    flip_in = pool_in.fold_flip(held, index)
+    flip_logits = None if flip_in is None else engine.predict(flip_in, boundary=setup.boundary)
+    for part in (train_in, val_in, flip_in):
+        if part is not None:
+            setup.store.forget(part)
     epochs = [sum(1 for h in fit.history if h["phase_index"] == p and h["epoch"] <= (fit.best_epoch or 0))
               for p in range(len(setup.plan.phases))]
     labels = val_in.labels.numpy()
@@ -180,7 +198,8 @@ def run_fold(setup: Any, pool_in: PoolInputs, held: np.ndarray, *, index: int, k
                   accuracy=acc, loss=loss, seconds=time.perf_counter() - t0, extract_s=engine.extract_s,
                   train_s=fit.train_s,
                   restored=fit.restored, early_stops=fit.early_stops,
-                  state={n: v.detach().clone() for n, v in setup.model.state_dict().items()} if keep_state else None)
+                  state={n: v.detach().clone() for n, v in setup.model.state_dict().items()} if keep_state else None,
+                  flip_logits=flip_logits)
     per_phase = ", ".join(f"{p.name} {e}" for p, e in zip(setup.plan.phases, epochs))
     log.info("fold %d/%d: train %d, val %d | best epoch %s (epochs up to it: %s) | val accuracy %.4f, log loss %.4f "
              "| %.1fs", index + 1, k, len(train_in), len(val_in), fit.best_epoch, per_phase, acc, loss, run.seconds)
@@ -195,6 +214,8 @@ def warm_prefix(setup: Any, pool_in: PoolInputs) -> float:
         setup.store.model = setup.model
         setup.store.pristine_upto = setup.boundary
         setup.store.get(pool_in.train, setup.boundary)
+        if pool_in.flip is not None:
+            setup.store.get(pool_in.flip, setup.boundary)
     return time.perf_counter() - t0
 
 
@@ -208,6 +229,7 @@ def cross_validate(setup: Any, pool_in: PoolInputs, folds: list[np.ndarray], *, 
     setup.snapshot()
     labels = pool_in.eval.labels.numpy()
     oof = torch.zeros(len(labels), len(setup.classes))
+    oof_flip = None if pool_in.flip is None else torch.zeros_like(oof)
     runs: list[FoldRun] = []
     history: list[dict[str, Any]] = []
     for i, held in enumerate(folds):
@@ -222,41 +244,59 @@ def cross_validate(setup: Any, pool_in: PoolInputs, folds: list[np.ndarray], *, 
         if pace is not None:
             pace.fold_done(run)
         oof[torch.as_tensor(held)] = logits
+        if oof_flip is not None and run.flip_logits is not None:
+            oof_flip[torch.as_tensor(held)] = run.flip_logits
         runs.append(run)
         history += hist
     return CVFit(folds=folds, runs=runs, oof=oof, labels=labels, phases=[p.name for p in setup.plan.phases],
-                 history=history)
+                 history=history, oof_flip=oof_flip)
 
 
 def final_model(setup: Any, fit: CVFit, pool_in: PoolInputs, test_in: SplitInputs, *,
-                ensemble: bool) -> tuple[Any, torch.Tensor, dict[str, Any]]:
+                ensemble: bool, flip: bool = False) -> tuple[Any, torch.Tensor, dict[str, Any]]:
     """The final model (refit on the pool, or the fold models averaged), its test logits, what it is.
 
-    The test split is predicted here, once, by the final model.
+    ``flip``: the model averages each image's probabilities with its mirror's (a
+    :class:`~transferlab.strategies.ensemble.MultiModel` with ``flip``). The test split is predicted
+    here, once, by the final model.
     """
     engine = setup.engine(train_labels=pool_in.train.labels.numpy(), quiet=True)  # its "val" trains too: not logged
+    test_flip = mirrored_inputs(test_in, name=f"{test_in.name}-hflip") if flip else None
+
+    def test_probs() -> torch.Tensor:
+        probs = engine.predict(test_in, boundary=setup.boundary).softmax(1)
+        if test_flip is not None:
+            probs = 0.5 * (probs + engine.predict(test_flip, boundary=setup.boundary).softmax(1))
+        return probs
+
+    tta = " and their mirrors" if flip else ""
     if ensemble:
         probs = []
         for run in fit.runs:
             assert run.state is not None
             setup.model.load_state_dict(run.state)
-            probs.append(engine.predict(test_in, boundary=setup.boundary).softmax(1))
+            probs.append(test_probs())
         model = fold_ensemble(setup.model, [r.state for r in fit.runs if r.state is not None],
-                              shared_upto=setup.boundary)
-        info = {"what": f"the {fit.k} fold models, probabilities averaged (--ensemble)",
+                              shared_upto=setup.boundary, flip=flip)
+        info = {"what": f"the {fit.k} fold models, probabilities averaged over them{tta} (--ensemble)",
                 "shared_upto": setup.boundary, "extract_s": engine.extract_s}
-        log.info("final model: the %d fold models averaged; stages 1-%d (frozen in every fold) run once per image",
-                 fit.k, setup.boundary)
+        log.info("final model: the %d fold models averaged%s; stages 1-%d (frozen in every fold) run once per image",
+                 fit.k, tta, setup.boundary)
         return model, torch.stack(probs).mean(0).clamp_min(1e-12).log(), info
     epochs = fit.refit_epochs()
     _, val_in = pool_in.fold(fit.folds[0], 0)  # only logged: every pool item trains in the refit
     info = setup.refit(engine, train=pool_in.train, val=val_in, epochs=epochs)
     setup.store.forget(val_in)
-    test_out = engine.predict(test_in, boundary=setup.boundary)
-    info = {"what": f"refit on all {len(pool_in.eval)} non-test images", "epochs_rule": "per phase, the median over "
-            "the folds of the epochs up to each fold's best epoch (rounded half up)", **info,
-            "extract_s": engine.extract_s}
-    return setup.model, test_out, info
+    if flip:
+        test_out = test_probs().clamp_min(1e-12).log()
+        model = fold_ensemble(setup.model, [setup.model.state_dict()], shared_upto=setup.boundary, flip=True)
+    else:
+        test_out, model = engine.predict(test_in, boundary=setup.boundary), setup.model
+    info = {"what": f"refit on all {len(pool_in.eval)} non-test images" + (
+            ", probabilities averaged over each image and its mirror" if flip else ""),
+            "epochs_rule": "per phase, the median over the folds of the epochs up to each fold's best epoch "
+            "(rounded half up)", **info, "extract_s": engine.extract_s}
+    return model, test_out, info
 
 
 def check_pool(setup: Any, k: int) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -164,10 +164,12 @@ def build_multi(spec: dict[str, Any], *, pretrained: bool = False) -> MultiModel
                       shared_upto=int(spec.get("shared_upto", 0)), head=head)
 
 
-def fold_ensemble(model: TransferModel, states: list[dict[str, torch.Tensor]], *, shared_upto: int) -> MultiModel:
+def fold_ensemble(model: TransferModel, states: list[dict[str, torch.Tensor]], *, shared_upto: int,
+                  flip: bool = False) -> MultiModel:
     """The fold models of cross-validation (``model``'s architecture, one state each) as one averaged model.
 
-    Stages below ``shared_upto`` (the frozen prefix, identical in every fold) run once per image.
+    Stages below ``shared_upto`` (the frozen prefix, identical in every fold) run once per image. ``flip``: the
+    probabilities are also averaged over the mirrored image (one state and ``flip``: one model with flip TTA).
 
     Example:
         >>> from transferlab.zoo import create_backbone
@@ -186,4 +188,5 @@ def fold_ensemble(model: TransferModel, states: list[dict[str, torch.Tensor]], *
         member.num_classes = 0
         members.append(member.eval())
     return MultiModel(members=members, heads=heads, groups=[[i] for i in range(len(states))],
-                      preprocessing=model.preprocessing, shared_upto=shared_upto, head=model.head_config).eval()
+                      preprocessing=model.preprocessing, flip=flip, shared_upto=shared_upto,
+                      head=model.head_config).eval()
