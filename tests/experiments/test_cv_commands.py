@@ -69,6 +69,8 @@ def test_compare_backbones_cv_rows_folds_report_and_resume(tmp_path: Path) -> No
         r["cv_mean"] for s in res["strategies"].values() for r in s["runs"]]
     # read back, not run again: hog-svm (no model file) included
     assert all((Path(d) / "metrics.json").stat().st_mtime_ns == t for d, t in written.items())
+    for s in again["strategies"].values():  # a run read back keeps the wall it ran in (was 0s)
+        assert s["wall_s"] >= s["runs"][0]["timing"]["total_s"] > 0
 
 
 def test_hog_svm_cv_ensemble_averages_the_fold_svms(tiny_folder: Path, tmp_path: Path) -> None:

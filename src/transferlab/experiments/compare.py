@@ -433,11 +433,13 @@ def compare(
                 bar.describe(label)
                 store = stores.for_options(variant_options(name, t))
                 before = dict(store._cache)
-                t0 = time.perf_counter()
+                t0, earlier = time.perf_counter(), 0.0
                 done = _finished_record(run_dir, seed=seed) if resume else None
                 try:
                     if done is not None:
-                        log.info("compare --resume: %s seed %d finished earlier (%s); not run again", name, seed, run_dir)
+                        earlier = float(done["timing"].get("total_s", 0.0))  # its wall when it ran
+                        log.info("compare --resume: %s seed %d finished earlier in %.1fs (%s); not run again", name,
+                                 seed, earlier, run_dir)
                         runs.append(done)
                         raise _AlreadyDone
                     again = resume and (run_dir / "config.json").is_file()
@@ -461,7 +463,7 @@ def compare(
                     atomic_write_text(run_dir / "error.txt", traceback.format_exc())
                     runs.append({"seed": seed, "status": "failed", "backbone": variant_options(name, t).backbone,
                                  "run_dir": str(run_dir), "error": message})
-                wall += time.perf_counter() - t0
+                wall += time.perf_counter() - t0 + earlier
                 per_strategy[name] = {"strategy": strategy_of(name), **summarize_runs(runs, wall)}
                 if n == main_n:
                     results["strategies"][name] = per_strategy[name]
