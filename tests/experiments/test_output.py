@@ -68,3 +68,6 @@ def test_compare_summary_prints_val_test_and_wall(tmp_path: Path) -> None:
     header, row = report_summary(tmp_path)
     assert header.split() == ["strategy", "val", "accuracy", "test", "accuracy", "wall"]
     assert row.split() == ["fine-tune", "0.9500", "±", "0.0200", "0.9000", "±", "0.0100", "42s", "(3", "runs)"]
+    entry.update(n_ok=1, test_accuracy_std=0.0, val_accuracy_std=0.0)  # one run: no spread to show
+    (tmp_path / "results.json").write_text(json.dumps({"strategies": {"fine-tune": entry}}))
+    assert report_summary(tmp_path)[1].split() == ["fine-tune", "0.9500", "0.9000", "42s", "(1", "run)"]

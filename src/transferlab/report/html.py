@@ -110,8 +110,11 @@ def _png(fig: Figure, name: str, fig_dir: Path) -> str:
             f'{base64.b64encode(data).decode()}"><figcaption>{FIGURES}/{name}.png</figcaption></figure>')
 
 
-def _fmt(mean: float | None, std: float | None) -> str:
-    return "failed" if mean is None else f"{mean:.4f} ± {std:.4f}"
+def _fmt(mean: float | None, std: float | None, *, n: int | None = None) -> str:
+    """``mean ± std``; one run (``n == 1``) has no spread, so just its value."""
+    if mean is None:
+        return "failed"
+    return f"{mean:.4f}" if n == 1 else f"{mean:.4f} ± {std:.4f}"
 
 
 def _table(header: list[str], rows: list[list[Any]], *, cls: str = "") -> str:
@@ -184,8 +187,8 @@ def build_report(path: str | os.PathLike[str], *, source: ImageSource | None = N
         failed = [r for r in s["runs"] if r["status"] != "ok"]
         note = "; ".join(f"seed {r['seed']} failed: {html.escape(r['error'])}" for r in failed)
         rows.append([html.escape(name), *([_fmt(s.get("cv_mean"), s.get("cv_std"))] if k else []),
-                     _fmt(s["test_accuracy_mean"], s["test_accuracy_std"]),
-                     _fmt(s["macro_f1_mean"], s["macro_f1_std"]), f"{s['n_ok']}/{len(s['runs'])}",
+                     _fmt(s["test_accuracy_mean"], s["test_accuracy_std"], n=s["n_ok"]),
+                     _fmt(s["macro_f1_mean"], s["macro_f1_std"], n=s["n_ok"]), f"{s['n_ok']}/{len(s['runs'])}",
                      f"{s['wall_s']:.1f}", f'<span class="failed">{note}</span>' if note else "ok"])
     parts += ["<h2>Results (test split, mean ± std over seeds)</h2>" if not k else
               f"<h2>Results ({k}-fold CV over the non-test pool, mean ± std across folds; test split, mean ± std "
@@ -332,8 +335,10 @@ def report_summary(path: str | os.PathLike[str]) -> list[str]:
     lines = [f"{'strategy':<{width}}{head:<19}{'test accuracy':<19}wall"]
     for name, s in results["strategies"].items():
         val = (_fmt(s.get("cv_mean"), s.get("cv_std")) if k else
-               _fmt(s.get("val_accuracy_mean"), s.get("val_accuracy_std")) if "val_accuracy_mean" in s else "-")
-        lines.append(f"{name:<{width}}{val:<19}{_fmt(s['test_accuracy_mean'], s['test_accuracy_std']):<19}"
+               _fmt(s.get("val_accuracy_mean"), s.get("val_accuracy_std"), n=s["n_ok"])
+               if "val_accuracy_mean" in s else "-")
+        test = _fmt(s["test_accuracy_mean"], s["test_accuracy_std"], n=s["n_ok"])
+        lines.append(f"{name:<{width}}{val:<19}{test:<19}"
                      f"{s['wall_s']:.0f}s ({s['n_ok']} run{'s' if s['n_ok'] != 1 else ''})")
     return lines
 
