@@ -284,3 +284,8 @@ def test_auto_scores_flip_tta_of_a_fine_tune_candidate_from_the_same_folds(
     again = evaluate_run(tmp_path, str(tiny_folder), subset="test")  # the saved model averages over the mirror too
     assert again["accuracy"] == pytest.approx(run.metrics["test"]["accuracy"])
     assert again["loss"] == pytest.approx(run.metrics["test"]["loss"], abs=1e-4)
+    pytest.importorskip("onnxruntime")
+    from transferlab.export import export_onnx
+
+    r = export_onnx(tmp_path, check_images=[str(p) for p in sorted(tiny_folder.rglob("*.png"))[:2]])
+    assert r.max_abs_diff < r.tolerance  # the shared prefix, the mirror and the head(s), in one ONNX graph
