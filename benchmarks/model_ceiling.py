@@ -70,8 +70,8 @@ def measure(name: str, *, data: Path, images: int, batch_size: int, repeats: int
     x = torch.randn(batch_size, 3, size, size)
     calls = runners(model, x)
     with torch.inference_mode():
-        ref = calls["torch-eager"]()
         outs = {k: f() for k, f in calls.items()}  # warm-up, and the features each runtime gives
+    ref = outs["torch-eager"]  # fp32 as the naive loop computes it
     folder = datasets.ImageFolder(str(data))
     loop = naive(data, evenly(len(folder), images), model, batch_size=batch_size)
     loop()  # warm-up

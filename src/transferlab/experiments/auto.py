@@ -525,7 +525,7 @@ def finetune_search(a: AutoContext, cands: list[Candidate]) -> list[Candidate]:
 
     t = a.t
 
-    def make(b: str, views: int, depth: int, flip: bool) -> Candidate:
+    def make(b: str, views: int, depth: int, *, flip: bool = False) -> Candidate:
         return Candidate(name=f"fine-tune:{b}:unfreeze={depth}" + (":views=basic1" if views else "")
                          + (":flip" if flip else ""),
                          backbone=b, strategy="fine-tune", members=[], groups=[], flip=flip, status="scored",

@@ -209,9 +209,9 @@ def fitting_depth(a: Any, backbone: str, views: int, *, reserve: float) -> tuple
 
     stages = create_backbone(backbone, pretrained=False).stage_names
     deeper: dict[str, float] = {}
+    flips = int(a.search.flip)  # the mirrored pool (scored) and test split (if a flip twin is chosen)
     for depth in range(min(max(a.t.unfreeze, 1), len(stages)), 0, -1):
         plan = make_plan(candidate_options(a, backbone, views, depth)[0], stages)
-        flips = int(a.search.flip)  # the mirrored pool (scored) and test split (if a flip twin is chosen)
         prior = a.cost.finetune_estimate(backbone, frozen=mac_fractions(backbone, plan.lowest_trainable_stage(stages)),
                                          plan=plan, pool_rows=len(a.pool) * (views + 1), n_test=len(a.split.test),
                                          k=a.k, runtime=a.runtime, mirrored=len(a.pool) * flips)
@@ -244,14 +244,14 @@ def finetune_candidates(a: Any, ranked: list[str], *, make: Any) -> list[Any]:
     """Fine-tune candidates of the best backbones (``ranked`` by feature CV): run, stopped or skipped.
 
     Each backbone and view policy is tried at the deepest ``--unfreeze`` that fits (:func:`fitting_depth`).
-    ``make(backbone, views, depth, flip)`` builds the candidate record (``auto.Candidate``).
+    ``make(backbone, views, depth, flip=...)`` builds the candidate record (``auto.Candidate``).
     """
     out = []
     final_s = 0.0  # the final model of the slowest scored candidate: reserved while the next ones run
     for backbone, views in variants(ranked, a.t):
         reserve = a.cost.candidate_cost() + final_s
         depth, prior, deeper = fitting_depth(a, backbone, views, reserve=reserve)
-        c = make(backbone, views, depth, False)
+        c = make(backbone, views, depth)
         out.append(c)
         c.notes["estimated_s"] = round(prior.total_s(), 1)
         if deeper:
@@ -276,7 +276,7 @@ def finetune_candidates(a: Any, ranked: list[str], *, make: Any) -> list[Any]:
         log.info("auto: %s: %d-fold CV %.4f ± %.4f (log loss %.4f) in %.0fs", c.name, a.k, c.score.mean,
                  c.score.std, c.score.loss_mean, c.seconds)
         if c.fitted.fit.oof_flip is not None:
-            out.append(flip_twin(c, make(backbone, views, depth, True)))
+            out.append(flip_twin(c, make(backbone, views, depth, flip=True)))
             log.info("auto: %s (the same fold runs, each image averaged with its mirror): %d-fold CV %.4f ± %.4f "
                      "(log loss %.4f)", out[-1].name, a.k, out[-1].score.mean, out[-1].score.std,
                      out[-1].score.loss_mean)
