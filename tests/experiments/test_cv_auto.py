@@ -85,6 +85,34 @@ def test_multimodel_averages_probabilities_of_its_heads():
         torch.testing.assert_close(flip(x).exp(), want_flip, rtol=1e-5, atol=1e-6)
 
 
+def test_multimodel_weights_heads_and_rebuilds_per_head_configurations():
+    from transferlab.strategies import HeadConfig, TransferModel
+    from transferlab.strategies.ensemble import build_multi, with_network
+
+    torch.manual_seed(0)
+    f = featurizer(create_backbone("mobilenet_v2", pretrained=False), cut=2).eval()
+    heads = [nn.Linear(f.in_features, 3) for _ in range(2)]
+    m = MultiModel(members=[f], heads=heads, groups=[[0]] * 2, preprocessing=f.preprocessing, weights=[3.0, 1.0]).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        p0, p1 = (h(f(x)).softmax(1) for h in heads)
+        torch.testing.assert_close(m(x).exp(), 0.75 * p0 + 0.25 * p1, rtol=1e-5, atol=1e-6)
+    net = TransferModel(backbone=create_backbone("mobilenet_v2", pretrained=False), num_classes=3,
+                        head=HeadConfig(kind="dense", hidden=(8,)), cut=3).eval()
+    mixed = with_network(net, m, weight=0.6)
+    assert mixed.weights == pytest.approx([0.6, 0.3, 0.1])
+    with torch.no_grad():
+        want = 0.6 * net(x).softmax(1) + 0.4 * m(x).exp()
+        torch.testing.assert_close(mixed(x).exp(), want, rtol=1e-5, atol=1e-6)
+        again = build_multi(mixed.spec())  # the saved architecture: a dense head beside two linear ones
+        again.load_state_dict(mixed.state_dict())
+        torch.testing.assert_close(again.eval()(x), mixed(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="one entry of weights per head \\(2\\), got 1"):
+        MultiModel(members=[f], heads=heads, groups=[[0]] * 2, preprocessing=f.preprocessing, weights=[1.0])
+    with pytest.raises(ConfigError, match="expected linear heads on frozen features"):
+        with_network(net, mixed)
+
+
 def test_budget_and_cost_model():
     now = [0.0]
     b = Budget(100.0, clock=lambda: now[0])

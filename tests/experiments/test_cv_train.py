@@ -289,3 +289,56 @@ def test_auto_scores_flip_tta_of_a_fine_tune_candidate_from_the_same_folds(
 
     r = export_onnx(tmp_path, check_images=[str(p) for p in sorted(tiny_folder.rglob("*.png"))[:2]])
     assert r.max_abs_diff < r.tolerance  # the shared prefix, the mirror and the head(s), in one ONNX graph
+
+
+@pytest.mark.usefixtures("offline_cache")
+@pytest.mark.parametrize("flip", [False, True])
+def test_auto_averages_the_best_fine_tune_with_the_best_feature_candidate(
+        tiny_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flip: bool):
+    seen: list[Any] = []
+    real = auto_mod.choose
+
+    def prefer_cross_family(cands: list[Any]) -> tuple[Any, str]:
+        mixed = [c for c in cands if c.strategy == "fine-tune+features" and c.flip == flip]
+        seen.extend(c for c in cands if c.strategy == "fine-tune+features")
+        return (mixed[0], "test: the cross-family ensemble") if mixed else real(cands)
+
+    monkeypatch.setattr(auto_mod, "choose", prefer_cross_family)
+    src = open_dataset(str(tiny_folder), quiet=True)
+    split = make_split(src, fractions=(0.5, 0.25, 0.25), seed=0)
+    t = TrainOptions(time_budget=1e4, cv=2, epochs=2, finetune_epochs=1, runtime="torch")
+    run = auto_mod.auto_run(str(tiny_folder), source=src, split=split, data_options=DataOptions(quiet=True),
+                            train_options=t, run_dir=tmp_path, t_start=0.0, cost=CheapCost(relative={"mobilenet_v2": 1.0}),
+                            search=Search(backbones=("mobilenet_v2",), flip=True))
+    assert sorted(c.flip for c in seen) == [False, True]  # one per view policy
+    c = next(c for c in seen if c.flip == flip)
+    net, lin = c.parts
+    assert net.strategy == "fine-tune" and lin.strategy.startswith("linear-probe") and net.flip == lin.flip == flip
+    np.testing.assert_allclose(c.score.oof, 0.5 * (net.score.oof + lin.score.oof))  # scored from held-out probs
+    m = run.model
+    assert isinstance(m, MultiModel) and m.flip == flip and m.weights[0] == pytest.approx(0.5)
+    assert sum(m.weights) == pytest.approx(1.0) and m.head_configs[0] is not None  # the fine-tuned net's own head
+    row = json.loads((tmp_path / "auto.json").read_text())["chosen"]
+    assert row["strategy"] == "fine-tune+features" and "half and half" in row["final"] and "C" not in row
+    again = evaluate_run(tmp_path, str(tiny_folder), subset="test")  # the saved model gives the reported numbers
+    assert again["accuracy"] == pytest.approx(run.metrics["test"]["accuracy"])
+    assert again["loss"] == pytest.approx(run.metrics["test"]["loss"], abs=1e-4)
+    pytest.importorskip("onnxruntime")
+    from transferlab.export import export_onnx
+
+    r = export_onnx(tmp_path, check_images=[str(p) for p in sorted(tiny_folder.rglob("*.png"))[:2]])
+    assert r.max_abs_diff < r.tolerance
+
+
+@pytest.mark.usefixtures("offline_cache")
+def test_auto_offers_no_cross_family_ensemble_with_fold_ensembles(tiny_folder: Path, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture):
+    src = open_dataset(str(tiny_folder), quiet=True)
+    split = make_split(src, fractions=(0.5, 0.25, 0.25), seed=0)
+    t = TrainOptions(time_budget=1e4, cv=2, epochs=2, finetune_epochs=1, runtime="torch", ensemble=True)
+    with caplog.at_level("INFO", logger="transferlab"):
+        _, _, record = run_auto(str(tiny_folder), source=src, split=split, data_options=DataOptions(quiet=True),
+                                train_options=t, run_dir=None, config={}, cost=CheapCost(relative={"mobilenet_v2": 1.0}),
+                                search=Search(backbones=("mobilenet_v2",), flip=False))
+    assert not [r for r in record["candidates"] if r["strategy"] == "fine-tune+features"]
+    assert "no fine-tune + features ensembles with --ensemble" in caplog.text

@@ -22,6 +22,8 @@ What it does, in order (every step logged in one line, every candidate in ``RUN_
    with its mirror: flip test-time augmentation, as the linear probes' flip view). The cost model
    prices the prefix pass once and each fold's epochs above it; a candidate runs only when that
    fits what is left of the budget, and stops (``stopped``) when its measured pace would overrun.
+   Then, per view policy, the best fine-tune candidate averaged half and half with the best feature
+   candidate (``fine-tune+features``, scored from both held-out probabilities; not with ``--ensemble``).
 5. The best mean CV accuracy wins (ties: lower CV log loss, then cheaper). The chosen model is
    refit on the whole pool (or, with ``--ensemble``, its K fold heads or fold models are averaged)
    and saved as a :class:`~transferlab.strategies.ensemble.MultiModel` (a refit fine-tune: a plain
@@ -196,7 +198,7 @@ class Candidate:
                              "options": self.options, "status": self.status, "seconds": round(self.seconds, 3)}
         if self.score is not None:
             r.update(self.score.summary())
-            if self.strategy == "fine-tune":  # no C: the folds trained by backprop
+            if self.strategy in ("fine-tune", "fine-tune+features"):  # no C: the folds trained by backprop
                 for key in ("C", "cv_accuracy_by_C"):
                     r.pop(key)
         else:
@@ -361,10 +363,38 @@ def ensemble_candidate(best: list[Candidate], labels: np.ndarray, folds: list[np
     return c
 
 
+def cross_family_candidates(feature_cands: list[Candidate], tuned: list[Candidate], labels: np.ndarray,
+                            folds: list[np.ndarray]) -> list[Candidate]:
+    """Per view policy (plain, flip): the best fine-tune candidate and the best frozen-feature candidate (a probe,
+    the concatenation or the averaged ensemble of backbones), their probabilities averaged half and half.
+    Scored from their held-out probabilities on the same folds: one more fit (a probe's) if chosen."""
+    from transferlab.experiments.cv import fold_metrics
+
+    out = []
+    for flip in (False, True):
+        pick = lambda pool: [c for c in pool if c.score is not None and c.flip == flip]  # noqa: E731
+        nets, lins = pick(tuned), pick(feature_cands)
+        if not nets or not lins:
+            continue
+        net, lin = _ranked(nets)[0], _ranked(lins)[0]
+        oof = 0.5 * (net.score.oof + lin.score.oof)  # type: ignore[union-attr]
+        accs, losses = fold_metrics(oof, labels, folds)
+        c = Candidate(name=f"ensemble:{net.name}+{lin.name}", backbone=f"{net.backbone}+{lin.backbone}",
+                      strategy="fine-tune+features", options={"members": [net.name, lin.name], "weights": [0.5, 0.5]},
+                      members=[], groups=[], flip=flip, parts=[net, lin])
+        c.score = CVScore(C=float("nan"), fold_accuracy=accs, fold_loss=losses, oof=oof)
+        out.append(c)
+    return out
+
+
+def _ranked(cands: list[Candidate]) -> list[Candidate]:
+    scored = [c for c in cands if c.score is not None]
+    return sorted(scored, key=lambda c: (-round(c.score.mean, 9), c.score.loss_mean, c.seconds))  # type: ignore[union-attr]
+
+
 def choose(cands: list[Candidate]) -> tuple[Candidate, str]:
     """Highest mean CV accuracy; ties: lower CV log loss, then fewer seconds."""
-    scored = [c for c in cands if c.score is not None]
-    ranked = sorted(scored, key=lambda c: (-round(c.score.mean, 9), c.score.loss_mean, c.seconds))  # type: ignore[union-attr]
+    ranked = _ranked(cands)
     best = ranked[0]
     s = best.score
     assert s is not None
@@ -545,6 +575,11 @@ def run_auto(data: str, *, source: ImageSource, split: Split, data_options: Data
     feats, skipped = extract_features(a)
     cands = score_features(a, feats)
     tuned = finetune_search(a, cands) if search.finetune else []
+    if tuned and a.t.ensemble:
+        log.info("auto: no fine-tune + features ensembles with --ensemble (its fold models share a frozen prefix "
+                 "that the feature heads' backbones do not)")
+    elif tuned:
+        tuned += cross_family_candidates(cands, tuned, a.labels, a.folds)
     chosen, reason = choose(cands + tuned)
     log.info("%s: %d candidate(s) scored by %d-fold CV in %.0fs; chosen %s: %s", search.label,
              sum(c.score is not None for c in cands + tuned), a.k, a.budget.elapsed(), chosen.name, reason)
@@ -552,6 +587,9 @@ def run_auto(data: str, *, source: ImageSource, split: Split, data_options: Data
         from transferlab.experiments.auto_finetune import finetuned_final
 
         model, test_probs, norm, final = finetuned_final(chosen, ensemble=a.t.ensemble)
+    elif chosen.strategy == "fine-tune+features":
+        model, test_probs, final = cross_family_final(a, chosen, feats)
+        norm = a.norm
     else:
         model, test_probs = final_model(chosen, feats, a.labels, a.folds, n_pool=len(a.pool), nc=len(source.classes),
                                         master=a.master, classifier=a.t.classifier, seed=a.d.seed,
@@ -620,6 +658,41 @@ def final_model(c: Candidate, feats: dict[str, Features], labels: np.ndarray, fo
     model = MultiModel(members=[featurizer(create_backbone(b, pretrained=True), cut=cut) for b, cut in members],
                        heads=heads, groups=groups, preprocessing=master, flip=flips.pop()).eval()
     return model, np.mean(probs, axis=0)
+
+
+def cross_family_final(a: AutoContext, c: Candidate, feats: dict[str, Features]) -> tuple[MultiModel, np.ndarray, str]:
+    """A fine-tune + features candidate's final model: the fine-tune refit on the pool and the feature candidate's
+    heads refit on it, averaged half and half in one model; its test probabilities; what it is."""
+    from transferlab.experiments.auto_finetune import refit_network
+    from transferlab.strategies.ensemble import with_network
+
+    net_part, lin_part = c.parts
+    network, epochs = refit_network(net_part)
+    linear, lin_test = final_model(lin_part, feats, a.labels, a.folds, n_pool=len(a.pool), nc=len(a.source.classes),
+                                   master=a.master, classifier=a.t.classifier, seed=a.d.seed, ensemble=False)
+    model = with_network(network, linear)
+    net_test = network_test_probs(a, model)
+    log.info("auto: final model: %s refit on the pool (%s epochs per phase) and %s refit at its C, probabilities "
+             "averaged half and half; the fine-tuned network reads the shared preprocessing (%dpx, resized to its "
+             "%dpx inside the model)", net_part.name, epochs, lin_part.name, a.master.input_size,
+             network.preprocessing.input_size)
+    final = (f"{net_part.name} refit on all {len(a.pool)} non-test images ({epochs} epochs per phase) and "
+             f"{lin_part.name} refit at its C, probabilities averaged half and half")
+    return model, 0.5 * net_test + 0.5 * lin_test, final
+
+
+def network_test_probs(a: AutoContext, model: MultiModel) -> np.ndarray:
+    """The test probabilities of ``model``'s first head (the fine-tuned network) on the shared preprocessing, as
+    predict and evaluate feed the saved model (with its flip averaging)."""
+    from transferlab.strategies.ensemble import MultiModel as Multi
+
+    alone = Multi(members=[model.members[0]], heads=[model.heads[0]], groups=[[0]], preprocessing=model.preprocessing,
+                  flip=model.flip, head_configs=[model.head_configs[0] if model.head_configs else None]).eval()
+    dataset = ImageDataset(a.source, a.split.test, build_transform(a.master, norm=a.norm),
+                           draft_size=a.master.resize_size)
+    loader = DataLoader(dataset, batch_size=32, shuffle=False, num_workers=a.d.num_workers)
+    with torch.inference_mode():
+        return torch.cat([alone(x).exp() for x, _ in loader]).double().numpy()
 
 
 def auto_run(data: str, *, source: ImageSource, split: Split, data_options: DataOptions, train_options: TrainOptions,

@@ -290,6 +290,15 @@ def flip_twin(c: Any, twin: Any) -> Any:
     return twin
 
 
+def refit_network(c: Any) -> tuple[Any, list[int]]:
+    """Scored fine-tune candidate ``c`` refit on the whole pool: the plain network (no flip wrapper) and its
+    epochs per phase. The test split is not predicted here (the caller's model does that)."""
+    from transferlab.experiments.cvfit import refit
+
+    f: Fitted = c.fitted
+    return refit(f.setup, f.fit, f.pool_in), f.fit.refit_epochs()
+
+
 def finetuned_final(c: Any, *, ensemble: bool) -> tuple[Any, np.ndarray, Any, str]:
     """The chosen fine-tune candidate's final model (refit on the pool, or its fold models), its test
     probabilities, its normalisation and what it is."""

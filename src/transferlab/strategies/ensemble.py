@@ -8,10 +8,13 @@ One class covers every combined model that ``--ensemble`` and ``--strategy auto`
 - an averaged ensemble of backbones: several members, one head per member;
 - fold models that were fine-tuned above a shared frozen prefix (``--cv K --ensemble`` of a backprop
   strategy, :func:`fold_ensemble`): ``shared_upto`` stages run once, each fold's own stages and head
-  (``head``: the runs' head configuration) above them.
+  (``head``: the runs' head configuration) above them;
+- a fine-tuned network beside linear heads on frozen features (``--strategy auto``'s cross-family
+  ensembles, :func:`with_network`): each head has its own configuration (``head_configs``) and
+  weight (``weights``).
 
-``forward`` returns the log of the averaged class probabilities (with ``flip``, also averaged
-over the horizontally flipped image), so ``softmax(forward(x))`` are the averaged probabilities
+``forward`` returns the log of the (weighted; by default equally) averaged class probabilities
+(with ``flip``, also averaged over the horizontally flipped image), so ``softmax(forward(x))`` are the averaged probabilities
 and every consumer of logits (predict, evaluate, serve, ONNX export) works unchanged.
 
 The input is prepared by one preprocessing (``preprocessing``, normalised by its mean/std); a
@@ -88,11 +91,21 @@ class MultiModel(nn.Module):
 
     def __init__(self, *, members: list[TransferModel], heads: list[nn.Module], groups: list[list[int]],
                  preprocessing: Preprocessing, flip: bool = False, shared_upto: int = 0,
-                 head: HeadConfig | None = None) -> None:
+                 head: HeadConfig | None = None, head_configs: list[HeadConfig | None] | None = None,
+                 weights: list[float] | None = None) -> None:
         super().__init__()
         if not members or not heads or len(heads) != len(groups):
             raise ConfigError(f"MultiModel: expected >= 1 member and one group per head; got {len(members)} "
                               f"members, {len(heads)} heads, {len(groups)} groups")
+        if head is not None and head_configs is not None:
+            raise ConfigError("MultiModel: give one head configuration for all heads (head) or one per head "
+                              "(head_configs), not both")
+        for name, per_head in (("head_configs", head_configs), ("weights", weights)):
+            if per_head is not None and len(per_head) != len(heads):
+                raise ConfigError(f"MultiModel: expected one entry of {name} per head ({len(heads)}), "
+                                  f"got {len(per_head)}")
+        if weights is not None and (min(weights) < 0 or sum(weights) <= 0):
+            raise ConfigError(f"MultiModel: weights must be >= 0 with a positive sum, got {weights}")
         if any(not g or min(g) < 0 or max(g) >= len(members) for g in groups):
             raise ConfigError(f"MultiModel: groups must list member indices 0..{len(members) - 1}, got {groups}")
         if shared_upto and len({(m.backbone_name, m.preprocessing) for m in members}) > 1:
@@ -105,6 +118,9 @@ class MultiModel(nn.Module):
         self.flip = flip
         self.shared_upto = shared_upto
         self.head_config = head  # None: each head is one nn.Linear; else heads are build_head(head) (fold models)
+        self.head_configs = head_configs  # per head (None entries: nn.Linear); overrides head_config
+        total = sum(weights) if weights is not None else float(len(heads))
+        self.weights = [w / total for w in weights] if weights is not None else [1.0 / len(heads)] * len(heads)
         outs = {int(h.out_features) for h in heads if isinstance(h, nn.Linear)}
         self.num_classes = outs.pop() if len(outs) == 1 else int(heads[0](torch.zeros(1, self._width(0))).shape[1])
         self.backbone_name = "+".join(dict.fromkeys(m.backbone_name for m in members))
@@ -121,8 +137,9 @@ class MultiModel(nn.Module):
 
     def probabilities_from_features(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """Averaged probabilities of the heads on given member features (the training path uses this)."""
-        probs = [head(torch.cat([feats[i] for i in g], dim=1)).softmax(1) for head, g in zip(self.heads, self.groups)]
-        return torch.stack(probs).mean(0)
+        probs = [w * head(torch.cat([feats[i] for i in g], dim=1)).softmax(1)
+                 for head, g, w in zip(self.heads, self.groups, self.weights)]
+        return torch.stack(probs).sum(0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs = self.probabilities_from_features(self.member_features(x))
@@ -136,6 +153,9 @@ class MultiModel(nn.Module):
                                           for m in self.members],
                 "groups": self.groups, "flip": self.flip, "shared_upto": self.shared_upto,
                 **({"head": self.head_config.to_dict()} if self.head_config is not None else {}),
+                **({"head_configs": [h.to_dict() if h is not None else None for h in self.head_configs]}
+                   if self.head_configs is not None else {}),
+                **({"weights": self.weights} if len(set(self.weights)) > 1 else {}),
                 "preprocessing": self.preprocessing.to_dict(), "num_classes": self.num_classes}
 
 
@@ -156,12 +176,16 @@ def build_multi(spec: dict[str, Any], *, pretrained: bool = False) -> MultiModel
                for m in spec["members"]]
     n = int(spec["num_classes"])
     head = HeadConfig.from_dict(spec["head"]) if spec.get("head") else None
+    per_head = ([HeadConfig.from_dict(h) if h is not None else None for h in spec["head_configs"]]
+                if spec.get("head_configs") is not None else None)
     widths = [sum(members[i].in_features for i in g) for g in spec["groups"]]
-    heads: list[nn.Module] = [nn.Linear(w, n) if head is None else build_head(head, in_features=w, num_classes=n)
-                              for w in widths]
+    configs = per_head if per_head is not None else [head] * len(widths)
+    heads: list[nn.Module] = [nn.Linear(w, n) if cfg is None else build_head(cfg, in_features=w, num_classes=n)
+                              for w, cfg in zip(widths, configs)]
     return MultiModel(members=members, heads=heads, groups=spec["groups"],
                       preprocessing=Preprocessing.from_dict(spec["preprocessing"]), flip=bool(spec["flip"]),
-                      shared_upto=int(spec.get("shared_upto", 0)), head=head)
+                      shared_upto=int(spec.get("shared_upto", 0)), head=head, head_configs=per_head,
+                      weights=spec.get("weights"))
 
 
 def fold_ensemble(model: TransferModel, states: list[dict[str, torch.Tensor]], *, shared_upto: int,
@@ -181,12 +205,49 @@ def fold_ensemble(model: TransferModel, states: list[dict[str, torch.Tensor]], *
     """
     members, heads = [], []
     for state in states:
-        member = copy.deepcopy(model)
-        member.load_state_dict(state)
-        heads.append(member.head)
-        member.head = nn.Sequential(nn.Identity())
-        member.num_classes = 0
-        members.append(member.eval())
+        member, head = headless(model, state=state)
+        members.append(member)
+        heads.append(head)
     return MultiModel(members=members, heads=heads, groups=[[i] for i in range(len(states))],
                       preprocessing=model.preprocessing, flip=flip, shared_upto=shared_upto,
                       head=model.head_config).eval()
+
+
+def headless(model: TransferModel, *, state: dict[str, torch.Tensor] | None = None) -> tuple[TransferModel, nn.Module]:
+    """A copy of ``model`` (with ``state`` loaded, if given) whose output is its pooled features, and its head."""
+    member = copy.deepcopy(model)
+    if state is not None:
+        member.load_state_dict(state)
+    head = member.head
+    member.head = nn.Sequential(nn.Identity())
+    member.num_classes = 0
+    return member.eval(), head
+
+
+def with_network(network: TransferModel, linear: MultiModel, *, weight: float = 0.5) -> MultiModel:
+    """A trained ``network`` (e.g. a fine-tuned one) and the linear heads of ``linear`` in one averaged model:
+    the network's probabilities weigh ``weight``, ``linear``'s (as averaged there) the rest. The input is
+    ``linear``'s preprocessing; the network gets it resized and re-normalised to its own inside the model.
+
+    Example:
+        >>> from transferlab.zoo import create_backbone
+        >>> net = TransferModel(backbone=create_backbone("mobilenet_v2", pretrained=False), num_classes=3,
+        ...                     head=HeadConfig(), cut=3)
+        >>> f = featurizer(create_backbone("mobilenet_v2", pretrained=False), cut=3)
+        >>> lin = MultiModel(members=[f], heads=[nn.Linear(f.in_features, 3)], groups=[[0]],
+        ...                  preprocessing=f.preprocessing)
+        >>> m = with_network(net, lin)
+        >>> m.weights, [h is None for h in m.head_configs]
+        ([0.5, 0.5], [False, True])
+    """
+    if linear.shared_upto or linear.head_config is not None or linear.head_configs is not None:
+        raise ConfigError("with_network: expected linear heads on frozen features (a linear-probe MultiModel), "
+                          f"got shared_upto={linear.shared_upto}, head={linear.head_config}")
+    if not 0.0 < weight < 1.0:
+        raise ConfigError(f"with_network: weight must be in (0, 1), got {weight}")
+    member, head = headless(network)
+    return MultiModel(members=[member, *linear.members], heads=[head, *linear.heads],
+                      groups=[[0]] + [[i + 1 for i in g] for g in linear.groups],
+                      preprocessing=linear.preprocessing, flip=linear.flip,
+                      head_configs=[network.head_config] + [None] * len(linear.heads),
+                      weights=[weight] + [(1.0 - weight) * w for w in linear.weights]).eval()
