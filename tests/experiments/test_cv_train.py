@@ -308,8 +308,8 @@ def test_auto_averages_the_best_fine_tune_with_the_best_feature_candidate(
     split = make_split(src, fractions=(0.5, 0.25, 0.25), seed=0)
     t = TrainOptions(time_budget=1e4, cv=2, epochs=2, finetune_epochs=1, runtime="torch")
     run = auto_mod.auto_run(str(tiny_folder), source=src, split=split, data_options=DataOptions(quiet=True),
-                            train_options=t, run_dir=tmp_path, t_start=0.0, cost=CheapCost(relative={"mobilenet_v2": 1.0}),
-                            search=Search(backbones=("mobilenet_v2",), flip=True))
+                            train_options=t, run_dir=tmp_path, t_start=0.0,
+                            cost=CheapCost(relative={"mobilenet_v2": 1.0}), search=Search(backbones=("mobilenet_v2",), flip=True))
     assert sorted(c.flip for c in seen) == [False, True]  # one per view policy
     c = next(c for c in seen if c.flip == flip)
     net, lin = c.parts
@@ -338,7 +338,7 @@ def test_auto_offers_no_cross_family_ensemble_with_fold_ensembles(tiny_folder: P
     t = TrainOptions(time_budget=1e4, cv=2, epochs=2, finetune_epochs=1, runtime="torch", ensemble=True)
     with caplog.at_level("INFO", logger="transferlab"):
         _, _, record = run_auto(str(tiny_folder), source=src, split=split, data_options=DataOptions(quiet=True),
-                                train_options=t, run_dir=None, config={}, cost=CheapCost(relative={"mobilenet_v2": 1.0}),
-                                search=Search(backbones=("mobilenet_v2",), flip=False))
+                                train_options=t, run_dir=None, config={},
+                                cost=CheapCost(relative={"mobilenet_v2": 1.0}), search=Search(backbones=("mobilenet_v2",), flip=False))
     assert not [r for r in record["candidates"] if r["strategy"] == "fine-tune+features"]
     assert "no fine-tune + features ensembles with --ensemble" in caplog.text

@@ -55,7 +55,7 @@ from transferlab.engine.feature_cache import FeatureCache
 from transferlab.errors import ConfigError
 from transferlab.experiments.cv import CVScore, check_cv, cv_linear_probe, fit_head, head_probs, stratified_folds
 from transferlab.options import DataOptions, TrainOptions
-from transferlab.strategies.ensemble import MultiModel, featurizer, linear_head
+from transferlab.strategies.ensemble import MultiModel, featurizer, linear_head, with_network
 from transferlab.zoo import create_backbone, get_entry, list_backbones, weights_available
 
 log = logging.getLogger("transferlab")
@@ -664,7 +664,6 @@ def cross_family_final(a: AutoContext, c: Candidate, feats: dict[str, Features])
     """A fine-tune + features candidate's final model: the fine-tune refit on the pool and the feature candidate's
     heads refit on it, averaged half and half in one model; its test probabilities; what it is."""
     from transferlab.experiments.auto_finetune import refit_network
-    from transferlab.strategies.ensemble import with_network
 
     net_part, lin_part = c.parts
     network, epochs = refit_network(net_part)
@@ -684,10 +683,9 @@ def cross_family_final(a: AutoContext, c: Candidate, feats: dict[str, Features])
 def network_test_probs(a: AutoContext, model: MultiModel) -> np.ndarray:
     """The test probabilities of ``model``'s first head (the fine-tuned network) on the shared preprocessing, as
     predict and evaluate feed the saved model (with its flip averaging)."""
-    from transferlab.strategies.ensemble import MultiModel as Multi
-
-    alone = Multi(members=[model.members[0]], heads=[model.heads[0]], groups=[[0]], preprocessing=model.preprocessing,
-                  flip=model.flip, head_configs=[model.head_configs[0] if model.head_configs else None]).eval()
+    alone = MultiModel(members=[model.members[0]], heads=[model.heads[0]], groups=[[0]],
+                       preprocessing=model.preprocessing, flip=model.flip,
+                       head_configs=[model.head_configs[0] if model.head_configs else None]).eval()
     dataset = ImageDataset(a.source, a.split.test, build_transform(a.master, norm=a.norm),
                            draft_size=a.master.resize_size)
     loader = DataLoader(dataset, batch_size=32, shuffle=False, num_workers=a.d.num_workers)
