@@ -125,7 +125,7 @@ class TrainOptions:
     strategy: str = opt("auto", "transfer strategy; auto: candidates (backbones with weights here x linear probes, "
                                 "cuts, flip view, concatenated and averaged backbones on cached features; then "
                                 "fine-tune of the best backbones above their cached frozen prefix, each also with "
-                                "flip TTA) scored by --cv "
+                                "flip TTA; the best fine-tune averaged with the best feature candidate) scored by --cv "
                                 "on the same folds within --time-budget, the best refit on all non-test images "
                                 "(auto.json)",
                         choices=("auto", *STRATEGIES))
