@@ -683,14 +683,16 @@ def cross_family_final(a: AutoContext, c: Candidate, feats: dict[str, Features])
 def network_test_probs(a: AutoContext, model: MultiModel) -> np.ndarray:
     """The test probabilities of ``model``'s first head (the fine-tuned network) on the shared preprocessing, as
     predict and evaluate feed the saved model (with its flip averaging)."""
+    from transferlab.engine import Engine, EngineOptions, SplitInputs, init_distributed
+
     alone = MultiModel(members=[model.members[0]], heads=[model.heads[0]], groups=[[0]],
-                       preprocessing=model.preprocessing, flip=model.flip,
-                       head_configs=[model.head_configs[0] if model.head_configs else None]).eval()
-    dataset = ImageDataset(a.source, a.split.test, build_transform(a.master, norm=a.norm),
-                           draft_size=a.master.resize_size)
-    loader = DataLoader(dataset, batch_size=32, shuffle=False, num_workers=a.d.num_workers)
-    with torch.inference_mode():
-        return torch.cat([alone(x).exp() for x, _ in loader]).double().numpy()
+                       preprocessing=model.preprocessing, flip=model.flip, head_configs=model.head_configs[:1])
+    test = SplitInputs(name="test", labels=torch.as_tensor(a.source.labels[a.split.test], dtype=torch.long),
+                       eval_dataset=ImageDataset(a.source, a.split.test, build_transform(a.master, norm=a.norm),
+                                                 draft_size=a.master.resize_size))
+    engine = Engine(alone, ctx=init_distributed(a.d.device),
+                    options=EngineOptions(num_workers=a.d.num_workers, quiet=True))
+    return engine.predict(test, boundary=0, use_cache=False).exp().double().numpy()
 
 
 def auto_run(data: str, *, source: ImageSource, split: Split, data_options: DataOptions, train_options: TrainOptions,

@@ -296,7 +296,8 @@ def refit_network(c: Any) -> tuple[Any, list[int]]:
     from transferlab.experiments.cvfit import refit
 
     f: Fitted = c.fitted
-    return refit(f.setup, f.fit, f.pool_in), f.fit.refit_epochs()
+    info = refit(f.setup, f.fit, f.pool_in)
+    return f.setup.model, info["epochs_per_phase"]
 
 
 def finetuned_final(c: Any, *, ensemble: bool) -> tuple[Any, np.ndarray, Any, str]:

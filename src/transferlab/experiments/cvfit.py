@@ -283,7 +283,7 @@ def final_model(setup: Any, fit: CVFit, pool_in: PoolInputs, test_in: SplitInput
         log.info("final model: the %d fold models averaged%s; stages 1-%d (frozen in every fold) run once per image",
                  fit.k, tta, setup.boundary)
         return model, torch.stack(probs).mean(0).clamp_min(1e-12).log(), info
-    info = _refit(setup, fit, pool_in, engine)
+    info = refit(setup, fit, pool_in, engine=engine)
     if flip:
         test_out = test_probs().clamp_min(1e-12).log()
         model = fold_ensemble(setup.model, [setup.model.state_dict()], shared_upto=setup.boundary, flip=True)
@@ -296,18 +296,14 @@ def final_model(setup: Any, fit: CVFit, pool_in: PoolInputs, test_in: SplitInput
     return model, test_out, info
 
 
-def _refit(setup: Any, fit: CVFit, pool_in: PoolInputs, engine: Any) -> dict[str, Any]:
+def refit(setup: Any, fit: CVFit, pool_in: PoolInputs, *, engine: Any = None) -> dict[str, Any]:
+    """``setup.model`` trained again on the whole pool for the epochs the folds chose (per phase); predicts
+    nothing. Returns what :meth:`RunSetup.refit` reports (``epochs_per_phase``, ``train_s``, ...)."""
+    engine = engine or setup.engine(train_labels=pool_in.train.labels.numpy(), quiet=True)
     _, val_in = pool_in.fold(fit.folds[0], 0)  # only logged: every pool item trains in the refit
     info = setup.refit(engine, train=pool_in.train, val=val_in, epochs=fit.refit_epochs())
     setup.store.forget(val_in)
     return info
-
-
-def refit(setup: Any, fit: CVFit, pool_in: PoolInputs) -> Any:
-    """``setup``'s model trained again on the whole pool for the epochs the folds chose (as :func:`final_model`
-    without ``--ensemble``), returned without predicting anything."""
-    _refit(setup, fit, pool_in, setup.engine(train_labels=pool_in.train.labels.numpy(), quiet=True))
-    return setup.model
 
 
 def check_pool(setup: Any, k: int) -> tuple[np.ndarray, list[np.ndarray]]:

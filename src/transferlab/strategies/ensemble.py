@@ -100,6 +100,7 @@ class MultiModel(nn.Module):
         if head is not None and head_configs is not None:
             raise ConfigError("MultiModel: give one head configuration for all heads (head) or one per head "
                               "(head_configs), not both")
+        head_configs = head_configs if head_configs is not None else [head] * len(heads)
         for name, per_head in (("head_configs", head_configs), ("weights", weights)):
             if per_head is not None and len(per_head) != len(heads):
                 raise ConfigError(f"MultiModel: expected one entry of {name} per head ({len(heads)}), "
@@ -117,13 +118,18 @@ class MultiModel(nn.Module):
         self.preprocessing = preprocessing
         self.flip = flip
         self.shared_upto = shared_upto
-        self.head_config = head  # None: each head is one nn.Linear; else heads are build_head(head) (fold models)
-        self.head_configs = head_configs  # per head (None entries: nn.Linear); overrides head_config
+        self.head_configs = list(head_configs)  # per head: None is one nn.Linear, else build_head(config)
         total = sum(weights) if weights is not None else float(len(heads))
         self.weights = [w / total for w in weights] if weights is not None else [1.0 / len(heads)] * len(heads)
         outs = {int(h.out_features) for h in heads if isinstance(h, nn.Linear)}
         self.num_classes = outs.pop() if len(outs) == 1 else int(heads[0](torch.zeros(1, self._width(0))).shape[1])
         self.backbone_name = "+".join(dict.fromkeys(m.backbone_name for m in members))
+
+    @property
+    def head_config(self) -> HeadConfig | None:
+        """The one configuration of every head (fold models), or None (linear heads, or heads that differ)."""
+        first = self.head_configs[0]
+        return first if all(c == first for c in self.head_configs) else None
 
     def _width(self, head: int) -> int:
         return sum(self.members[i].in_features for i in self.groups[head])
@@ -152,11 +158,16 @@ class MultiModel(nn.Module):
         return {"kind": KIND, "members": [{"backbone": m.backbone_name, "cut": m.cut, "pool": m.head_config.pool}
                                           for m in self.members],
                 "groups": self.groups, "flip": self.flip, "shared_upto": self.shared_upto,
-                **({"head": self.head_config.to_dict()} if self.head_config is not None else {}),
-                **({"head_configs": [h.to_dict() if h is not None else None for h in self.head_configs]}
-                   if self.head_configs is not None else {}),
+                **self._head_spec(),
                 **({"weights": self.weights} if len(set(self.weights)) > 1 else {}),
                 "preprocessing": self.preprocessing.to_dict(), "num_classes": self.num_classes}
+
+
+    def _head_spec(self) -> dict[str, Any]:
+        uniform = self.head_config
+        if uniform is None and any(c is not None for c in self.head_configs):  # heads of different kinds
+            return {"head_configs": [h.to_dict() if h is not None else None for h in self.head_configs]}
+        return {"head": uniform.to_dict()} if uniform is not None else {}
 
 
 def linear_head(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
@@ -175,16 +186,15 @@ def build_multi(spec: dict[str, Any], *, pretrained: bool = False) -> MultiModel
     members = [featurizer(create_backbone(m["backbone"], pretrained=pretrained), cut=m["cut"], pool=m["pool"])
                for m in spec["members"]]
     n = int(spec["num_classes"])
-    head = HeadConfig.from_dict(spec["head"]) if spec.get("head") else None
-    per_head = ([HeadConfig.from_dict(h) if h is not None else None for h in spec["head_configs"]]
-                if spec.get("head_configs") is not None else None)
     widths = [sum(members[i].in_features for i in g) for g in spec["groups"]]
-    configs = per_head if per_head is not None else [head] * len(widths)
+    configs = ([HeadConfig.from_dict(h) if h is not None else None for h in spec["head_configs"]]
+               if spec.get("head_configs") is not None else
+               [HeadConfig.from_dict(spec["head"]) if spec.get("head") else None] * len(widths))
     heads: list[nn.Module] = [nn.Linear(w, n) if cfg is None else build_head(cfg, in_features=w, num_classes=n)
                               for w, cfg in zip(widths, configs)]
     return MultiModel(members=members, heads=heads, groups=spec["groups"],
                       preprocessing=Preprocessing.from_dict(spec["preprocessing"]), flip=bool(spec["flip"]),
-                      shared_upto=int(spec.get("shared_upto", 0)), head=head, head_configs=per_head,
+                      shared_upto=int(spec.get("shared_upto", 0)), head_configs=configs,
                       weights=spec.get("weights"))
 
 
@@ -240,9 +250,9 @@ def with_network(network: TransferModel, linear: MultiModel, *, weight: float = 
         >>> m.weights, [h is None for h in m.head_configs]
         ([0.5, 0.5], [False, True])
     """
-    if linear.shared_upto or linear.head_config is not None or linear.head_configs is not None:
+    if linear.shared_upto or any(c is not None for c in linear.head_configs):
         raise ConfigError("with_network: expected linear heads on frozen features (a linear-probe MultiModel), "
-                          f"got shared_upto={linear.shared_upto}, head={linear.head_config}")
+                          f"got shared_upto={linear.shared_upto}, heads={linear.head_configs}")
     if not 0.0 < weight < 1.0:
         raise ConfigError(f"with_network: weight must be in (0, 1), got {weight}")
     member, head = headless(network)
