@@ -350,16 +350,13 @@ def score(c: Candidate, feats: dict[str, Features], labels: np.ndarray, folds: l
 
 def ensemble_candidate(best: list[Candidate], labels: np.ndarray, folds: list[np.ndarray]) -> Candidate:
     """The averaged ensemble of ``best`` (one per backbone): its CV score from their held-out probabilities."""
-    from transferlab.experiments.cv import fold_metrics
-
     oof = np.mean([c.score.oof for c in best if c.score is not None], axis=0)
-    accs, losses = fold_metrics(oof, labels, folds)
     members = [m for c in best for m in c.members]
     c = Candidate(name="ensemble:" + "+".join(p.name for p in best), backbone="+".join(p.backbone for p in best),
                   strategy="linear-probe-ensemble", options={"members": [p.name for p in best]},
                   members=members, groups=[[i] for i in range(len(members))], flip=any(p.flip for p in best),
                   parts=best)
-    c.score = CVScore(C=float("nan"), fold_accuracy=accs, fold_loss=losses, oof=oof)
+    c.score = CVScore.from_oof(oof, labels, folds)
     return c
 
 
@@ -368,21 +365,17 @@ def cross_family_candidates(feature_cands: list[Candidate], tuned: list[Candidat
     """Per view policy (plain, flip): the best fine-tune candidate and the best frozen-feature candidate (a probe,
     the concatenation or the averaged ensemble of backbones), their probabilities averaged half and half.
     Scored from their held-out probabilities on the same folds: one more fit (a probe's) if chosen."""
-    from transferlab.experiments.cv import fold_metrics
-
     out = []
     for flip in (False, True):
-        pick = lambda pool: [c for c in pool if c.score is not None and c.flip == flip]  # noqa: E731
-        nets, lins = pick(tuned), pick(feature_cands)
+        nets, lins = (_ranked([c for c in pool if c.flip == flip]) for pool in (tuned, feature_cands))
         if not nets or not lins:
             continue
-        net, lin = _ranked(nets)[0], _ranked(lins)[0]
+        net, lin = nets[0], lins[0]
         oof = 0.5 * (net.score.oof + lin.score.oof)  # type: ignore[union-attr]
-        accs, losses = fold_metrics(oof, labels, folds)
         c = Candidate(name=f"ensemble:{net.name}+{lin.name}", backbone=f"{net.backbone}+{lin.backbone}",
                       strategy="fine-tune+features", options={"members": [net.name, lin.name], "weights": [0.5, 0.5]},
                       members=[], groups=[], flip=flip, parts=[net, lin])
-        c.score = CVScore(C=float("nan"), fold_accuracy=accs, fold_loss=losses, oof=oof)
+        c.score = CVScore.from_oof(oof, labels, folds)
         out.append(c)
     return out
 

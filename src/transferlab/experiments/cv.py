@@ -89,6 +89,18 @@ class CVScore:
     def loss_std(self) -> float:
         return float(np.std(self.fold_loss))
 
+    @classmethod
+    def from_oof(cls, oof: np.ndarray, labels: np.ndarray, folds: list[np.ndarray]) -> "CVScore":
+        """The score of held-out probabilities ``oof`` that no C was chosen for (backprop folds, averages).
+
+        Example:
+            >>> oof = np.array([[0.9, 0.1], [0.2, 0.8]])
+            >>> CVScore.from_oof(oof, np.array([0, 0]), [np.array([0]), np.array([1])]).fold_accuracy
+            [1.0, 0.0]
+        """
+        accs, losses = fold_metrics(oof, labels, folds)
+        return cls(C=float("nan"), fold_accuracy=accs, fold_loss=losses, oof=oof)
+
     def summary(self) -> dict[str, Any]:
         return {"cv_mean": round(self.mean, 6), "cv_std": round(self.std, 6), "cv_loss_mean": round(self.loss_mean, 6),
                 "cv_loss_std": round(self.loss_std, 6), "C": self.C,

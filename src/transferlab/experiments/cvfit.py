@@ -102,8 +102,7 @@ class CVFit:
             if self.oof_flip is None:
                 raise ValueError("CVFit.score(flip=True): the folds predicted no mirrored images")
             probs = 0.5 * (probs + self.oof_flip.softmax(1).double().numpy())
-        accs, losses = fold_metrics(probs, self.labels, self.folds)
-        return CVScore(C=float("nan"), fold_accuracy=accs, fold_loss=losses, oof=probs)
+        return CVScore.from_oof(probs, self.labels, self.folds)
 
     def refit_epochs(self) -> list[int]:
         """Per phase, the median over folds of the epochs up to each fold's best one (rounded half up).

@@ -14,8 +14,8 @@ One class covers every combined model that ``--ensemble`` and ``--strategy auto`
   weight (``weights``).
 
 ``forward`` returns the log of the (weighted; by default equally) averaged class probabilities
-(with ``flip``, also averaged over the horizontally flipped image), so ``softmax(forward(x))`` are the averaged probabilities
-and every consumer of logits (predict, evaluate, serve, ONNX export) works unchanged.
+(with ``flip``, also averaged over the horizontally flipped image), so ``softmax(forward(x))``
+are the averaged probabilities and every consumer of logits (predict, evaluate, serve, ONNX export) works unchanged.
 
 The input is prepared by one preprocessing (``preprocessing``, normalised by its mean/std); a
 member with another input size or normalisation gets the image resized and re-normalised inside
