@@ -230,7 +230,9 @@ def test_prior_cost_prices_mirrored_images_as_prefix_and_prediction_only():
                                    SimpleNamespace(trainable=["stage7", "head"], epochs=8)])
     kw = dict(frozen=0.75, plan=plan, pool_rows=300, n_test=100, k=5, runtime="torch")
     plain, flip = prior_cost(0.01, **kw), prior_cost(0.01, **kw, mirrored=300)
-    assert flip.epoch_s == plain.epoch_s  # mirrored images never train
+    # mirrored images never train; a fold's mirrored held-out rows are predicted after every epoch, like its val
+    assert flip.epoch_s[0] == plain.epoch_s[0]  # the head phase: from cached features, counted per pool item
+    assert flip.epoch_s[1] == pytest.approx(plain.epoch_s[1] + 0.0025 * 300 / 5)
     assert flip.prefix_s == pytest.approx(2 * plain.prefix_s)  # the mirrored pool passes the prefix once
     assert flip.test_s == pytest.approx(2 * plain.test_s)
     assert flip.fold_overhead_s == pytest.approx(plain.fold_overhead_s + 0.0025 * 300 / 5)  # held-out rows, mirrored

@@ -61,6 +61,8 @@ class FitState:
     train_s: float = 0.0
     resumed_train_s: float = 0.0  # the training seconds of the sessions before a resume (in ``train_s``)
     stop: bool = False  # set by a hook: end the running phase after this epoch
+    phase_start: int = 0  # the lowest stage the running phase trains: its inputs are the activations entering it
+    val_logits: Any = None  # the running epoch's held-out outputs (for hooks that keep them, e.g. cvfit's trace)
     optimizer: Any = None
     scheduler: Any = None
     scaler: Any = None  # torch.amp.GradScaler (enabled for fp16 on CUDA only)

@@ -293,11 +293,13 @@ class Engine:
 
     # ---- fit
     def fit(self, plan: Plan, *, train: SplitInputs, val: SplitInputs, run_dir: Path | None,
-            resume: bool = False, replay: Sequence[int] | None = None) -> FitResult:
+            resume: bool = False, replay: Sequence[int] | None = None, hooks: Sequence[HookBase] = ()) -> FitResult:
         """Run ``plan`` phase by phase; the hooks stop early, keep the best epoch and checkpoint.
 
         ``replay``: epochs to run in each phase (each phase's schedule still spans its planned
         epochs), without early stopping or restoring: the refit on train+val of a finished run.
+        ``hooks``: more hooks, after the built-in ones (not checkpointed), e.g. one that keeps every
+        epoch's held-out outputs (``FitState.val_logits``).
         """
         model = self.model
         if replay is not None and len(replay) != len(plan.phases):
@@ -307,10 +309,11 @@ class Engine:
         fit = FitState(model=model, plan=plan, replay=replay, is_main=self.ctx.is_main)
         best = BestWeights(monitor=self.opt.monitor, score_name=self.task.score_name, restore=replay is None)
         stopping = EarlyStopping(patience=self.opt.patience, enabled=replay is None)
-        hooks: list[HookBase] = [best, stopping]
-        checkpoint = Checkpoint(run_dir, hooks=list(hooks)) if run_dir is not None else None
+        loop_hooks: list[HookBase] = [best, stopping]
+        checkpoint = Checkpoint(run_dir, hooks=list(loop_hooks)) if run_dir is not None else None
         if checkpoint is not None:
-            hooks.append(checkpoint)
+            loop_hooks.append(checkpoint)
+        loop_hooks += hooks
         after_barrier = Callbacks(self.callbacks)
         resume_state = checkpoint.resume(fit) if resume and checkpoint is not None else None
         start_phase, start_epoch = fit.phase_index, fit.phase_epoch
@@ -326,14 +329,14 @@ class Engine:
                 continue
             resumed = resume_state is not None and pi == start_phase
             phases_run.append(phase.name)
-            self._run_phase(fit, pi, phase, train=train, val=val, hooks=hooks, after_barrier=after_barrier,
+            self._run_phase(fit, pi, phase, train=train, val=val, hooks=loop_hooks, after_barrier=after_barrier,
                             resume_state=resume_state if resumed else None,
                             first_epoch=start_epoch if resumed else 0)
             resume_state = None
             trained = [stage_index(model, g) for g in phase.trainable if g != "head"]
             if trained:
                 self.store.invalidate_above(min(trained))
-        for hook in hooks:
+        for hook in loop_hooks:
             hook.after_fit(fit)
         if best.restore and best.best["state"] is not None:
             # stages below the plan's lowest trainable stage never change: their caches stay valid
@@ -380,7 +383,7 @@ class Engine:
             # after this phase's caches are built, exactly where the interrupted run stood
             torch.set_rng_state(resume_state["rng"])
         fit.optimizer, fit.scheduler, fit.scaler = optimizer, scheduler, self.scaler
-        fit.phase_index, fit.phase_name, fit.stop = pi, phase.name, False
+        fit.phase_index, fit.phase_name, fit.stop, fit.phase_start = pi, phase.name, False, start
         fit.phase_epochs = phase.epochs if fit.replay is None else fit.replay[pi]
         for hook in hooks:
             hook.before_phase(fit, resumed=resume_state is not None and first_epoch > 0)
@@ -394,7 +397,8 @@ class Engine:
                                                   mix=phase.augment and (train_acts is None or start == 0),
                                                   desc=f"{phase.name} {epoch + 1}/{phase.epochs}",
                                                   where=(phase.name, epoch))
-            val_loss, val_score = self.task.evaluate(self._val_logits(val, val_acts, start), val.labels)
+            fit.val_logits = self._val_logits(val, val_acts, start)
+            val_loss, val_score = self.task.evaluate(fit.val_logits, val.labels)
             if not math.isfinite(val_loss):
                 raise TrainingError(
                     f"loss became {val_loss} in phase {phase.name!r}, epoch {epoch + 1} (validation); training "

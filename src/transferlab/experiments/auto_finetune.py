@@ -94,12 +94,12 @@ def mac_fractions(name: str, boundary: int) -> float:
 def prior_cost(per_image: float | None, *, frozen: float, plan: Any, pool_rows: int, n_test: int, k: int,
                runtime: str, mirrored: int = 0) -> FinetuneCost:
     """The estimate before anything of the candidate ran (0 when its backbone's pace was never measured).
-    ``mirrored``: pool images also predicted mirrored (flip TTA: prefix once, held-out rows per fold; the
-    test split mirrored too); they never train."""
+    ``mirrored``: pool images also predicted mirrored (flip TTA: prefix once, then a fold's held-out rows
+    after every epoch, like its val; the test split mirrored too); they never train."""
     per = per_image or 0.0
     torch_x = TORCH_VS_ORT if runtime == "onnx" else 1.0
     upper = per * (1.0 - frozen) * torch_x  # one image through the trained stages
-    fold_train, fold_val = pool_rows * (k - 1) / k, pool_rows / k
+    fold_train, fold_val = pool_rows * (k - 1) / k, pool_rows / k + mirrored / k
     epoch_s = [(upper * FINETUNE_SPEEDUP * fold_train + upper * fold_val) if set(p.trainable) - {"head"}
                else HEAD_S_PER_ITEM * pool_rows for p in plan.phases]
     tests = n_test * (2 if mirrored else 1)
