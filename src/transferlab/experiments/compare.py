@@ -414,7 +414,8 @@ def compare(
     }
     if t.cv is not None:
         results["cv"] = {"k": t.cv, "folds": f"stratified over the non-test pool (train+val), seeded by the split "
-                                             f"seed {d.split_seed}; the test split is in no fold"}
+                                             f"seed {d.split_seed}; the test split is in no fold; an entry trained by "
+                                             "backprop is scored with each fold at the epochs the other folds chose"}
     if len(splits) > 1:
         results["efficiency"] = {"train_per_class": [n for n, _ in splits], "strategies": {}}
     total = len(splits) * len(names) * seeds
