@@ -176,8 +176,9 @@ class TrainOptions:
     cv: int | None = opt(None, "K >= 2: stratified K-fold cross-validation over the non-test pool (train+val; "
                                "test is in no fold), for any strategy: each fold trains from the same initial weights with "
                                "its held-out part as val, the frozen prefix runs once for all folds; scores are "
-                               "mean ± std over folds (cv.json), the final model is refit on the whole pool for the "
-                               "epochs the folds chose (hog-svm: C chosen by the folds; auto: default 5)")
+                               "mean ± std over folds (cv.json), each fold read at the epochs the other folds chose; "
+                               "the final model is refit on the whole pool for the epochs the folds chose (hog-svm: C "
+                               "chosen by the folds; auto: default 5)")
     ensemble: bool = opt(False, "with --cv (or auto): keep the K fold models and average their probabilities "
                                 "instead of one refit (one saved model; the shared frozen prefix runs once)")
     time_budget: float = opt(900.0, "--strategy auto: seconds for the whole search, fine-tune candidates and their "
