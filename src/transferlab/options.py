@@ -126,7 +126,8 @@ class TrainOptions:
                                 "cuts, flip view, concatenated and averaged backbones on cached features; then "
                                 "fine-tune of the best backbones above their cached frozen prefix, each also with "
                                 "flip TTA; the best fine-tune averaged with the best feature candidate) scored by --cv "
-                                "on the same folds within --time-budget, the best refit on all non-test images "
+                                "on the same folds within --time-budget; chosen: their ensemble selection (weights "
+                                "grown on out-of-fold log loss, cross-fitted), refit on all non-test images "
                                 "(auto.json)",
                         choices=("auto", *STRATEGIES))
     plan: str | None = opt(None, "a custom plan (YAML/JSON list of phases) instead of --strategy's")

@@ -344,3 +344,39 @@ def test_auto_offers_no_cross_family_ensemble_with_fold_ensembles(tiny_folder: P
                                 cost=CheapCost(relative={"mobilenet_v2": 1.0}), search=Search(backbones=("mobilenet_v2",), flip=False))
     assert not [r for r in record["candidates"] if r["strategy"] == "fine-tune+features"]
     assert "no fine-tune + features ensembles with --ensemble" in caplog.text
+
+
+@pytest.mark.usefixtures("offline_cache")
+def test_auto_ensemble_selection_becomes_one_weighted_model(tiny_folder: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch):
+    """The chosen ensemble selection (weights fixed here: the tiny data decides nothing) is refit as one model whose
+    heads carry its weights; predict, evaluate and ONNX give the reported numbers."""
+    def fixed(probs: np.ndarray, labels: np.ndarray, **_: Any) -> np.ndarray:
+        w = np.zeros(len(probs))
+        w[-1], w[:2] = 0.5, 0.25  # the fine-tune (last) and the first two frozen-feature candidates
+        return w
+
+    monkeypatch.setattr(auto_mod, "greedy_ensemble", fixed)
+    src = open_dataset(str(tiny_folder), quiet=True)
+    split = make_split(src, fractions=(0.5, 0.25, 0.25), seed=0)
+    t = TrainOptions(time_budget=1e4, cv=2, epochs=2, finetune_epochs=1, runtime="torch")
+    run = auto_mod.auto_run(str(tiny_folder), source=src, split=split, data_options=DataOptions(quiet=True),
+                            train_options=t, run_dir=tmp_path, t_start=0.0,
+                            cost=CheapCost(relative={"mobilenet_v2": 1.0}),
+                            search=Search(backbones=("mobilenet_v2",), flip=False))
+    row = json.loads((tmp_path / "auto.json").read_text())["chosen"]
+    assert row["strategy"] == "ensemble-selection" and row["options"]["weights"] == [0.25, 0.25, 0.5]
+    assert row["options"]["members"][-1].startswith("fine-tune:") and "weight 0.500" in row["final"]
+    m = run.model
+    assert isinstance(m, MultiModel) and m.weights[0] == pytest.approx(0.5) and m.head_configs[0] is not None
+    assert m.weights[1:] == pytest.approx([0.25, 0.25]) and len(m.members) == 3  # the network + two cuts
+    oof = np.load(tmp_path / "candidates_oof.npz")
+    assert "ensemble-selection" in set(oof["strategies"]) and oof["oof"].shape[1] == len(oof["labels"]) == 18
+    again = evaluate_run(tmp_path, str(tiny_folder), subset="test")
+    assert again["accuracy"] == pytest.approx(run.metrics["test"]["accuracy"])
+    assert again["loss"] == pytest.approx(run.metrics["test"]["loss"], abs=1e-4)
+    pytest.importorskip("onnxruntime")
+    from transferlab.export import export_onnx
+
+    r = export_onnx(tmp_path, check_images=[str(p) for p in sorted(tiny_folder.rglob("*.png"))[:2]])
+    assert r.max_abs_diff < r.tolerance

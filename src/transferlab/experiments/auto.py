@@ -24,19 +24,26 @@ What it does, in order (every step logged in one line, every candidate in ``RUN_
    fits what is left of the budget, and stops (``stopped``) when its measured pace would overrun.
    Then, per view policy, the best fine-tune candidate averaged half and half with the best feature
    candidate (``fine-tune+features``, scored from both held-out probabilities; not with ``--ensemble``).
-5. The best mean CV accuracy wins (ties: lower CV log loss, then cheaper). The chosen model is
-   refit on the whole pool (or, with ``--ensemble``, its K fold heads or fold models are averaged)
-   and saved as a :class:`~transferlab.strategies.ensemble.MultiModel` (a refit fine-tune: a plain
-   network) that predict, evaluate, serve and export use.
+5. Per view policy, ensemble selection (:mod:`transferlab.experiments.selection`, Caruana et al. 2004)
+   over the single frozen-feature candidates and the best fine-tune: a weighted average grown greedily
+   on out-of-fold log loss, scored cross-fitted (fold i's weights selected on the other folds).
+6. The selection with the lower CV log loss is chosen (the argmax of 30 CV accuracies a few images
+   apart is mostly noise; measured on the pool only, ``benchmarks/selection.py``); where no selection
+   holds two candidates, the best mean CV accuracy (ties: lower CV log loss, then cheaper). The chosen
+   model is refit on the whole pool (or, with ``--ensemble``, its K fold heads or fold models are
+   averaged) and saved as a :class:`~transferlab.strategies.ensemble.MultiModel` (a refit fine-tune:
+   a plain network) that predict, evaluate, serve and export use. Every candidate's out-of-fold
+   probabilities are kept in ``RUN_DIR/candidates_oof.npz``.
 
 Example:
     >>> run = transferlab.train("flowers17/", out="runs/auto")  # doctest: +SKIP
     >>> json.loads(Path("runs/auto/auto.json").read_text())["chosen"]["reason"]  # doctest: +SKIP
-    'highest 5-fold CV accuracy 0.9882 ± 0.0061 (runner-up concat ... 0.9853)'
+    'ensemble selection over 10 candidates (0.04 linear-probe:..., 0.76 concat:..., 0.20 fine-tune:...): ...'
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -49,11 +56,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from transferlab.data import ImageDataset, ImageSource, NormStats, Split, atomic_write_text, build_transform, save_split
+from transferlab.data import (ImageDataset, ImageSource, NormStats, Split, atomic_write_bytes, atomic_write_text,
+                             build_transform, save_split)
 from transferlab.engine import classification_metrics
 from transferlab.engine.feature_cache import FeatureCache
 from transferlab.errors import ConfigError
 from transferlab.experiments.cv import CVScore, check_cv, cv_linear_probe, fit_head, head_probs, stratified_folds
+from transferlab.experiments.selection import ROUNDS, greedy_ensemble
 from transferlab.options import DataOptions, TrainOptions
 from transferlab.strategies.ensemble import MultiModel, featurizer, linear_head, with_network
 from transferlab.zoo import create_backbone, get_entry, list_backbones, weights_available
@@ -61,6 +70,7 @@ from transferlab.zoo import create_backbone, get_entry, list_backbones, weights_
 log = logging.getLogger("transferlab")
 AUTO_JSON = "auto.json"
 CV_JSON = "cv.json"
+OOF_NPZ = "candidates_oof.npz"
 RESERVE_S_PER_CANDIDATE = 8.0  # prior for one CV candidate before any was measured
 #: C values tried by CV (standardised features; a third of the probe's grid, to keep K folds cheap)
 AUTO_GRID = (0.01, 0.1, 1.0)
@@ -380,18 +390,67 @@ def cross_family_candidates(feature_cands: list[Candidate], tuned: list[Candidat
     return out
 
 
+def selection_candidates(feature_cands: list[Candidate], tuned: list[Candidate], labels: np.ndarray,
+                         folds: list[np.ndarray]) -> list[Candidate]:
+    """Per view policy (plain, flip): ensemble selection (:mod:`transferlab.experiments.selection`) over that
+    policy's single frozen-feature candidates and its best fine-tune, on their out-of-fold probabilities. Scored
+    cross-fitted: fold i's weights are selected on the other folds' held-out probabilities only. A selection of
+    one candidate adds nothing (it is listed already)."""
+    out = []
+    for flip in (False, True):
+        singles = [c for c in feature_cands if c.flip == flip and c.score is not None
+                   and c.strategy in ("linear-probe", "linear-probe-concat")]
+        parts = singles + _ranked([c for c in tuned if c.flip == flip and c.strategy == "fine-tune"])[:1]
+        if len(parts) < 2:
+            continue
+        probs = np.stack([c.score.oof for c in parts])  # type: ignore[union-attr]
+        weights = greedy_ensemble(probs, labels)
+        keep = np.flatnonzero(weights > 0)
+        if len(keep) < 2:
+            continue
+        oof = np.zeros(probs.shape[1:])
+        for f in folds:
+            others = np.setdiff1d(np.arange(len(labels)), f)
+            oof[f] = np.tensordot(greedy_ensemble(probs[:, others], labels[others]), probs[:, f], axes=1)
+        chosen = [parts[i] for i in keep]
+        c = Candidate(name=f"ensemble-selection:{len(keep)}-of-{len(parts)}" + (":flip" if flip else ""),
+                      backbone="+".join(dict.fromkeys(b for p in chosen for b in p.backbone.split("+"))),
+                      strategy="ensemble-selection",
+                      options={"members": [p.name for p in chosen],
+                               "weights": [round(float(weights[i]), 6) for i in keep], "rounds": ROUNDS,
+                               "selected_from": len(parts)},
+                      members=[], groups=[], flip=flip, parts=chosen)
+        c.score = CVScore.from_oof(oof, labels, folds)
+        out.append(c)
+    return out
+
+
 def _ranked(cands: list[Candidate]) -> list[Candidate]:
     scored = [c for c in cands if c.score is not None]
     return sorted(scored, key=lambda c: (-round(c.score.mean, 9), c.score.loss_mean, c.seconds))  # type: ignore[union-attr]
 
 
-def choose(cands: list[Candidate]) -> tuple[Candidate, str]:
-    """Highest mean CV accuracy; ties: lower CV log loss, then fewer seconds."""
+def choose(cands: list[Candidate], *, prefer: str = "selection") -> tuple[Candidate, str]:
+    """``prefer="selection"``: the ensemble selection (plain or flip view policy) with the lower cross-fitted CV log
+    loss, the score it optimises, where there is one; else (or with ``prefer="accuracy"``) the highest mean CV
+    accuracy; ties: lower CV log loss, then fewer seconds. Measured on the pool only: benchmarks/selection.py."""
     ranked = _ranked(cands)
-    best = ranked[0]
+    others = [c for c in ranked if c.strategy != "ensemble-selection"]
+    selections = sorted([c for c in ranked if c.strategy == "ensemble-selection"],
+                        key=lambda c: c.score.loss_mean) if prefer == "selection" else []  # type: ignore[union-attr]
+    best = (selections or ranked)[0]
     s = best.score
     assert s is not None
-    reason = f"highest {len(s.fold_accuracy)}-fold CV accuracy {s.mean:.4f} ± {s.std:.4f} (log loss {s.loss_mean:.4f})"
+    k = len(s.fold_accuracy)
+    if selections:
+        top = others[0].score
+        assert top is not None
+        weights = ", ".join(f"{w:.2f} {n}" for n, w in zip(best.options["members"], best.options["weights"]))
+        return best, (f"ensemble selection over {best.options['selected_from']} candidates ({weights}): "
+                      f"{k}-fold CV accuracy {s.mean:.4f} ± {s.std:.4f} (log loss {s.loss_mean:.4f}), each fold's "
+                      f"weights selected on the other folds; the best other candidate {others[0].name} reads "
+                      f"{top.mean:.4f} (log loss {top.loss_mean:.4f}) on folds that also chose it")
+    reason = f"highest {k}-fold CV accuracy {s.mean:.4f} ± {s.std:.4f} (log loss {s.loss_mean:.4f})"
     if len(ranked) > 1:
         r = ranked[1]
         reason += f"; runner-up {r.name} {r.score.mean:.4f} ± {r.score.std:.4f}"  # type: ignore[union-attr]
@@ -573,6 +632,7 @@ def run_auto(data: str, *, source: ImageSource, split: Split, data_options: Data
                  "that the feature heads' backbones do not)")
     elif tuned:
         tuned += cross_family_candidates(cands, tuned, a.labels, a.folds)
+    tuned += selection_candidates(cands, [] if a.t.ensemble else tuned, a.labels, a.folds)
     chosen, reason = choose(cands + tuned)
     log.info("%s: %d candidate(s) scored by %d-fold CV in %.0fs; chosen %s: %s", search.label,
              sum(c.score is not None for c in cands + tuned), a.k, a.budget.elapsed(), chosen.name, reason)
@@ -580,15 +640,9 @@ def run_auto(data: str, *, source: ImageSource, split: Split, data_options: Data
         from transferlab.experiments.auto_finetune import finetuned_final
 
         model, test_probs, norm, final = finetuned_final(chosen, ensemble=a.t.ensemble)
-    elif chosen.strategy == "fine-tune+features":
-        model, test_probs, final = cross_family_final(a, chosen, feats)
-        norm = a.norm
     else:
-        model, test_probs = final_model(chosen, feats, a.labels, a.folds, n_pool=len(a.pool), nc=len(source.classes),
-                                        master=a.master, classifier=a.t.classifier, seed=a.d.seed,
-                                        ensemble=a.t.ensemble)
-        norm, final = a.norm, ("K fold heads averaged (--ensemble)" if a.t.ensemble else
-                               f"refit on all {len(a.pool)} non-test images at the chosen C")
+        model, test_probs, final = averaged_final(a, chosen, feats)
+        norm = a.norm
     record = {"k": a.k, "fold_sizes": [int(len(f)) for f in a.folds], "pool": int(len(a.pool)),
               "test": int(len(split.test)), "backbones": a.names, "backbone_order": a.order,
               "time_budget_s": a.t.time_budget,
@@ -601,7 +655,30 @@ def run_auto(data: str, *, source: ImageSource, split: Split, data_options: Data
         save_split(split, source, run_dir)
         atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
         atomic_write_text(run_dir / (AUTO_JSON if search.label == "auto" else CV_JSON), json.dumps(record, indent=2))
+        save_oof(run_dir / OOF_NPZ, a, cands + tuned)
     return model, {**metrics, "backbone": model.backbone_name}, record | {"norm": norm}
+
+
+def save_oof(path: Path, a: AutoContext, cands: list[Candidate]) -> None:
+    """Every scored candidate's out-of-fold probabilities, for analysis after the run (no pickles):
+    ``names``, ``strategies``, ``flip`` (c,); ``oof`` (c, pool, classes); ``labels``, ``fold`` (pool,); ``pool_index``
+    (the pool's rows in the source).
+
+    Example:
+        >>> z = np.load("runs/auto/candidates_oof.npz")  # doctest: +SKIP
+        >>> (z["oof"][0].argmax(1) == z["labels"]).mean()  # the first candidate's CV accuracy  # doctest: +SKIP
+    """
+    scored = [c for c in cands if c.score is not None]
+    fold = np.zeros(len(a.pool), dtype=np.int64)
+    for i, f in enumerate(a.folds):
+        fold[f] = i
+    buf = io.BytesIO()
+    np.savez_compressed(buf, names=np.array([c.name for c in scored]),
+                        strategies=np.array([c.strategy for c in scored]),
+                        flip=np.array([c.flip for c in scored]), labels=a.labels, fold=fold,
+                        pool_index=a.pool.astype(np.int64),
+                        oof=np.stack([c.score.oof for c in scored]).astype(np.float64))  # type: ignore[union-attr]
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _auto_metrics(a: AutoContext, chosen: Candidate, test_probs: np.ndarray) -> dict[str, Any]:
@@ -623,18 +700,40 @@ def _auto_metrics(a: AutoContext, chosen: Candidate, test_probs: np.ndarray) -> 
             "test": scores(test_probs, test_labels), "best_epoch": -1}
 
 
-def final_model(c: Candidate, feats: dict[str, Features], labels: np.ndarray, folds: list[np.ndarray], *, n_pool: int,
-                nc: int, master: Any, classifier: str, seed: int, ensemble: bool) -> tuple[MultiModel, np.ndarray]:
-    """The chosen candidate refit on the whole pool (or its fold heads), as a model; and its test probabilities."""
-    parts = c.parts or [c]
+def leaves(c: Candidate, weight: float = 1.0) -> list[tuple[Candidate, float]]:
+    """The single candidates inside ``c`` (probes, concatenations, fine-tunes: one head each) with their weights in
+    its average of probabilities (``options["weights"]``, else equal).
+
+    Example:
+        >>> a, b = (Candidate(name=n, backbone="x", strategy="linear-probe", options={}, members=[], groups=[],
+        ...                   flip=False) for n in "ab")
+        >>> ens = Candidate(name="e", backbone="x", strategy="ensemble-selection", options={"weights": [0.75, 0.25]},
+        ...                 members=[], groups=[], flip=False, parts=[a, b])
+        >>> [(p.name, w) for p, w in leaves(ens)]
+        [('a', 0.75), ('b', 0.25)]
+    """
+    if not c.parts:
+        return [(c, weight)]
+    ws = c.options.get("weights") or [1.0 / len(c.parts)] * len(c.parts)
+    return [leaf for p, w in zip(c.parts, ws) for leaf in leaves(p, weight * w)]
+
+
+def final_model(parts: list[tuple[Candidate, float]], feats: dict[str, Features], labels: np.ndarray,
+                folds: list[np.ndarray], *, n_pool: int, nc: int, master: Any, classifier: str, seed: int,
+                ensemble: bool) -> tuple[MultiModel, np.ndarray]:
+    """Frozen-feature candidates refit on the whole pool (or their fold heads), averaged with their weights in one
+    model (a backbone at a cut that several parts read is computed once); and its test probabilities."""
     pool_rows = np.arange(n_pool)
     test_rows = np.arange(n_pool, len(next(iter(feats.values())).views["plain"]))
-    heads, groups, probs = [], [], []
+    total = sum(w for _, w in parts)
+    heads, groups, probs, weights = [], [], [], []
     members: list[tuple[str, int]] = []
-    for p in parts:
-        offset = len(members)
-        members += p.members
+    for p, w in parts:
         assert p.score is not None
+        for m in p.members:
+            if m not in members:
+                members.append(m)
+        index = [members.index(m) for m in p.members]
         if ensemble:
             _, fold_heads = cv_linear_probe(_views(p, feats, pool_rows), labels, folds, num_classes=nc,
                                             classifier=classifier, grid=(p.score.C,), seed=seed, keep_heads=True)
@@ -643,34 +742,46 @@ def final_model(c: Candidate, feats: dict[str, Features], labels: np.ndarray, fo
                                    classifier=classifier, seed=seed)]
         for h in fold_heads:
             heads.append(linear_head(*h))
-            groups.append([offset + g for g in p.groups[0]])
-            probs.append(head_probs(_views(p, feats, test_rows), np.arange(len(test_rows)), h))
-    flips = {p.flip for p in parts}
+            groups.append([index[g] for g in p.groups[0]])
+            weights.append(w / total / len(fold_heads))
+            probs.append(weights[-1] * head_probs(_views(p, feats, test_rows), np.arange(len(test_rows)), h))
+    flips = {p.flip for p, _ in parts}
     if len(flips) > 1:  # an ensemble mixing flip and plain parts: flip applies to all at inference
         raise ConfigError("auto: an averaged ensemble must use one view policy for all its parts")
     model = MultiModel(members=[featurizer(create_backbone(b, pretrained=True), cut=cut) for b, cut in members],
-                       heads=heads, groups=groups, preprocessing=master, flip=flips.pop()).eval()
-    return model, np.mean(probs, axis=0)
+                       heads=heads, groups=groups, preprocessing=master, flip=flips.pop(), weights=weights).eval()
+    return model, np.sum(probs, axis=0)
 
 
-def cross_family_final(a: AutoContext, c: Candidate, feats: dict[str, Features]) -> tuple[MultiModel, np.ndarray, str]:
-    """A fine-tune + features candidate's final model: the fine-tune refit on the pool and the feature candidate's
-    heads refit on it, averaged half and half in one model; its test probabilities; what it is."""
+def averaged_final(a: AutoContext, c: Candidate, feats: dict[str, Features]) -> tuple[MultiModel, np.ndarray, str]:
+    """The final model of a frozen-feature candidate or of an average holding (at most) one fine-tune: the fine-tune
+    refit on the pool, each frozen-feature part's head refit at its C, probabilities averaged with the candidate's
+    weights in one model; its test probabilities; what it is."""
     from transferlab.experiments.auto_finetune import refit_network
 
-    net_part, lin_part = c.parts
+    parts = leaves(c)
+    nets = [(p, w) for p, w in parts if p.strategy == "fine-tune"]
+    lins = [(p, w) for p, w in parts if p.strategy != "fine-tune"]
+    if len(nets) > 1:
+        raise ConfigError(f"auto: an averaged candidate holds at most one fine-tuned network, got {len(nets)}")
+    linear, lin_test = final_model(lins, feats, a.labels, a.folds, n_pool=len(a.pool), nc=len(a.source.classes),
+                                   master=a.master, classifier=a.t.classifier, seed=a.d.seed, ensemble=a.t.ensemble)
+    heads = ("K fold heads averaged (--ensemble)" if a.t.ensemble else
+             f"refit on all {len(a.pool)} non-test images at the chosen C")
+    if not nets:
+        return linear, lin_test, heads + (f" (weights {[round(w, 3) for _, w in parts]})" if len(parts) > 1 else "")
+    (net_part, w_net), = nets
     network, epochs = refit_network(net_part)
-    linear, lin_test = final_model(lin_part, feats, a.labels, a.folds, n_pool=len(a.pool), nc=len(a.source.classes),
-                                   master=a.master, classifier=a.t.classifier, seed=a.d.seed, ensemble=False)
-    model = with_network(network, linear)
+    model = with_network(network, linear, weight=w_net)
     net_test = network_test_probs(a, model)
-    log.info("auto: final model: %s refit on the pool (%s epochs per phase) and %s refit at its C, probabilities "
-             "averaged half and half; the fine-tuned network reads the shared preprocessing (%dpx, resized to its "
-             "%dpx inside the model)", net_part.name, epochs, lin_part.name, a.master.input_size,
+    log.info("auto: final model: %s refit on the pool (%s epochs per phase, weight %.3f) and %d frozen-feature "
+             "head(s) refit at their C; the fine-tuned network reads the shared preprocessing (%dpx, resized to its "
+             "%dpx inside the model)", net_part.name, epochs, w_net, len(lins), a.master.input_size,
              network.preprocessing.input_size)
-    final = (f"{net_part.name} refit on all {len(a.pool)} non-test images ({epochs} epochs per phase) and "
-             f"{lin_part.name} refit at its C, probabilities averaged half and half")
-    return model, 0.5 * net_test + 0.5 * lin_test, final
+    final = (f"{net_part.name} refit on all {len(a.pool)} non-test images ({epochs} epochs per phase, weight "
+             f"{w_net:.3f}) and {', '.join(p.name for p, _ in lins)} refit at their C, probabilities averaged"
+             + (" half and half" if abs(w_net - 0.5) < 1e-9 else " with weights"))
+    return model, w_net * net_test + (1.0 - w_net) * lin_test, final
 
 
 def network_test_probs(a: AutoContext, model: MultiModel) -> np.ndarray:
