@@ -245,6 +245,29 @@ class CheapCost(CostModel):
         return FinetuneCost(prefix_s=0.5, epoch_s=[0.0, 0.0], epochs=[2, 1], k=2, fold_overhead_s=0.0, test_s=0.5)
 
 
+def tiny_auto(tiny_folder: Path, run_dir: Path, *, flip: bool, ensemble: bool = False) -> Any:
+    """auto on the tiny folder: mobilenet_v2 only, 2 folds, every fine-tune candidate affordable."""
+    src = open_dataset(str(tiny_folder), quiet=True)
+    split = make_split(src, fractions=(0.5, 0.25, 0.25), seed=0)
+    t = TrainOptions(time_budget=1e4, cv=2, epochs=2, finetune_epochs=1, runtime="torch", ensemble=ensemble)
+    return auto_mod.auto_run(str(tiny_folder), source=src, split=split, data_options=DataOptions(quiet=True),
+                             train_options=t, run_dir=run_dir, t_start=0.0,
+                             cost=CheapCost(relative={"mobilenet_v2": 1.0}),
+                             search=Search(backbones=("mobilenet_v2",), flip=flip))
+
+
+def assert_saved_run_reproduces(run: Any, run_dir: Path, tiny_folder: Path) -> None:
+    """The saved model gives the reported test numbers, and exports to one ONNX graph within tolerance."""
+    again = evaluate_run(run_dir, str(tiny_folder), subset="test")
+    assert again["accuracy"] == pytest.approx(run.metrics["test"]["accuracy"])
+    assert again["loss"] == pytest.approx(run.metrics["test"]["loss"], abs=1e-4)
+    pytest.importorskip("onnxruntime")
+    from transferlab.export import export_onnx
+
+    r = export_onnx(run_dir, check_images=[str(p) for p in sorted(tiny_folder.rglob("*.png"))[:2]])
+    assert r.max_abs_diff < r.tolerance
+
+
 @pytest.mark.usefixtures("offline_cache")
 @pytest.mark.parametrize("ensemble", [False, True])
 def test_auto_scores_flip_tta_of_a_fine_tune_candidate_from_the_same_folds(
@@ -260,13 +283,7 @@ def test_auto_scores_flip_tta_of_a_fine_tune_candidate_from_the_same_folds(
         return (twins[0], "test: the flip twin") if twins else real(cands)
 
     monkeypatch.setattr(auto_mod, "choose", prefer_the_flip_twin)
-    src = open_dataset(str(tiny_folder), quiet=True)
-    split = make_split(src, fractions=(0.5, 0.25, 0.25), seed=0)
-    t = TrainOptions(time_budget=1e4, cv=2, epochs=2, finetune_epochs=1, runtime="torch", ensemble=ensemble)
-    cost = CheapCost(relative={"mobilenet_v2": 1.0})
-    run = auto_mod.auto_run(str(tiny_folder), source=src, split=split, data_options=DataOptions(quiet=True),
-                            train_options=t, run_dir=tmp_path, t_start=0.0, cost=cost,
-                            search=Search(backbones=("mobilenet_v2",), flip=True))
+    run = tiny_auto(tiny_folder, tmp_path, flip=True, ensemble=ensemble)
     plain, twin = seen["fine-tune:mobilenet_v2:unfreeze=3"], seen["fine-tune:mobilenet_v2:unfreeze=3:flip"]
     fit = plain.fitted.fit
     assert twin.fitted is plain.fitted and fit.oof_flip is not None  # the same fold runs, no training of its own
@@ -283,14 +300,7 @@ def test_auto_scores_flip_tta_of_a_fine_tune_candidate_from_the_same_folds(
     assert isinstance(m, MultiModel) and m.flip and len(m.members) == (2 if ensemble else 1) and m.shared_upto == 6
     row = json.loads((tmp_path / "auto.json").read_text())["chosen"]
     assert row["options"]["tta"] == "flip" and row["same_folds_as"] == plain.name and "mirror" in row["final"]
-    again = evaluate_run(tmp_path, str(tiny_folder), subset="test")  # the saved model averages over the mirror too
-    assert again["accuracy"] == pytest.approx(run.metrics["test"]["accuracy"])
-    assert again["loss"] == pytest.approx(run.metrics["test"]["loss"], abs=1e-4)
-    pytest.importorskip("onnxruntime")
-    from transferlab.export import export_onnx
-
-    r = export_onnx(tmp_path, check_images=[str(p) for p in sorted(tiny_folder.rglob("*.png"))[:2]])
-    assert r.max_abs_diff < r.tolerance  # the shared prefix, the mirror and the head(s), in one ONNX graph
+    assert_saved_run_reproduces(run, tmp_path, tiny_folder)  # evaluate and ONNX: the prefix, mirror and heads
 
 
 @pytest.mark.usefixtures("offline_cache")
@@ -306,12 +316,7 @@ def test_auto_averages_the_best_fine_tune_with_the_best_feature_candidate(
         return (mixed[0], "test: the cross-family ensemble") if mixed else real(cands)
 
     monkeypatch.setattr(auto_mod, "choose", prefer_cross_family)
-    src = open_dataset(str(tiny_folder), quiet=True)
-    split = make_split(src, fractions=(0.5, 0.25, 0.25), seed=0)
-    t = TrainOptions(time_budget=1e4, cv=2, epochs=2, finetune_epochs=1, runtime="torch")
-    run = auto_mod.auto_run(str(tiny_folder), source=src, split=split, data_options=DataOptions(quiet=True),
-                            train_options=t, run_dir=tmp_path, t_start=0.0,
-                            cost=CheapCost(relative={"mobilenet_v2": 1.0}), search=Search(backbones=("mobilenet_v2",), flip=True))
+    run = tiny_auto(tiny_folder, tmp_path, flip=True)
     assert sorted(c.flip for c in seen) == [False, True]  # one per view policy
     c = next(c for c in seen if c.flip == flip)
     net, lin = c.parts
@@ -322,14 +327,7 @@ def test_auto_averages_the_best_fine_tune_with_the_best_feature_candidate(
     assert sum(m.weights) == pytest.approx(1.0) and m.head_configs[0] is not None  # the fine-tuned net's own head
     row = json.loads((tmp_path / "auto.json").read_text())["chosen"]
     assert row["strategy"] == "fine-tune+features" and "half and half" in row["final"] and "C" not in row
-    again = evaluate_run(tmp_path, str(tiny_folder), subset="test")  # the saved model gives the reported numbers
-    assert again["accuracy"] == pytest.approx(run.metrics["test"]["accuracy"])
-    assert again["loss"] == pytest.approx(run.metrics["test"]["loss"], abs=1e-4)
-    pytest.importorskip("onnxruntime")
-    from transferlab.export import export_onnx
-
-    r = export_onnx(tmp_path, check_images=[str(p) for p in sorted(tiny_folder.rglob("*.png"))[:2]])
-    assert r.max_abs_diff < r.tolerance
+    assert_saved_run_reproduces(run, tmp_path, tiny_folder)  # evaluate and ONNX: the prefix, mirror and heads
 
 
 @pytest.mark.usefixtures("offline_cache")
@@ -357,13 +355,7 @@ def test_auto_ensemble_selection_becomes_one_weighted_model(tiny_folder: Path, t
         return w
 
     monkeypatch.setattr(auto_mod, "greedy_ensemble", fixed)
-    src = open_dataset(str(tiny_folder), quiet=True)
-    split = make_split(src, fractions=(0.5, 0.25, 0.25), seed=0)
-    t = TrainOptions(time_budget=1e4, cv=2, epochs=2, finetune_epochs=1, runtime="torch")
-    run = auto_mod.auto_run(str(tiny_folder), source=src, split=split, data_options=DataOptions(quiet=True),
-                            train_options=t, run_dir=tmp_path, t_start=0.0,
-                            cost=CheapCost(relative={"mobilenet_v2": 1.0}),
-                            search=Search(backbones=("mobilenet_v2",), flip=False))
+    run = tiny_auto(tiny_folder, tmp_path, flip=False)
     row = json.loads((tmp_path / "auto.json").read_text())["chosen"]
     assert row["strategy"] == "ensemble-selection" and row["options"]["weights"] == [0.25, 0.25, 0.5]
     assert row["options"]["members"][-1].startswith("fine-tune:") and "weight 0.500" in row["final"]
@@ -372,11 +364,4 @@ def test_auto_ensemble_selection_becomes_one_weighted_model(tiny_folder: Path, t
     assert m.weights[1:] == pytest.approx([0.25, 0.25]) and len(m.members) == 3  # the network + two cuts
     oof = np.load(tmp_path / "candidates_oof.npz")
     assert "ensemble-selection" in set(oof["strategies"]) and oof["oof"].shape[1] == len(oof["labels"]) == 18
-    again = evaluate_run(tmp_path, str(tiny_folder), subset="test")
-    assert again["accuracy"] == pytest.approx(run.metrics["test"]["accuracy"])
-    assert again["loss"] == pytest.approx(run.metrics["test"]["loss"], abs=1e-4)
-    pytest.importorskip("onnxruntime")
-    from transferlab.export import export_onnx
-
-    r = export_onnx(tmp_path, check_images=[str(p) for p in sorted(tiny_folder.rglob("*.png"))[:2]])
-    assert r.max_abs_diff < r.tolerance
+    assert_saved_run_reproduces(run, tmp_path, tiny_folder)  # evaluate and ONNX: the prefix, mirror and heads
