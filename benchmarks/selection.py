@@ -33,8 +33,7 @@ import numpy as np
 from common import machine, table, write_json
 
 from transferlab.experiments.auto import Candidate, choose, leaves, selection_candidates
-from transferlab.experiments.cv import CVScore
-from transferlab.experiments.selection import log_loss
+from transferlab.experiments.cv import CVScore, fold_metrics
 
 Rule = Callable[[list[Candidate], np.ndarray, list[np.ndarray]], Candidate]
 
@@ -65,7 +64,8 @@ def candidates(z: Any, rows: np.ndarray, folds: list[np.ndarray]) -> list[Candid
 
 
 def by_log_loss(cands: list[Candidate], labels: np.ndarray, folds: list[np.ndarray]) -> Candidate:
-    return min(cands, key=lambda c: log_loss(c.score.oof, labels))  # type: ignore[union-attr]
+    everything = [np.arange(len(labels))]  # one fold holding every item: the pooled log loss
+    return min(cands, key=lambda c: fold_metrics(c.score.oof, labels, everything)[1][0])  # type: ignore[union-attr]
 
 
 def _selections(cands: list[Candidate], labels: np.ndarray, folds: list[np.ndarray]) -> list[Candidate]:

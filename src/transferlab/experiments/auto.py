@@ -62,7 +62,7 @@ from transferlab.engine import classification_metrics
 from transferlab.engine.feature_cache import FeatureCache
 from transferlab.errors import ConfigError
 from transferlab.experiments.cv import CVScore, check_cv, cv_linear_probe, fit_head, head_probs, stratified_folds
-from transferlab.experiments.selection import ROUNDS, greedy_ensemble
+from transferlab.experiments.selection import ROUNDS, cross_fitted, greedy_ensemble
 from transferlab.options import DataOptions, TrainOptions
 from transferlab.strategies.ensemble import MultiModel, featurizer, linear_head, with_network
 from transferlab.zoo import create_backbone, get_entry, list_backbones, weights_available
@@ -408,10 +408,6 @@ def selection_candidates(feature_cands: list[Candidate], tuned: list[Candidate],
         keep = np.flatnonzero(weights > 0)
         if len(keep) < 2:
             continue
-        oof = np.zeros(probs.shape[1:])
-        for f in folds:
-            others = np.setdiff1d(np.arange(len(labels)), f)
-            oof[f] = np.tensordot(greedy_ensemble(probs[:, others], labels[others]), probs[:, f], axes=1)
         chosen = [parts[i] for i in keep]
         c = Candidate(name=f"ensemble-selection:{len(keep)}-of-{len(parts)}" + (":flip" if flip else ""),
                       backbone="+".join(dict.fromkeys(b for p in chosen for b in p.backbone.split("+"))),
@@ -420,7 +416,7 @@ def selection_candidates(feature_cands: list[Candidate], tuned: list[Candidate],
                                "weights": [round(float(weights[i]), 6) for i in keep], "rounds": ROUNDS,
                                "selected_from": len(parts)},
                       members=[], groups=[], flip=flip, parts=chosen)
-        c.score = CVScore.from_oof(oof, labels, folds)
+        c.score = CVScore.from_oof(cross_fitted(probs, labels, folds), labels, folds)
         out.append(c)
     return out
 
@@ -740,11 +736,12 @@ def final_model(parts: list[tuple[Candidate, float]], feats: dict[str, Features]
         else:
             fold_heads = [fit_head(_views(p, feats, pool_rows), labels, pool_rows, C=p.score.C, num_classes=nc,
                                    classifier=classifier, seed=seed)]
+        test_views = _views(p, feats, test_rows)
         for h in fold_heads:
             heads.append(linear_head(*h))
             groups.append([index[g] for g in p.groups[0]])
             weights.append(w / total / len(fold_heads))
-            probs.append(weights[-1] * head_probs(_views(p, feats, test_rows), np.arange(len(test_rows)), h))
+            probs.append(weights[-1] * head_probs(test_views, np.arange(len(test_rows)), h))
     flips = {p.flip for p, _ in parts}
     if len(flips) > 1:  # an ensemble mixing flip and plain parts: flip applies to all at inference
         raise ConfigError("auto: an averaged ensemble must use one view policy for all its parts")

@@ -20,21 +20,11 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["greedy_ensemble", "log_loss"]
+__all__ = ["cross_fitted", "greedy_ensemble"]
 
 #: rounds of greedy selection (each adds one unit of weight); 25 as auto-sklearn's default ensemble size (50) halved:
 #: with a few hundred images, more rounds fit the out-of-fold noise
 ROUNDS = 25
-
-
-def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Mean negative log probability of the true class (probabilities clipped at 1e-12).
-
-    Example:
-        >>> round(log_loss(np.array([[0.5, 0.5]]), np.array([0])), 4)
-        0.6931
-    """
-    return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))))
 
 
 def greedy_ensemble(probs: np.ndarray, labels: np.ndarray, *, rounds: int = ROUNDS) -> np.ndarray:
@@ -61,3 +51,19 @@ def greedy_ensemble(probs: np.ndarray, labels: np.ndarray, *, rounds: int = ROUN
         counts[best] += 1
         total += true[best]
     return counts / counts.sum()
+
+
+def cross_fitted(probs: np.ndarray, labels: np.ndarray, folds: list[np.ndarray], *, rounds: int = ROUNDS) -> np.ndarray:
+    """Out-of-fold probabilities of ensemble selection itself: each fold averaged with the weights selected on the
+    other folds only (``folds`` index the items of ``probs``).
+
+    Example:
+        >>> p = np.array([[[0.9, 0.1], [0.2, 0.8]], [[0.6, 0.4], [0.4, 0.6]]])
+        >>> cross_fitted(p, np.array([0, 1]), [np.array([0]), np.array([1])]).round(2).tolist()
+        [[0.9, 0.1], [0.2, 0.8]]
+    """
+    out = np.zeros(probs.shape[1:])
+    for f in folds:
+        others = np.setdiff1d(np.arange(len(labels)), f)
+        out[f] = np.tensordot(greedy_ensemble(probs[:, others], labels[others], rounds=rounds), probs[:, f], axes=1)
+    return out
